@@ -1,1 +1,11 @@
 //! ringside: a thread-per-core io_uring HTTP/1.1 server.
+//!
+//! - [`runtime`]: pinned core threads, rings, SO_REUSEPORT listeners, shutdown.
+//! - [`http`]: the connection driver over the sans-I/O codec in `ringside_wire`.
+//! - [`app`]: the routes.
+//! - [`config`]: settings from flags and environment.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod runtime;

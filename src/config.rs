@@ -1,0 +1,407 @@
+//! Configuration: one table of settings, read from flags and environment.
+//!
+//! Every setting has a flag, an environment variable and a safe default; the
+//! same table drives parsing, `--help` and the README's flag table, so they
+//! cannot drift apart. Precedence: flag > environment > default.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Which io driver the cores run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoMode {
+    /// io_uring where the kernel allows it, else epoll.
+    Auto,
+    /// io_uring or refuse to start.
+    Uring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+/// Which CPUs get a core thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CoreSelection {
+    /// Every CPU in the process's allowed set (sched_getaffinity).
+    All,
+    /// The first N CPUs of the allowed set.
+    Count(usize),
+    /// These CPU ids.
+    List(Vec<usize>),
+}
+
+/// The effective server configuration. Read-only once the cores start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub cores: CoreSelection,
+    pub io: IoMode,
+    pub backlog: u32,
+    pub ring_entries: u32,
+    pub max_connections_per_core: usize,
+    pub max_request_line: usize,
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+    pub read_buffer_bytes: usize,
+    pub pooled_buffers_per_core: usize,
+    pub head_timeout: Duration,
+    pub body_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub write_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut cfg = Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            cores: CoreSelection::All,
+            io: IoMode::Auto,
+            backlog: 0,
+            ring_entries: 0,
+            max_connections_per_core: 0,
+            max_request_line: 0,
+            max_head_bytes: 0,
+            max_headers: 0,
+            max_body_bytes: 0,
+            read_buffer_bytes: 0,
+            pooled_buffers_per_core: 0,
+            head_timeout: Duration::ZERO,
+            body_timeout: Duration::ZERO,
+            keepalive_timeout: Duration::ZERO,
+            write_timeout: Duration::ZERO,
+            shutdown_timeout: Duration::ZERO,
+        };
+        for setting in SETTINGS {
+            (setting.apply)(&mut cfg, setting.default).expect("built-in default parses");
+        }
+        cfg
+    }
+}
+
+/// A configuration error that names the offending setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One setting: its flag, environment variable, default and parser.
+pub struct Setting {
+    pub flag: &'static str,
+    pub env: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+    apply: fn(&mut Config, &str) -> Result<(), String>,
+}
+
+macro_rules! setting {
+    ($flag:literal, $env:literal, $default:literal, $help:literal, |$cfg:ident, $v:ident| $body:expr) => {
+        Setting {
+            flag: $flag,
+            env: $env,
+            default: $default,
+            help: $help,
+            apply: |$cfg: &mut Config, $v: &str| -> Result<(), String> {
+                $body;
+                Ok(())
+            },
+        }
+    };
+}
+
+/// Every setting the server knows.
+pub static SETTINGS: &[Setting] = &[
+    setting!("listen", "RINGSIDE_LISTEN", "127.0.0.1:8080",
+        "address every core listens on (SO_REUSEPORT)",
+        |c, v| c.listen = v.parse().map_err(|_| format!("not an IP:port address: {v:?}"))?),
+    setting!("cores", "RINGSIDE_CORES", "all",
+        "CPUs to run on: `all` (the allowed set), a count `4`, or a list `0,2-3`",
+        |c, v| c.cores = parse_cores(v)?),
+    setting!("io", "RINGSIDE_IO", "auto",
+        "io driver: `auto` (io_uring, else epoll), `uring` (or fail), `epoll`",
+        |c, v| c.io = match v {
+            "auto" => IoMode::Auto,
+            "uring" | "io_uring" | "io-uring" => IoMode::Uring,
+            "epoll" | "legacy" => IoMode::Epoll,
+            _ => return Err(format!("expected auto, uring or epoll, got {v:?}")),
+        }),
+    setting!("backlog", "RINGSIDE_BACKLOG", "4096",
+        "listen backlog of each core's socket (capped by net.core.somaxconn)",
+        |c, v| c.backlog = parse_int(v, 1, i32::MAX as u64)? as u32),
+    setting!("ring-entries", "RINGSIDE_RING_ENTRIES", "1024",
+        "io_uring submission queue entries per core",
+        |c, v| c.ring_entries = parse_int(v, 256, 32768)? as u32),
+    setting!("max-connections-per-core", "RINGSIDE_MAX_CONNECTIONS_PER_CORE", "16384",
+        "open connections per core; beyond it new connections get 503 and are closed",
+        |c, v| c.max_connections_per_core = parse_int(v, 1, 10_000_000)? as usize),
+    setting!("max-request-line", "RINGSIDE_MAX_REQUEST_LINE", "8KiB",
+        "longest request line (414 past it)",
+        |c, v| c.max_request_line = parse_bytes(v, 64, 1 << 20)? as usize),
+    setting!("max-head-bytes", "RINGSIDE_MAX_HEAD_BYTES", "16KiB",
+        "longest request head (431 past it)",
+        |c, v| c.max_head_bytes = parse_bytes(v, 256, 1 << 20)? as usize),
+    setting!("max-headers", "RINGSIDE_MAX_HEADERS", "64",
+        "most header fields in a request (431 past it)",
+        |c, v| c.max_headers = parse_int(v, 1, 1024)? as usize),
+    setting!("max-body-bytes", "RINGSIDE_MAX_BODY_BYTES", "1MiB",
+        "default request body limit of routes that read a body (413 past it)",
+        |c, v| c.max_body_bytes = parse_bytes(v, 0, u64::MAX)?),
+    setting!("read-buffer-bytes", "RINGSIDE_READ_BUFFER_BYTES", "16KiB",
+        "size of a connection's read buffer, lent from the core's pool while a request is read",
+        |c, v| c.read_buffer_bytes = parse_bytes(v, 1024, 16 << 20)? as usize),
+    setting!("pooled-buffers-per-core", "RINGSIDE_POOLED_BUFFERS_PER_CORE", "256",
+        "free buffers a core keeps for reuse; more are given back to the allocator",
+        |c, v| c.pooled_buffers_per_core = parse_int(v, 0, 1 << 20)? as usize),
+    setting!("head-timeout", "RINGSIDE_HEAD_TIMEOUT", "10s",
+        "time to receive a complete request head, from its first byte or the accept (408)",
+        |c, v| c.head_timeout = parse_duration(v)?),
+    setting!("body-timeout", "RINGSIDE_BODY_TIMEOUT", "30s",
+        "longest wait between two reads of a request body (408)",
+        |c, v| c.body_timeout = parse_duration(v)?),
+    setting!("keepalive-timeout", "RINGSIDE_KEEPALIVE_TIMEOUT", "60s",
+        "how long an idle keep-alive connection is kept",
+        |c, v| c.keepalive_timeout = parse_duration(v)?),
+    setting!("write-timeout", "RINGSIDE_WRITE_TIMEOUT", "30s",
+        "time a client has to take a response; a client that stops reading is cut",
+        |c, v| c.write_timeout = parse_duration(v)?),
+    setting!("shutdown-timeout", "RINGSIDE_SHUTDOWN_TIMEOUT", "30s",
+        "on SIGTERM/SIGINT, how long requests in flight may take to finish",
+        |c, v| c.shutdown_timeout = parse_duration(v)?),
+];
+
+impl Config {
+    /// Builds the configuration from command-line flags (`--name value` or
+    /// `--name=value`) over environment variables over defaults.
+    pub fn from_args_and_env<I, E>(args: I, env: E) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = String>,
+        E: Fn(&str) -> Option<String>,
+    {
+        let mut cfg = Config::default();
+        for setting in SETTINGS {
+            if let Some(value) = env(setting.env) {
+                (setting.apply)(&mut cfg, value.trim())
+                    .map_err(|e| ConfigError(format!("{}: {e}", setting.env)))?;
+            }
+        }
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let Some(stripped) = arg.strip_prefix("--") else {
+                return Err(ConfigError(format!("unexpected argument {arg:?}")));
+            };
+            let (name, inline) = match stripped.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (stripped, None),
+            };
+            let setting = SETTINGS
+                .iter()
+                .find(|s| s.flag == name)
+                .ok_or_else(|| ConfigError(format!("unknown flag --{name} (see --help)")))?;
+            let value = match inline {
+                Some(v) => v,
+                None => args
+                    .next()
+                    .ok_or_else(|| ConfigError(format!("--{name} needs a value")))?,
+            };
+            (setting.apply)(&mut cfg, value.trim())
+                .map_err(|e| ConfigError(format!("--{name}: {e}")))?;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_request_line > self.max_head_bytes {
+            return Err(ConfigError(
+                "--max-request-line must not exceed --max-head-bytes".into(),
+            ));
+        }
+        for (name, d) in [
+            ("--head-timeout", self.head_timeout),
+            ("--body-timeout", self.body_timeout),
+            ("--keepalive-timeout", self.keepalive_timeout),
+            ("--write-timeout", self.write_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError(format!("{name} must be greater than zero")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The help text listing every setting.
+    pub fn help() -> String {
+        let mut s = String::from(
+            "ringside: a thread-per-core io_uring HTTP/1.1 server\n\n\
+             usage: ringside [serve] [--flag value]...\n\n\
+             Flags (each also read from its environment variable):\n",
+        );
+        for set in SETTINGS {
+            s.push_str(&format!(
+                "  --{:<26} {:<36} default {}\n      {}\n",
+                set.flag, set.env, set.default, set.help
+            ));
+        }
+        s
+    }
+}
+
+fn parse_int(v: &str, min: u64, max: u64) -> Result<u64, String> {
+    let n: u64 = v
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("not a whole number: {v:?}"))?;
+    if n < min || n > max {
+        return Err(format!("{n} is outside {min}..={max}"));
+    }
+    Ok(n)
+}
+
+/// Parses a byte size: `16384`, `16KiB`, `1MiB`, `2GiB` (also `k`, `KB`,
+/// `M`, `MB`; all binary multiples).
+fn parse_bytes(v: &str, min: u64, max: u64) -> Result<u64, String> {
+    let split = v.find(|c: char| !c.is_ascii_digit() && c != '_').unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("unknown size unit in {v:?} (use KiB, MiB, GiB)")),
+    };
+    let n = parse_int(num, 0, u64::MAX)?
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{v:?} is too large"))?;
+    if n < min || n > max {
+        return Err(format!("{v} is outside {min}..={max} bytes"));
+    }
+    Ok(n)
+}
+
+/// Parses a duration: `250ms`, `10s`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("not a duration: {v:?} (use e.g. 500ms, 10s, 2m)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("unknown duration unit in {v:?} (use ms, s, m, h)")),
+    };
+    if d > Duration::from_secs(7 * 24 * 3600) {
+        return Err(format!("{v:?} is longer than a week"));
+    }
+    Ok(d)
+}
+
+/// Parses `all`, a count `4`, or a CPU list `0,2-3`.
+fn parse_cores(v: &str) -> Result<CoreSelection, String> {
+    if v == "all" {
+        return Ok(CoreSelection::All);
+    }
+    if !v.contains([',', '-']) {
+        let n = parse_int(v, 1, 4096)?;
+        return Ok(CoreSelection::Count(n as usize));
+    }
+    let mut cpus = Vec::new();
+    for part in v.split(',') {
+        let part = part.trim();
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (parse_int(a, 0, 4095)?, parse_int(b, 0, 4095)?);
+                if a > b {
+                    return Err(format!("empty CPU range {part:?}"));
+                }
+                cpus.extend((a..=b).map(|c| c as usize));
+            }
+            None => cpus.push(parse_int(part, 0, 4095)? as usize),
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(CoreSelection::List(cpus))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_args_and_env(args.iter().map(|s| s.to_string()), |k| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let c = parse(&[], &[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.max_head_bytes, 16 * 1024);
+        assert_eq!(c.max_headers, 64);
+        assert_eq!(c.head_timeout, Duration::from_secs(10));
+        assert_eq!(c.keepalive_timeout, Duration::from_secs(60));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(c.io, IoMode::Auto);
+    }
+
+    #[test]
+    fn flag_beats_environment() {
+        let c = parse(
+            &["--listen", "0.0.0.0:9000"],
+            &[("RINGSIDE_LISTEN", "127.0.0.1:1")],
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:9000");
+        let c = parse(&[], &[("RINGSIDE_LISTEN", "127.0.0.1:1")]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:1");
+        let c = parse(&["--head-timeout=250ms"], &[]).unwrap();
+        assert_eq!(c.head_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn cores_forms() {
+        assert_eq!(parse_cores("all").unwrap(), CoreSelection::All);
+        assert_eq!(parse_cores("4").unwrap(), CoreSelection::Count(4));
+        assert_eq!(
+            parse_cores("0,2-3").unwrap(),
+            CoreSelection::List(vec![0, 2, 3])
+        );
+        assert!(parse_cores("3-1").is_err());
+        assert!(parse_cores("0").is_ok());
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let e = parse(&["--io", "kqueue"], &[]).unwrap_err();
+        assert!(e.0.starts_with("--io:"), "{e}");
+        let e = parse(&[], &[("RINGSIDE_MAX_HEAD_BYTES", "lots")]).unwrap_err();
+        assert!(e.0.starts_with("RINGSIDE_MAX_HEAD_BYTES:"), "{e}");
+        let e = parse(&["--nope", "1"], &[]).unwrap_err();
+        assert!(e.0.contains("unknown flag --nope"), "{e}");
+        assert!(parse(&["--listen"], &[]).is_err());
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_bytes("16KiB", 0, u64::MAX).unwrap(), 16384);
+        assert_eq!(parse_bytes("2m", 0, u64::MAX).unwrap(), 2 << 20);
+        assert!(parse_bytes("3 parsecs", 0, u64::MAX).is_err());
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("soon").is_err());
+    }
+}

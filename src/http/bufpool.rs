@@ -1,0 +1,109 @@
+//! A core's pool of I/O buffers.
+//!
+//! A connection borrows a buffer only while it has bytes to read or write,
+//! and gives it back when its request is done: an idle keep-alive connection
+//! holds none. The pool keeps at most `max_free` buffers; the rest go back
+//! to the allocator, so a burst does not pin memory forever.
+
+use std::cell::{Cell, RefCell};
+
+use bytes::BytesMut;
+
+pub struct BufPool {
+    free: RefCell<Vec<BytesMut>>,
+    buf_size: usize,
+    max_free: usize,
+    lent: Cell<usize>,
+}
+
+impl BufPool {
+    pub fn new(buf_size: usize, max_free: usize) -> Self {
+        BufPool {
+            free: RefCell::new(Vec::new()),
+            buf_size,
+            max_free,
+            lent: Cell::new(0),
+        }
+    }
+
+    pub fn buf_size(&self) -> usize {
+        self.buf_size
+    }
+
+    /// Takes an empty buffer with at least `buf_size` bytes of capacity.
+    pub fn take(&self) -> BytesMut {
+        self.lent.set(self.lent.get() + 1);
+        self.free
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(self.buf_size))
+    }
+
+    /// Gives a buffer back. Buffers that grew past their size, or that
+    /// cannot be reclaimed whole, are dropped rather than kept.
+    pub fn put(&self, mut buf: BytesMut) {
+        self.lent.set(self.lent.get().saturating_sub(1));
+        buf.clear();
+        let mut free = self.free.borrow_mut();
+        if free.len() >= self.max_free || buf.capacity() > 2 * self.buf_size {
+            return;
+        }
+        // After split_to/freeze the buffer is a view at an offset; reserve
+        // reclaims the whole allocation once the split parts are gone (no
+        // copy, since it is empty), or allocates a fresh one if not.
+        buf.reserve(self.buf_size);
+        free.push(buf);
+    }
+
+    /// Buffers currently lent out (for metrics and tests).
+    pub fn lent(&self) -> usize {
+        self.lent.get()
+    }
+
+    /// Buffers waiting in the pool.
+    pub fn free(&self) -> usize {
+        self.free.borrow().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuses_and_bounds() {
+        let pool = BufPool::new(1024, 2);
+        let a = pool.take();
+        let b = pool.take();
+        let c = pool.take();
+        assert_eq!(pool.lent(), 3);
+        pool.put(a);
+        pool.put(b);
+        pool.put(c);
+        assert_eq!(pool.free(), 2, "keeps at most max_free");
+        assert_eq!(pool.lent(), 0);
+        let d = pool.take();
+        assert!(d.capacity() >= 1024 && d.is_empty());
+    }
+
+    #[test]
+    fn reclaims_split_buffers() {
+        let pool = BufPool::new(1024, 4);
+        let mut a = pool.take();
+        a.extend_from_slice(&[7u8; 600]);
+        let head = a.split_to(500).freeze();
+        drop(head);
+        pool.put(a);
+        let b = pool.take();
+        assert!(b.capacity() >= 1024);
+    }
+
+    #[test]
+    fn drops_grown_buffers() {
+        let pool = BufPool::new(1024, 4);
+        let mut a = pool.take();
+        a.reserve(10_000);
+        pool.put(a);
+        assert_eq!(pool.free(), 0);
+    }
+}

@@ -1,0 +1,335 @@
+//! One request and its response, as a handler sees them.
+//!
+//! The exchange lends the handler the connection's buffers and socket for
+//! the duration of one request: it reads the body on demand (sending
+//! `100 Continue` first when asked for), and encodes the response into the
+//! connection's write buffer, flushing only when a streamed response needs it.
+
+use std::io;
+
+use bytes::Bytes;
+use monoio::time::Instant;
+use ringside_wire::http::response::{encode_chunk, encode_last_chunk, CONTINUE_100};
+use ringside_wire::http::{
+    BodyDecoder, BodyEvent, BodyKind, Framing, Method, RequestHead, ResponseHead, StatusCode,
+    Version,
+};
+
+use super::conn::{ConnIo, IoFailure};
+
+/// Why a body could not be read. The exchange has already decided the
+/// connection's fate (closed after the response); the handler should answer
+/// with [`Exchange::respond_body_error`] or simply return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Malformed chunked framing: 400.
+    Malformed(&'static str),
+    /// Past the route's body limit: 413.
+    TooLarge,
+    /// No body bytes within the body timeout: 408.
+    Timeout,
+    /// The client went away.
+    Closed,
+}
+
+impl BodyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            BodyError::Malformed(_) => StatusCode::BAD_REQUEST,
+            BodyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            BodyError::Closed => StatusCode::BAD_REQUEST,
+        }
+    }
+    pub fn message(&self) -> &'static str {
+        match self {
+            BodyError::Malformed(m) => m,
+            BodyError::TooLarge => "request body too large",
+            BodyError::Timeout => "request body timed out",
+            BodyError::Closed => "connection closed during the body",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResponseState {
+    NotStarted,
+    Streaming,
+    Done,
+}
+
+pub struct Exchange<'c> {
+    pub(super) io: &'c mut ConnIo,
+    head: RequestHead,
+    body: BodyDecoder,
+    body_kind: BodyKind,
+    body_limit_set: bool,
+    max_body: u64,
+    continue_pending: bool,
+    body_error: Option<BodyError>,
+    response: ResponseState,
+    /// Whether the connection stays open after this exchange.
+    pub(super) keep_alive: bool,
+    /// An I/O failure while streaming; the connection must close.
+    pub(super) io_failed: bool,
+}
+
+impl<'c> Exchange<'c> {
+    pub(super) fn new(io: &'c mut ConnIo, head: RequestHead, max_body: u64) -> Self {
+        let kind = head.body_kind();
+        let continue_pending = head.expects_continue() && kind != BodyKind::Empty;
+        let keep_alive = head.keep_alive();
+        Exchange {
+            io,
+            body: BodyDecoder::new(kind, max_body),
+            body_kind: kind,
+            body_limit_set: false,
+            max_body,
+            continue_pending,
+            body_error: None,
+            response: ResponseState::NotStarted,
+            keep_alive,
+            io_failed: false,
+            head,
+        }
+    }
+
+    pub fn head(&self) -> &RequestHead {
+        &self.head
+    }
+
+    pub fn method(&self) -> Method {
+        self.head.method()
+    }
+
+    pub fn path(&self) -> &str {
+        self.head.path()
+    }
+
+    /// Sets this route's body limit (the server's default otherwise). Only
+    /// before the first `body_chunk`.
+    pub fn set_body_limit(&mut self, max: u64) {
+        if !self.body_limit_set && self.body.remaining() == self.initial_remaining() {
+            self.max_body = max;
+            self.body = BodyDecoder::new(self.body_kind, max);
+        }
+    }
+
+    fn initial_remaining(&self) -> Option<u64> {
+        match self.body_kind {
+            BodyKind::Length(n) => Some(n),
+            BodyKind::Empty => Some(0),
+            BodyKind::Chunked => None,
+        }
+    }
+
+    /// The next piece of the request body, `Ok(None)` at its end. Pieces are
+    /// at most a read buffer long; the server holds no more of the body than
+    /// that, and reads the socket only when asked: a handler that is slow to
+    /// ask closes the client's TCP window.
+    pub async fn body_chunk(&mut self) -> Result<Option<Bytes>, BodyError> {
+        self.body_limit_set = true;
+        if let Some(e) = self.body_error {
+            return Err(e);
+        }
+        if self.continue_pending {
+            // The client waits for this before it sends the body; whatever
+            // responses precede it in the pipeline go out first, in order.
+            self.continue_pending = false;
+            self.io.wbuf.extend_from_slice(CONTINUE_100);
+            if self.io.flush().await.is_err() {
+                return Err(self.fail(BodyError::Closed));
+            }
+        }
+        let max_chunk = self.io.http_buf_size();
+        loop {
+            match self.body.decode(&mut self.io.rbuf, max_chunk) {
+                Ok(Some(BodyEvent::Data(b))) => return Ok(Some(b)),
+                Ok(Some(BodyEvent::End)) => return Ok(None),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(self.fail(match e {
+                        ringside_wire::http::BodyError::TooLarge => BodyError::TooLarge,
+                        ringside_wire::http::BodyError::BadChunk(m) => BodyError::Malformed(m),
+                    }))
+                }
+            }
+            let deadline = Instant::now() + self.io.settings().body_timeout;
+            match self.io.read_more(deadline).await {
+                Ok(()) => {}
+                Err(IoFailure::Timeout) => return Err(self.fail(BodyError::Timeout)),
+                Err(_) => return Err(self.fail(BodyError::Closed)),
+            }
+        }
+    }
+
+    fn fail(&mut self, e: BodyError) -> BodyError {
+        self.body_error = Some(e);
+        self.keep_alive = false;
+        e
+    }
+
+    /// Reads and drops the rest of the body, for a response that did not
+    /// need it; returns false if the connection must close instead.
+    pub(super) async fn discard_body(&mut self) -> bool {
+        if self.body.is_done() || self.body_kind == BodyKind::Empty {
+            return true;
+        }
+        let mut budget = self.io.settings().max_discard_bytes;
+        loop {
+            match self.body_chunk().await {
+                Ok(Some(b)) if (b.len() as u64) <= budget => budget -= b.len() as u64,
+                Ok(None) => return true,
+                _ => return false,
+            }
+        }
+    }
+
+    /// Whether the connection can be kept after the handler answers now:
+    /// an unread body must be small enough to discard, and must not be one
+    /// the client is still waiting to be asked for (100-continue).
+    fn decide_keep_alive(&mut self) {
+        if self.io.core_draining() || self.body_error.is_some() {
+            self.keep_alive = false;
+        }
+        if !self.body.is_done() && self.body_kind != BodyKind::Empty {
+            let small = matches!(self.body.remaining(),
+                Some(n) if n <= self.io.settings().max_discard_bytes);
+            if self.continue_pending || !small {
+                self.keep_alive = false;
+            }
+        }
+    }
+
+    fn write_head(&mut self, status: StatusCode, content_type: &[u8], extra: &[(&str, &[u8])], framing: Framing) {
+        self.decide_keep_alive();
+        let date = self.io.date();
+        ResponseHead {
+            status,
+            framing,
+            keep_alive: self.keep_alive,
+            http10: self.head.version() == Version::Http10,
+            content_type: Some(content_type),
+            extra,
+        }
+        .encode(&date, &mut self.io.wbuf);
+    }
+
+    /// Answers with a complete body (Content-Length framing). For HEAD the
+    /// same headers go out without the body.
+    pub fn respond(&mut self, status: StatusCode, content_type: &[u8], body: &[u8]) {
+        self.respond_with(status, content_type, &[], body)
+    }
+
+    /// `respond` with further headers.
+    pub fn respond_with(
+        &mut self,
+        status: StatusCode,
+        content_type: &[u8],
+        extra: &[(&str, &[u8])],
+        body: &[u8],
+    ) {
+        if self.response != ResponseState::NotStarted {
+            return;
+        }
+        self.write_head(status, content_type, extra, Framing::Length(body.len() as u64));
+        if self.head.method() != Method::Head {
+            self.io.wbuf.extend_from_slice(body);
+        }
+        self.response = ResponseState::Done;
+    }
+
+    /// Answers a failed body read with its status, closing the connection.
+    pub fn respond_body_error(&mut self, e: BodyError) {
+        self.keep_alive = false;
+        let msg = e.message();
+        self.respond_error(e.status(), msg);
+    }
+
+    /// A short plain-text error: "<code> <reason>: <message>\n".
+    pub fn respond_error(&mut self, status: StatusCode, message: &str) {
+        let mut body = Vec::with_capacity(64);
+        body.extend_from_slice(status.0.to_string().as_bytes());
+        body.push(b' ');
+        body.extend_from_slice(status.reason().as_bytes());
+        if !message.is_empty() {
+            body.extend_from_slice(b": ");
+            body.extend_from_slice(message.as_bytes());
+        }
+        body.push(b'\n');
+        self.respond(status, b"text/plain; charset=utf-8", &body);
+    }
+
+    /// Starts a streamed response: chunked for HTTP/1.1, close-delimited for
+    /// HTTP/1.0 (which has no chunked framing).
+    pub fn start_stream(&mut self, status: StatusCode, content_type: &[u8], extra: &[(&str, &[u8])]) {
+        if self.response != ResponseState::NotStarted {
+            return;
+        }
+        let http10 = self.head.version() == Version::Http10;
+        if http10 {
+            self.keep_alive = false;
+        }
+        let framing = if http10 { Framing::None } else { Framing::Chunked };
+        self.write_head(status, content_type, extra, framing);
+        self.response = ResponseState::Streaming;
+    }
+
+    /// Appends a piece of a streamed response; writes to the socket once
+    /// enough is queued, so a client that reads slowly slows the handler.
+    pub async fn send_chunk(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.response != ResponseState::Streaming || data.is_empty() {
+            return Ok(());
+        }
+        if self.head.method() != Method::Head {
+            if self.head.version() == Version::Http10 {
+                self.io.wbuf.extend_from_slice(data);
+            } else {
+                encode_chunk(data, &mut self.io.wbuf);
+            }
+        }
+        if self.io.wbuf.len() >= self.io.settings().write_high_water {
+            if let Err(e) = self.io.flush().await {
+                self.io_failed = true;
+                self.keep_alive = false;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a streamed response.
+    pub fn finish_stream(&mut self) {
+        if self.response != ResponseState::Streaming {
+            return;
+        }
+        if self.head.method() != Method::Head && self.head.version() != Version::Http10 {
+            encode_last_chunk(&mut self.io.wbuf);
+        }
+        self.response = ResponseState::Done;
+    }
+
+    /// Called by the driver after the handler returned: a handler that
+    /// wrote nothing gets a 500; one that left a stream open has it ended
+    /// (and the connection closed, since the body may be cut short).
+    pub(super) fn complete(&mut self) {
+        match self.response {
+            ResponseState::Done => {}
+            ResponseState::Streaming => {
+                self.keep_alive = false;
+                self.finish_stream();
+            }
+            ResponseState::NotStarted => {
+                self.keep_alive = false;
+                match self.body_error {
+                    Some(e) => self.respond_body_error(e),
+                    None => self.respond_error(StatusCode::INTERNAL_ERROR, "no response"),
+                }
+            }
+        }
+    }
+
+    pub(super) fn into_parts(self) -> (bool, bool) {
+        (self.keep_alive, self.io_failed)
+    }
+}

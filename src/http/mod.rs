@@ -1,0 +1,115 @@
+//! The HTTP/1.1 connection driver: the thin I/O layer between a core's
+//! sockets and the sans-I/O codec in `ringside_wire::http`.
+//!
+//! It knows no routes: requests go to a [`Service`] made on each core.
+
+mod bufpool;
+mod conn;
+mod exchange;
+
+use std::cell::Cell;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+use monoio::net::TcpStream;
+use ringside_wire::http::{HttpDate, Limits};
+
+pub use bufpool::BufPool;
+pub use exchange::{BodyError, Exchange};
+pub use ringside_wire::http::{Method, RequestHead, StatusCode, Version};
+
+use crate::config::Config;
+use crate::runtime::{ConnectionHandler, CoreCtx};
+
+/// Answers requests. One is made per core, on that core, so it may hold
+/// `Rc` state. `call` writes exactly one response through the exchange.
+pub trait Service: 'static {
+    fn call<'a>(&'a self, ex: &'a mut Exchange<'_>) -> impl Future<Output = ()> + 'a;
+}
+
+/// The HTTP settings a connection needs, copied out of the configuration.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    pub limits: Limits,
+    pub max_body_bytes: u64,
+    pub head_timeout: Duration,
+    pub body_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Flush queued responses once they pass this many bytes, even if more
+    /// pipelined requests wait: bounds a connection's write buffer.
+    pub write_high_water: usize,
+    /// A request body the handler left unread is read and dropped up to this
+    /// size to keep the connection; past it the connection is closed.
+    pub max_discard_bytes: u64,
+}
+
+impl HttpSettings {
+    pub fn from_config(c: &Config) -> Self {
+        HttpSettings {
+            limits: Limits {
+                max_request_line: c.max_request_line,
+                max_head_bytes: c.max_head_bytes,
+                max_headers: c.max_headers,
+            },
+            max_body_bytes: c.max_body_bytes,
+            head_timeout: c.head_timeout,
+            body_timeout: c.body_timeout,
+            keepalive_timeout: c.keepalive_timeout,
+            write_timeout: c.write_timeout,
+            write_high_water: 64 * 1024,
+            max_discard_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A core's HTTP state: settings, buffer pool, Date cache, the service.
+pub struct HttpCore<S> {
+    shared: Rc<conn::Shared>,
+    pub service: S,
+}
+
+impl<S: Service> HttpCore<S> {
+    /// Builds the core's HTTP state and starts its Date refresher (a
+    /// once-a-second timer on this core: no clock read per request, no
+    /// state shared between cores).
+    pub fn new(core: Rc<CoreCtx>, config: &Config, service: S) -> Rc<Self> {
+        let shared = Rc::new(conn::Shared {
+            core,
+            settings: HttpSettings::from_config(config),
+            buffers: BufPool::new(config.read_buffer_bytes, config.pooled_buffers_per_core),
+            date: Cell::new(HttpDate::from_system_time(SystemTime::now())),
+        });
+        let weak = Rc::downgrade(&shared);
+        monoio::spawn(async move {
+            let mut tick = monoio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(s) => s.date.set(HttpDate::from_system_time(SystemTime::now())),
+                    None => break,
+                }
+            }
+        });
+        Rc::new(HttpCore { shared, service })
+    }
+
+    pub fn core(&self) -> &Rc<CoreCtx> {
+        &self.shared.core
+    }
+
+    pub fn buffers(&self) -> &BufPool {
+        &self.shared.buffers
+    }
+}
+
+impl<S: Service> ConnectionHandler for HttpCore<S> {
+    fn serve(self: &Rc<Self>, stream: TcpStream) -> impl Future<Output = ()> + 'static {
+        conn::serve(self.clone(), stream)
+    }
+
+    fn refuse(self: &Rc<Self>, stream: TcpStream) -> impl Future<Output = ()> + 'static {
+        conn::refuse(self.clone(), stream)
+    }
+}

@@ -1,0 +1,500 @@
+//! Threads, pinning, rings, listeners and the shutdown signal.
+//!
+//! One OS thread per selected CPU, pinned there, each running its own monoio
+//! runtime and accepting on its own SO_REUSEPORT listener. Nothing here knows
+//! HTTP: a core hands each accepted stream to a [`ConnectionHandler`] made on
+//! that core. Cross-core traffic is limited to start-up (ready reports) and
+//! shutdown (one message per core).
+
+pub mod event;
+mod listener;
+
+use std::cell::Cell;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use crate::config::{Config, CoreSelection, IoMode};
+use event::LocalEvent;
+
+/// The io driver a core runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoDriver {
+    Uring,
+    Epoll,
+}
+
+impl fmt::Display for IoDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IoDriver::Uring => "io_uring",
+            IoDriver::Epoll => "epoll",
+        })
+    }
+}
+
+/// Per-core state shared by the accept loop and that core's connections.
+/// `Rc` and `Cell` only: it never leaves its core.
+pub struct CoreCtx {
+    /// Position of this core in the selected set (0..n).
+    pub index: usize,
+    /// The CPU id this core's thread is pinned to.
+    pub cpu: usize,
+    pub driver: IoDriver,
+    /// Fired when a graceful shutdown starts: stop taking new requests.
+    pub drain: LocalEvent,
+    open_connections: Cell<usize>,
+    accepted: Cell<u64>,
+    shed: Cell<u64>,
+}
+
+impl CoreCtx {
+    pub fn draining(&self) -> bool {
+        self.drain.is_fired()
+    }
+    pub fn open_connections(&self) -> usize {
+        self.open_connections.get()
+    }
+    pub fn accepted(&self) -> u64 {
+        self.accepted.get()
+    }
+    pub fn shed(&self) -> u64 {
+        self.shed.get()
+    }
+}
+
+/// What a core does with each accepted connection. Made once per core (on
+/// that core), so it may hold `Rc` state: buffer pools, caches, DB pools.
+pub trait ConnectionHandler: 'static {
+    /// Serves one connection until it closes.
+    fn serve(self: &Rc<Self>, stream: TcpStream) -> impl Future<Output = ()> + 'static;
+    /// Answers a connection beyond the per-core limit (a short 503), then
+    /// the runtime closes it.
+    fn refuse(self: &Rc<Self>, stream: TcpStream) -> impl Future<Output = ()> + 'static;
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// What each core reported once it was listening.
+#[derive(Clone, Debug)]
+pub struct CoreReport {
+    pub index: usize,
+    pub cpu: usize,
+    pub driver: IoDriver,
+}
+
+/// A running server: its address, its cores, and the handle that stops it.
+pub struct Server {
+    pub local_addr: SocketAddr,
+    pub cores: Vec<CoreReport>,
+    /// Why the io driver was chosen, for the start-up log.
+    pub driver_note: String,
+    shutdown: Vec<flume::Sender<()>>,
+    threads: Vec<thread::JoinHandle<CoreSummary>>,
+}
+
+/// What a core did, returned when it stops.
+#[derive(Clone, Debug, Default)]
+pub struct CoreSummary {
+    pub index: usize,
+    pub accepted: u64,
+    pub shed: u64,
+    /// Connections still open when the drain deadline passed (closed hard).
+    pub cut_at_deadline: usize,
+}
+
+impl Server {
+    /// Starts one pinned thread per selected CPU, each listening on `config.listen`.
+    /// Returns once every core accepts, or with the first core's start error.
+    pub fn start<F, H>(config: &Config, make_handler: F) -> Result<Server, StartError>
+    where
+        F: Fn(Rc<CoreCtx>, &Config) -> Rc<H> + Send + Sync + 'static,
+        H: ConnectionHandler,
+    {
+        let cpus = select_cpus(&config.cores)?;
+        let (driver, driver_note) = choose_driver(config.io)?;
+        // Bind every listener here, before any thread starts, so that an
+        // address in use fails the start with one clear message. Port 0
+        // resolves on the first bind; the others reuse that port.
+        let mut addr = config.listen;
+        let mut listeners = Vec::with_capacity(cpus.len());
+        for _ in &cpus {
+            let l = listener::bind(addr, config.backlog)
+                .map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))?;
+            addr = l
+                .local_addr()
+                .map_err(|e| StartError(format!("listener address: {e}")))?;
+            listeners.push(l);
+        }
+
+        let make_handler = Arc::new(make_handler);
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<CoreReport, String>>();
+        let mut shutdown = Vec::new();
+        let mut threads = Vec::new();
+        for (index, (cpu, listener)) in cpus.iter().copied().zip(listeners).enumerate() {
+            let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+            shutdown.push(stop_tx);
+            let config = config.clone();
+            let make_handler = make_handler.clone();
+            let ready_tx = ready_tx.clone();
+            let spawned = thread::Builder::new()
+                .name(format!("ringside-core-{index}"))
+                .spawn(move || {
+                    let core = CoreStart {
+                        index,
+                        cpu,
+                        driver,
+                        config,
+                        listener,
+                        stop: stop_rx,
+                        ready: ready_tx,
+                    };
+                    core.run(move |ctx, cfg| make_handler(ctx, cfg))
+                })
+                .map_err(|e| StartError(format!("cannot start a core thread: {e}")))?;
+            threads.push(spawned);
+        }
+        drop(ready_tx);
+
+        let mut server = Server {
+            local_addr: addr,
+            cores: Vec::new(),
+            driver_note,
+            shutdown,
+            threads,
+        };
+        for _ in 0..cpus.len() {
+            match ready_rx.recv() {
+                Ok(Ok(report)) => server.cores.push(report),
+                Ok(Err(e)) => {
+                    server.stop_now();
+                    return Err(StartError(e));
+                }
+                Err(_) => {
+                    server.stop_now();
+                    return Err(StartError("a core thread died while starting".into()));
+                }
+            }
+        }
+        server.cores.sort_by_key(|c| c.index);
+        Ok(server)
+    }
+
+    /// Starts a graceful shutdown on every core (stop accepting, finish
+    /// requests in flight, close idle connections). Returns at once.
+    pub fn begin_shutdown(&self) {
+        self.stopper().stop();
+    }
+
+    /// A handle that can start the shutdown from another thread (a signal
+    /// watcher).
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.shutdown.clone())
+    }
+
+    /// Waits for every core to stop. Returns the per-core summaries, or an
+    /// error if a core thread panicked.
+    pub fn join(self) -> Result<Vec<CoreSummary>, String> {
+        let mut out = Vec::new();
+        for t in self.threads {
+            match t.join() {
+                Ok(s) => out.push(s),
+                Err(_) => return Err("a core thread panicked".into()),
+            }
+        }
+        Ok(out)
+    }
+
+    fn stop_now(&mut self) {
+        self.begin_shutdown();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts a graceful shutdown of every core; cheap to clone, `Send`.
+#[derive(Clone)]
+pub struct Stopper(Vec<flume::Sender<()>>);
+
+impl Stopper {
+    pub fn stop(&self) {
+        for tx in &self.0 {
+            let _ = tx.try_send(());
+        }
+    }
+}
+
+/// Everything a core thread needs to start.
+struct CoreStart {
+    index: usize,
+    cpu: usize,
+    driver: IoDriver,
+    config: Config,
+    listener: std::net::TcpListener,
+    stop: flume::Receiver<()>,
+    ready: mpsc::Sender<Result<CoreReport, String>>,
+}
+
+impl CoreStart {
+    fn run<F, H>(self, make_handler: F) -> CoreSummary
+    where
+        F: Fn(Rc<CoreCtx>, &Config) -> Rc<H>,
+        H: ConnectionHandler,
+    {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: self.cpu }) {
+            let _ = self
+                .ready
+                .send(Err(format!("cannot pin a thread to CPU {}", self.cpu)));
+            return CoreSummary::default();
+        }
+        let entries = self.config.ring_entries;
+        // The runtime type differs per driver, so each arm builds and runs
+        // its own; `accept_loop` is the same generic future in both.
+        match self.driver {
+            IoDriver::Uring => {
+                match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .with_entries(entries)
+                    .enable_timer()
+                    .build()
+                {
+                    Ok(mut rt) => rt.block_on(self.accept_loop(make_handler)),
+                    Err(e) => {
+                        let _ = self.ready.send(Err(format!(
+                            "core {}: cannot set up io_uring: {e} (try --io epoll)",
+                            self.index
+                        )));
+                        CoreSummary::default()
+                    }
+                }
+            }
+            IoDriver::Epoll => {
+                match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                    .with_entries(entries)
+                    .enable_timer()
+                    .build()
+                {
+                    Ok(mut rt) => rt.block_on(self.accept_loop(make_handler)),
+                    Err(e) => {
+                        let _ = self.ready.send(Err(format!(
+                            "core {}: cannot set up epoll: {e}",
+                            self.index
+                        )));
+                        CoreSummary::default()
+                    }
+                }
+            }
+        }
+    }
+
+    async fn accept_loop<F, H>(self, make_handler: F) -> CoreSummary
+    where
+        F: Fn(Rc<CoreCtx>, &Config) -> Rc<H>,
+        H: ConnectionHandler,
+    {
+        let ctx = Rc::new(CoreCtx {
+            index: self.index,
+            cpu: self.cpu,
+            driver: self.driver,
+            drain: LocalEvent::new(),
+            open_connections: Cell::new(0),
+            accepted: Cell::new(0),
+            shed: Cell::new(0),
+        });
+        let listener = match monoio::net::TcpListener::from_std(self.listener) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = self.ready.send(Err(format!("core {}: listener: {e}", self.index)));
+                return CoreSummary::default();
+            }
+        };
+        let handler = make_handler(ctx.clone(), &self.config);
+
+        // The one cross-core message a core receives: stop. A small task
+        // turns it into the core-local drain event.
+        let stop = self.stop;
+        let drain_ctx = ctx.clone();
+        monoio::spawn(async move {
+            let _ = stop.recv_async().await;
+            drain_ctx.drain.fire();
+        });
+
+        let _ = self.ready.send(Ok(CoreReport {
+            index: self.index,
+            cpu: self.cpu,
+            driver: self.driver,
+        }));
+
+        let max_open = self.config.max_connections_per_core;
+        loop {
+            let accepted = monoio::select! {
+                r = listener.accept() => r,
+                _ = ctx.drain.wait() => break,
+            };
+            match accepted {
+                Ok((stream, _peer)) => {
+                    ctx.accepted.set(ctx.accepted.get() + 1);
+                    let _ = stream.set_nodelay(true);
+                    let guard = OpenGuard::new(&ctx);
+                    if ctx.open_connections.get() > max_open {
+                        ctx.shed.set(ctx.shed.get() + 1);
+                        let refusal = handler.refuse(stream);
+                        monoio::spawn(async move {
+                            refusal.await;
+                            drop(guard);
+                        });
+                    } else {
+                        let conn = handler.serve(stream);
+                        monoio::spawn(async move {
+                            conn.await;
+                            drop(guard);
+                        });
+                    }
+                }
+                Err(e) if is_resource_exhaustion(&e) => {
+                    // Out of file descriptors or memory: back off instead of
+                    // spinning on the error while connections wait in the
+                    // backlog.
+                    monoio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(_) => {}
+            }
+        }
+        drop(listener);
+
+        // Drain: connections see the fired event, finish what they are
+        // doing and close. Wait for them up to the shutdown timeout.
+        let deadline = Instant::now() + self.config.shutdown_timeout;
+        while ctx.open_connections.get() > 0 && Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        CoreSummary {
+            index: self.index,
+            accepted: ctx.accepted.get(),
+            shed: ctx.shed.get(),
+            cut_at_deadline: ctx.open_connections.get(),
+        }
+    }
+}
+
+/// Counts a connection as open for as long as it lives.
+struct OpenGuard(Rc<CoreCtx>);
+
+impl OpenGuard {
+    fn new(ctx: &Rc<CoreCtx>) -> Self {
+        ctx.open_connections.set(ctx.open_connections.get() + 1);
+        OpenGuard(ctx.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open_connections.set(self.0.open_connections.get() - 1);
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// The CPUs to run on: the process's allowed set (sched_getaffinity, so
+/// taskset and systemd's CPUAffinity= are honoured), or a subset of it.
+fn select_cpus(sel: &CoreSelection) -> Result<Vec<usize>, StartError> {
+    let allowed: Vec<usize> = core_affinity::get_core_ids()
+        .ok_or_else(|| StartError("cannot read the allowed CPU set".into()))?
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    match sel {
+        CoreSelection::All => Ok(allowed),
+        CoreSelection::Count(n) => {
+            if *n > allowed.len() {
+                return Err(StartError(format!(
+                    "--cores {n}: only {} CPUs are allowed ({allowed:?})",
+                    allowed.len()
+                )));
+            }
+            Ok(allowed[..*n].to_vec())
+        }
+        CoreSelection::List(list) => {
+            if let Some(bad) = list.iter().find(|c| !allowed.contains(c)) {
+                return Err(StartError(format!(
+                    "--cores: CPU {bad} is not in the allowed set {allowed:?}"
+                )));
+            }
+            Ok(list.clone())
+        }
+    }
+}
+
+/// Picks the io driver, with a sentence saying why.
+fn choose_driver(mode: IoMode) -> Result<(IoDriver, String), StartError> {
+    match mode {
+        IoMode::Epoll => Ok((IoDriver::Epoll, "epoll (as configured)".into())),
+        IoMode::Uring => match probe_uring() {
+            Ok(()) => Ok((IoDriver::Uring, "io_uring (as configured)".into())),
+            Err(why) => Err(StartError(format!(
+                "--io uring: io_uring is not available here: {why}. \
+                 Use --io auto to fall back to epoll."
+            ))),
+        },
+        IoMode::Auto => match probe_uring() {
+            Ok(()) => Ok((IoDriver::Uring, "io_uring".into())),
+            Err(why) => Ok((
+                IoDriver::Epoll,
+                format!("epoll (fallback: io_uring is not available: {why})"),
+            )),
+        },
+    }
+}
+
+/// Checks that this process may create a ring and that the kernel has the
+/// operations monoio uses; says why not otherwise.
+fn probe_uring() -> Result<(), String> {
+    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        if v.trim() == "2" {
+            return Err("kernel.io_uring_disabled = 2".into());
+        }
+    }
+    match io_uring::IoUring::new(2) {
+        Ok(_) => {}
+        Err(e) => {
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOSYS) => "io_uring_setup is not implemented or is filtered \
+                                       (old kernel, or a seccomp profile such as Docker's)"
+                    .into(),
+                Some(libc::EPERM) => {
+                    "io_uring_setup was denied (EPERM: kernel.io_uring_disabled or a \
+                     security policy)"
+                        .into()
+                }
+                _ => format!("io_uring_setup failed: {e}"),
+            })
+        }
+    }
+    if !monoio::utils::detect_uring() {
+        return Err("the kernel lacks io_uring operations that monoio needs".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! Integration tests: the real `ringside` binary on an ephemeral port,
+//! spoken to with raw bytes over TCP.
+
+mod harness;
+mod http;
+mod runtime;
