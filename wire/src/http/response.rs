@@ -27,7 +27,54 @@ impl StatusCode {
 
     /// The standard reason phrase ("OK", "Not Found", ...; "Unknown" otherwise).
     pub fn reason(&self) -> &'static str {
-        todo!()
+        // RFC 9110 section 15 names.
+        match self.0 {
+            100 => "Continue",
+            101 => "Switching Protocols",
+            200 => "OK",
+            201 => "Created",
+            202 => "Accepted",
+            203 => "Non-Authoritative Information",
+            204 => "No Content",
+            205 => "Reset Content",
+            206 => "Partial Content",
+            300 => "Multiple Choices",
+            301 => "Moved Permanently",
+            302 => "Found",
+            303 => "See Other",
+            304 => "Not Modified",
+            307 => "Temporary Redirect",
+            308 => "Permanent Redirect",
+            400 => "Bad Request",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            406 => "Not Acceptable",
+            408 => "Request Timeout",
+            409 => "Conflict",
+            410 => "Gone",
+            411 => "Length Required",
+            412 => "Precondition Failed",
+            413 => "Content Too Large",
+            414 => "URI Too Long",
+            415 => "Unsupported Media Type",
+            416 => "Range Not Satisfiable",
+            417 => "Expectation Failed",
+            421 => "Misdirected Request",
+            422 => "Unprocessable Content",
+            426 => "Upgrade Required",
+            428 => "Precondition Required",
+            429 => "Too Many Requests",
+            431 => "Request Header Fields Too Large",
+            500 => "Internal Server Error",
+            501 => "Not Implemented",
+            502 => "Bad Gateway",
+            503 => "Service Unavailable",
+            504 => "Gateway Timeout",
+            505 => "HTTP Version Not Supported",
+            _ => "Unknown",
+        }
     }
 }
 
@@ -70,8 +117,44 @@ impl ResponseHead<'_> {
     /// Content-Length: n\r\n[Connection: close\r\n][extra]\r\n".
     /// Integers are formatted without allocation.
     pub fn encode(&self, date: &HttpDate, out: &mut BytesMut) {
-        let _ = (date, out);
-        todo!()
+        let reason = self.status.reason();
+        let extra_len: usize = self.extra.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+        // One reservation for the usual head (fixed parts are ~120 bytes).
+        out.reserve(128 + reason.len() + self.content_type.map_or(0, |c| c.len()) + extra_len);
+
+        out.extend_from_slice(b"HTTP/1.1 ");
+        put_decimal(out, u64::from(self.status.0));
+        out.extend_from_slice(b" ");
+        out.extend_from_slice(reason.as_bytes());
+        out.extend_from_slice(b"\r\nServer: ringside\r\nDate: ");
+        out.extend_from_slice(date.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if let Some(ct) = self.content_type {
+            out.extend_from_slice(b"Content-Type: ");
+            out.extend_from_slice(ct);
+            out.extend_from_slice(b"\r\n");
+        }
+        match self.framing {
+            Framing::Length(n) => {
+                out.extend_from_slice(b"Content-Length: ");
+                put_decimal(out, n);
+                out.extend_from_slice(b"\r\n");
+            }
+            Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+            Framing::None => {}
+        }
+        if !self.keep_alive {
+            out.extend_from_slice(b"Connection: close\r\n");
+        } else if self.http10 {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        for (name, value) in self.extra {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
     }
 }
 
@@ -81,11 +164,188 @@ pub const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Appends one chunk: hex size, CRLF, data, CRLF. An empty `data` appends nothing
 /// (an empty chunk would end the body).
 pub fn encode_chunk(data: &[u8], out: &mut BytesMut) {
-    let _ = (data, out);
-    todo!()
+    if data.is_empty() {
+        return;
+    }
+    out.reserve(data.len() + 20);
+    put_hex(out, data.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends the last chunk and the end of the (empty) trailer section: "0\r\n\r\n".
 pub fn encode_last_chunk(out: &mut BytesMut) {
     out.extend_from_slice(b"0\r\n\r\n");
+}
+
+/// Appends `n` in decimal, formatted on the stack.
+fn put_decimal(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends `n` in lowercase hex, formatted on the stack.
+fn put_hex(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn date() -> HttpDate {
+        HttpDate::from_unix_secs(784_111_777)
+    }
+
+    fn encode(head: &ResponseHead<'_>) -> String {
+        let mut out = BytesMut::new();
+        head.encode(&date(), &mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    fn head(status: StatusCode, framing: Framing) -> ResponseHead<'static> {
+        ResponseHead {
+            status,
+            framing,
+            keep_alive: true,
+            http10: false,
+            content_type: None,
+            extra: &[],
+        }
+    }
+
+    #[test]
+    fn reasons() {
+        let all = [
+            (StatusCode::CONTINUE, "Continue"),
+            (StatusCode::OK, "OK"),
+            (StatusCode::BAD_REQUEST, "Bad Request"),
+            (StatusCode::NOT_FOUND, "Not Found"),
+            (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
+            (StatusCode::REQUEST_TIMEOUT, "Request Timeout"),
+            (StatusCode::PAYLOAD_TOO_LARGE, "Content Too Large"),
+            (StatusCode::URI_TOO_LONG, "URI Too Long"),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type"),
+            (StatusCode::UNPROCESSABLE, "Unprocessable Content"),
+            (
+                StatusCode::HEADERS_TOO_LARGE,
+                "Request Header Fields Too Large",
+            ),
+            (StatusCode::INTERNAL_ERROR, "Internal Server Error"),
+            (StatusCode::NOT_IMPLEMENTED, "Not Implemented"),
+            (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
+            (
+                StatusCode::VERSION_NOT_SUPPORTED,
+                "HTTP Version Not Supported",
+            ),
+        ];
+        for (code, reason) in all {
+            assert_eq!(code.reason(), reason);
+        }
+        assert_eq!(StatusCode(204).reason(), "No Content");
+        assert_eq!(StatusCode(299).reason(), "Unknown");
+    }
+
+    #[test]
+    fn encode_ok_with_length() {
+        let h = ResponseHead {
+            content_type: Some(b"text/plain; charset=utf-8"),
+            ..head(StatusCode::OK, Framing::Length(13))
+        };
+        assert_eq!(
+            encode(&h),
+            "HTTP/1.1 200 OK\r\nServer: ringside\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+             Content-Type: text/plain; charset=utf-8\r\nContent-Length: 13\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn encode_close_chunked_and_extra() {
+        let extra: &[(&str, &[u8])] = &[("Retry-After", b"5"), ("X-Request-Id", b"abc")];
+        let h = ResponseHead {
+            keep_alive: false,
+            extra,
+            ..head(StatusCode::SERVICE_UNAVAILABLE, Framing::Chunked)
+        };
+        assert_eq!(
+            encode(&h),
+            "HTTP/1.1 503 Service Unavailable\r\nServer: ringside\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\nRetry-After: 5\r\nX-Request-Id: abc\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn encode_http10_and_no_body() {
+        let h = ResponseHead {
+            http10: true,
+            ..head(StatusCode(204), Framing::None)
+        };
+        assert_eq!(
+            encode(&h),
+            "HTTP/1.1 204 No Content\r\nServer: ringside\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+             Connection: keep-alive\r\n\r\n"
+        );
+        let h = ResponseHead {
+            http10: true,
+            keep_alive: false,
+            ..head(StatusCode::OK, Framing::Length(0))
+        };
+        assert!(encode(&h).ends_with("Content-Length: 0\r\nConnection: close\r\n\r\n"));
+        let h = head(StatusCode::OK, Framing::Length(u64::MAX));
+        assert!(encode(&h).contains("\r\nContent-Length: 18446744073709551615\r\n"));
+    }
+
+    #[test]
+    fn encode_appends() {
+        let mut out = BytesMut::from(&b"previous"[..]);
+        head(StatusCode::NOT_FOUND, Framing::Length(0)).encode(&date(), &mut out);
+        assert!(out.starts_with(b"previousHTTP/1.1 404 Not Found\r\n"));
+    }
+
+    #[test]
+    fn chunks() {
+        let mut out = BytesMut::new();
+        encode_chunk(b"", &mut out);
+        assert!(out.is_empty());
+        encode_chunk(b"hello", &mut out);
+        encode_chunk(&[b'x'; 0x1ab], &mut out);
+        encode_last_chunk(&mut out);
+        let mut want = b"5\r\nhello\r\n1ab\r\n".to_vec();
+        want.extend_from_slice(&[b'x'; 0x1ab]);
+        want.extend_from_slice(b"\r\n0\r\n\r\n");
+        assert_eq!(&out[..], &want[..]);
+        assert_eq!(CONTINUE_100, b"HTTP/1.1 100 Continue\r\n\r\n");
+    }
+
+    #[test]
+    fn integer_formatting() {
+        for n in [0u64, 1, 9, 10, 99, 100, 12345, u64::MAX] {
+            let mut out = BytesMut::new();
+            put_decimal(&mut out, n);
+            assert_eq!(&out[..], n.to_string().as_bytes());
+            let mut out = BytesMut::new();
+            put_hex(&mut out, n);
+            assert_eq!(&out[..], format!("{n:x}").as_bytes());
+        }
+    }
 }
