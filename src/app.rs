@@ -1,8 +1,6 @@
 //! The routes. Handlers see requests through an [`Exchange`] and never
 //! touch a socket.
 
-use std::future::Future;
-
 use crate::http::{Exchange, Method, Service, StatusCode};
 
 const TEXT: &[u8] = b"text/plain; charset=utf-8";
@@ -18,12 +16,14 @@ impl App {
 }
 
 impl Service for App {
-    fn call<'a>(&'a self, ex: &'a mut Exchange<'_>) -> impl Future<Output = ()> + 'a {
-        async move {
+    async fn call(&self, ex: &mut Exchange<'_, '_>) {
+        {
             let method = ex.method();
             match ex.path() {
                 "/plaintext" => match method {
-                    Method::Get | Method::Head => ex.respond(StatusCode::OK, TEXT, b"Hello, World!"),
+                    Method::Get | Method::Head => {
+                        ex.respond(StatusCode::OK, TEXT, b"Hello, World!")
+                    }
                     _ => method_not_allowed(ex, b"GET, HEAD"),
                 },
                 "/healthz" => match method {
@@ -40,15 +40,20 @@ impl Service for App {
     }
 }
 
-fn method_not_allowed(ex: &mut Exchange<'_>, allow: &[u8]) {
+fn method_not_allowed(ex: &mut Exchange<'_, '_>, allow: &[u8]) {
     let body = b"405 Method Not Allowed\n";
-    ex.respond_with(StatusCode::METHOD_NOT_ALLOWED, TEXT, &[("Allow", allow)], body);
+    ex.respond_with(
+        StatusCode::METHOD_NOT_ALLOWED,
+        TEXT,
+        &[("Allow", allow)],
+        body,
+    );
 }
 
 /// Answers with the request body, which is bounded by the body limit
 /// (`--max-body-bytes`). A diagnostic route: it shows what the server
 /// decoded (chunked framing, 100-continue) byte for byte.
-async fn echo(ex: &mut Exchange<'_>) {
+async fn echo(ex: &mut Exchange<'_, '_>) {
     let mut body = Vec::new();
     loop {
         match ex.body_chunk().await {

@@ -153,8 +153,8 @@ pub static SETTINGS: &[Setting] = &[
     setting!("max-body-bytes", "RINGSIDE_MAX_BODY_BYTES", "1MiB",
         "default request body limit of routes that read a body (413 past it)",
         |c, v| c.max_body_bytes = parse_bytes(v, 0, u64::MAX)?),
-    setting!("read-buffer-bytes", "RINGSIDE_READ_BUFFER_BYTES", "16KiB",
-        "size of a connection's read buffer, lent from the core's pool while a request is read",
+    setting!("read-buffer-bytes", "RINGSIDE_READ_BUFFER_BYTES", "4KiB",
+        "I/O buffer lent from the core's pool while a request is handled; grows up to the head limit",
         |c, v| c.read_buffer_bytes = parse_bytes(v, 1024, 16 << 20)? as usize),
     setting!("pooled-buffers-per-core", "RINGSIDE_POOLED_BUFFERS_PER_CORE", "256",
         "free buffers a core keeps for reuse; more are given back to the allocator",
@@ -267,7 +267,9 @@ fn parse_int(v: &str, min: u64, max: u64) -> Result<u64, String> {
 /// Parses a byte size: `16384`, `16KiB`, `1MiB`, `2GiB` (also `k`, `KB`,
 /// `M`, `MB`; all binary multiples).
 fn parse_bytes(v: &str, min: u64, max: u64) -> Result<u64, String> {
-    let split = v.find(|c: char| !c.is_ascii_digit() && c != '_').unwrap_or(v.len());
+    let split = v
+        .find(|c: char| !c.is_ascii_digit() && c != '_')
+        .unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -311,7 +313,9 @@ fn parse_cores(v: &str) -> Result<CoreSelection, String> {
         return Ok(CoreSelection::All);
     }
     if !v.contains([',', '-']) {
-        let n = parse_int(v, 1, 4096)?;
+        let n = parse_int(v, 1, 4096).map_err(|e| {
+            format!("{e} (a single number is a count of cores; to name CPU {v} write {v}-{v})")
+        })?;
         return Ok(CoreSelection::Count(n as usize));
     }
     let mut cpus = Vec::new();
@@ -382,7 +386,8 @@ mod tests {
             CoreSelection::List(vec![0, 2, 3])
         );
         assert!(parse_cores("3-1").is_err());
-        assert!(parse_cores("0").is_ok());
+        assert!(parse_cores("0").is_err(), "a count of zero");
+        assert_eq!(parse_cores("1-1").unwrap(), CoreSelection::List(vec![1]));
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct BufPool {
     buf_size: usize,
     max_free: usize,
     lent: Cell<usize>,
+    /// Most buffers lent at once since the last `trim`.
+    peak_lent: Cell<usize>,
 }
 
 impl BufPool {
@@ -23,6 +25,7 @@ impl BufPool {
             buf_size,
             max_free,
             lent: Cell::new(0),
+            peak_lent: Cell::new(0),
         }
     }
 
@@ -33,6 +36,8 @@ impl BufPool {
     /// Takes an empty buffer with at least `buf_size` bytes of capacity.
     pub fn take(&self) -> BytesMut {
         self.lent.set(self.lent.get() + 1);
+        self.peak_lent
+            .set(self.peak_lent.get().max(self.lent.get()));
         self.free
             .borrow_mut()
             .pop()
@@ -53,6 +58,19 @@ impl BufPool {
         // copy, since it is empty), or allocates a fresh one if not.
         buf.reserve(self.buf_size);
         free.push(buf);
+    }
+
+    /// Shrinks the free list to what was needed since the last call, so a
+    /// burst's buffers do not stay pinned. Returns the bytes released.
+    pub fn trim(&self) -> usize {
+        let keep = self.peak_lent.get().min(self.max_free);
+        self.peak_lent.set(self.lent.get());
+        let mut free = self.free.borrow_mut();
+        let mut released = 0;
+        while free.len() > keep {
+            released += free.pop().map_or(0, |b| b.capacity());
+        }
+        released
     }
 
     /// Buffers currently lent out (for metrics and tests).
@@ -96,6 +114,19 @@ mod tests {
         pool.put(a);
         let b = pool.take();
         assert!(b.capacity() >= 1024);
+    }
+
+    #[test]
+    fn trim_keeps_what_was_recently_needed() {
+        let pool = BufPool::new(1024, 64);
+        let bufs: Vec<_> = (0..10).map(|_| pool.take()).collect();
+        bufs.into_iter().for_each(|b| pool.put(b));
+        assert_eq!(pool.free(), 10);
+        assert_eq!(pool.trim(), 0, "ten were needed in this period");
+        let b = pool.take();
+        pool.put(b);
+        assert!(pool.trim() >= 9 * 1024, "only one was needed since");
+        assert_eq!(pool.free(), 1);
     }
 
     #[test]

@@ -16,13 +16,15 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 use ringside_wire::http::{parse_head, Framing, HttpDate, ResponseHead, StatusCode};
 
 use super::exchange::Exchange;
 use super::{HttpCore, HttpSettings, Service};
+use crate::runtime::deadlines::{DeadlineKey, DeadlineTable, WaitEnd};
+use crate::runtime::read_append;
 
 /// Read at least this much per read call, so a nearly full buffer is grown
 /// (within the limits) rather than read a few bytes at a time.
@@ -40,13 +42,48 @@ pub(super) enum IoFailure {
     Error,
 }
 
-/// The connection's socket and borrowed buffers, lent to one exchange at a time.
-pub(super) struct ConnIo {
-    stream: TcpStream,
-    /// Empty with no capacity while idle: no memory pinned.
+/// A busy connection: its socket, and the buffers it borrowed from the
+/// core's pool, lent to one exchange at a time. It exists only while the
+/// connection has work; the buffers go back to the pool when it is dropped.
+pub(super) struct ConnIo<'a> {
+    stream: &'a mut TcpStream,
     pub(super) rbuf: BytesMut,
     pub(super) wbuf: BytesMut,
-    shared: Rc<Shared>,
+    shared: &'a Shared,
+    deadline_key: DeadlineKey,
+}
+
+impl<'a> ConnIo<'a> {
+    fn new(stream: &'a mut TcpStream, shared: &'a Shared, deadline_key: DeadlineKey) -> Self {
+        ConnIo {
+            stream,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            shared,
+            deadline_key,
+        }
+    }
+}
+
+impl Drop for ConnIo<'_> {
+    fn drop(&mut self) {
+        self.release_buffers();
+    }
+}
+
+/// A connection's deadline slot, given back when the connection ends.
+struct SlotGuard<'a>(&'a DeadlineTable, DeadlineKey);
+
+impl<'a> SlotGuard<'a> {
+    fn new(table: &'a DeadlineTable) -> Self {
+        SlotGuard(table, table.register())
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1);
+    }
 }
 
 /// What a connection needs from its core, independent of the service type.
@@ -57,13 +94,18 @@ pub(super) struct Shared {
     pub(super) date: std::cell::Cell<HttpDate>,
 }
 
-impl ConnIo {
+impl ConnIo<'_> {
     pub(super) fn settings(&self) -> &HttpSettings {
         &self.shared.settings
     }
 
     pub(super) fn date(&self) -> HttpDate {
         self.shared.date.get()
+    }
+
+    /// The core's coarse clock (the deadline ticker's).
+    pub(super) fn now(&self) -> Instant {
+        self.shared.core.deadlines.now()
     }
 
     pub(super) fn core_draining(&self) -> bool {
@@ -99,11 +141,9 @@ impl ConnIo {
             self.rbuf.reserve(self.shared.buffers.buf_size());
         }
         let buf = mem::take(&mut self.rbuf);
-        match monoio::time::timeout_at(deadline, self.stream.read(buf)).await {
-            // The read is dropped (cancelled) with the buffer it owns; the
-            // caller closes the connection, so nothing it read is missed.
-            Err(_) => Err(IoFailure::Timeout),
-            Ok((res, buf)) => {
+        let deadlines = &self.shared.core.deadlines;
+        monoio::select! {
+            (res, buf) = read_append(&mut *self.stream, buf) => {
                 self.rbuf = buf;
                 match res {
                     Ok(0) => Err(IoFailure::Closed),
@@ -111,6 +151,9 @@ impl ConnIo {
                     Err(_) => Err(IoFailure::Error),
                 }
             }
+            // The read is dropped (cancelled) with the buffer it owns; the
+            // caller closes the connection, so nothing it read is missed.
+            _ = deadlines.wait(self.deadline_key, deadline, false) => Err(IoFailure::Timeout),
         }
     }
 
@@ -121,23 +164,17 @@ impl ConnIo {
             return Ok(());
         }
         let buf = mem::take(&mut self.wbuf);
-        let limit = self.shared.settings.write_timeout;
-        match monoio::time::timeout(limit, self.stream.write_all(buf)).await {
-            Err(_) => Err(io::ErrorKind::TimedOut.into()),
-            Ok((res, mut buf)) => {
-                buf.clear();
+        let deadlines = &self.shared.core.deadlines;
+        let deadline = deadlines.now() + self.shared.settings.write_timeout;
+        monoio::select! {
+            (res, buf) = self.stream.write_all(buf) => {
                 self.wbuf = buf;
+                self.wbuf.clear();
                 res.map(|_| ())
             }
-        }
-    }
-
-    /// Waits until the socket has bytes, without holding a buffer.
-    async fn wait_readable(&mut self, limit: Duration) -> Wake {
-        monoio::select! {
-            r = self.stream.readable(false) => if r.is_ok() { Wake::Readable } else { Wake::Closed },
-            _ = monoio::time::sleep(limit) => Wake::TimedOut,
-            _ = self.shared.core.drain.wait() => Wake::Closed,
+            _ = deadlines.wait(self.deadline_key, deadline, false) => {
+                Err(io::ErrorKind::TimedOut.into())
+            }
         }
     }
 
@@ -162,7 +199,7 @@ impl ConnIo {
 
     /// Sends what is queued, then closes the write side and drains (briefly)
     /// what the client still sends, so the response is not lost to an RST.
-    async fn close_gracefully(mut self) {
+    async fn close_gracefully(&mut self) {
         if self.flush().await.is_err() {
             return;
         }
@@ -170,24 +207,62 @@ impl ConnIo {
         if self.stream.shutdown().await.is_err() {
             return;
         }
-        let deadline = Instant::now() + LINGER_TIME;
+        let deadline = self.now() + LINGER_TIME;
         let mut drained = 0;
-        let mut buf = self.shared.buffers.take();
         while drained < LINGER_BYTES {
-            buf.clear();
-            match monoio::time::timeout_at(deadline, self.stream.read(buf)).await {
-                Ok((Ok(n), b)) if n > 0 => {
-                    drained += n;
-                    buf = b;
-                }
-                Ok((_, b)) => {
-                    self.shared.buffers.put(b);
-                    return;
-                }
+            self.rbuf.clear();
+            match self.read_more(deadline).await {
+                Ok(()) => drained += self.rbuf.len(),
                 Err(_) => return,
             }
         }
-        self.shared.buffers.put(buf);
+    }
+}
+
+/// Serves one connection until it closes.
+///
+/// This future is allocated once and lives as long as the connection, so
+/// it holds only what an idle connection needs: the socket, its deadline
+/// slot, and the readability wait. The work on arrived bytes (buffers,
+/// parsing, the handler) runs in a boxed future that exists only while
+/// there is work.
+pub(super) async fn serve<S: Service>(http: Rc<HttpCore<S>>, mut stream: TcpStream) {
+    let slot = SlotGuard::new(&http.shared.core.deadlines);
+    // The first head must be complete within the head timeout of the accept.
+    let mut first_head_by = Some(slot.0.now() + http.shared.settings.head_timeout);
+    loop {
+        if http.shared.core.draining() {
+            return;
+        }
+        let idle_until = match first_head_by {
+            Some(deadline) => deadline,
+            None => slot.0.now() + http.shared.settings.keepalive_timeout,
+        };
+        let woke = monoio::select! {
+            r = stream.readable(false) => if r.is_ok() { Wake::Readable } else { Wake::Closed },
+            end = slot.0.wait(slot.1, idle_until, true) => match end {
+                WaitEnd::Expired => Wake::TimedOut,
+                WaitEnd::Drained => Wake::Closed,
+            },
+        };
+        match woke {
+            Wake::Readable => {}
+            Wake::TimedOut if first_head_by.is_some() => {
+                return Box::pin(answer_and_close(
+                    &http.shared,
+                    &mut stream,
+                    slot.1,
+                    StatusCode::REQUEST_TIMEOUT,
+                    "no request received in time",
+                ))
+                .await;
+            }
+            Wake::TimedOut | Wake::Closed => return,
+        }
+        let work = process_input(&http, &mut stream, slot.1, first_head_by.take());
+        if !Box::pin(work).await {
+            return;
+        }
     }
 }
 
@@ -197,50 +272,35 @@ enum Wake {
     Closed,
 }
 
-/// Serves one connection until it closes.
-pub(super) async fn serve<S: Service>(http: Rc<HttpCore<S>>, stream: TcpStream) {
-    let accepted_at = Instant::now();
-    let mut io = ConnIo {
-        stream,
-        rbuf: BytesMut::new(),
-        wbuf: BytesMut::new(),
-        shared: http.shared.clone(),
-    };
-    let settings = io.shared.settings.clone();
-    let mut fresh = true;
-    loop {
-        if io.rbuf.is_empty() {
-            // Everything read has been answered: send the answers, give the
-            // buffers back, and wait for the next request holding nothing.
-            if io.flush().await.is_err() {
-                return;
-            }
-            io.release_buffers();
-            if io.core_draining() {
-                return;
-            }
-            let limit = if fresh {
-                settings.head_timeout
-            } else {
-                settings.keepalive_timeout
-            };
-            match io.wait_readable(limit).await {
-                Wake::Readable => {}
-                Wake::TimedOut if fresh => {
-                    io.queue_error(StatusCode::REQUEST_TIMEOUT, "no request received in time");
-                    return io.close_gracefully().await;
-                }
-                Wake::TimedOut | Wake::Closed => return,
-            }
-        }
+async fn answer_and_close(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    key: DeadlineKey,
+    status: StatusCode,
+    message: &str,
+) {
+    let mut io = ConnIo::new(stream, shared, key);
+    io.queue_error(status, message);
+    io.close_gracefully().await;
+}
 
+/// Handles the bytes that arrived: every complete request in order, reading
+/// more while a head or body is incomplete, until everything read has been
+/// answered and sent. Returns false once the connection is closed.
+async fn process_input<S: Service>(
+    http: &HttpCore<S>,
+    stream: &mut TcpStream,
+    key: DeadlineKey,
+    mut first_head_by: Option<Instant>,
+) -> bool {
+    let settings = &http.shared.settings;
+    let mut io = ConnIo::new(stream, &http.shared, key);
+    loop {
         // A head must be complete within the head timeout, counted from the
         // accept for a new connection, from its first byte otherwise.
-        let head_deadline = if fresh {
-            accepted_at + settings.head_timeout
-        } else {
-            Instant::now() + settings.head_timeout
-        };
+        let head_deadline = first_head_by
+            .take()
+            .unwrap_or_else(|| io.now() + settings.head_timeout);
         let head = loop {
             match parse_head(&mut io.rbuf, &settings.limits) {
                 Ok(Some(head)) => break head,
@@ -248,59 +308,58 @@ pub(super) async fn serve<S: Service>(http: Rc<HttpCore<S>>, stream: TcpStream) 
                     // Answers to earlier pipelined requests go out before
                     // waiting on the network for the rest of this one.
                     if io.flush().await.is_err() {
-                        return;
+                        return false;
                     }
                     match io.read_more(head_deadline).await {
                         Ok(()) => {}
                         Err(IoFailure::Timeout) => {
                             io.queue_error(StatusCode::REQUEST_TIMEOUT, "request head timed out");
-                            return io.close_gracefully().await;
+                            io.close_gracefully().await;
+                            return false;
                         }
-                        Err(IoFailure::Closed) if !io.rbuf.is_empty() => {
-                            // Half a head and then EOF: nothing to answer.
-                            return;
-                        }
-                        Err(_) => return,
+                        // EOF or reset, possibly after half a head: nothing to answer.
+                        Err(_) => return false,
                     }
                 }
                 Err(e) => {
                     io.queue_error(StatusCode(e.status()), e.message());
-                    return io.close_gracefully().await;
+                    io.close_gracefully().await;
+                    return false;
                 }
             }
         };
-        fresh = false;
 
         io.ensure_wbuf();
         let mut ex = Exchange::new(&mut io, head, settings.max_body_bytes);
-        // Boxed so that the connection's own future (allocated for its whole
-        // life) stays small; a handler's state lives only while it runs.
-        Box::pin(http.service.call(&mut ex)).await;
+        http.service.call(&mut ex).await;
         ex.complete();
         if ex.keep_alive && !ex.discard_body().await {
             ex.keep_alive = false;
         }
         let (keep_alive, io_failed) = ex.into_parts();
         if io_failed {
-            return;
+            return false;
         }
         if !keep_alive {
-            return io.close_gracefully().await;
+            io.close_gracefully().await;
+            return false;
+        }
+        // Pipelining: answers accumulate while complete requests remain
+        // buffered, and go out together once none does (or once enough is
+        // queued). With nothing left to read, the connection goes idle.
+        if io.rbuf.is_empty() {
+            return io.flush().await.is_ok();
         }
         if io.wbuf.len() >= settings.write_high_water && io.flush().await.is_err() {
-            return;
+            return false;
         }
     }
 }
 
 /// Answers a connection past the core's limit with 503 and closes it.
-pub(super) async fn refuse<S: Service>(http: Rc<HttpCore<S>>, stream: TcpStream) {
-    let mut io = ConnIo {
-        stream,
-        rbuf: BytesMut::new(),
-        wbuf: BytesMut::new(),
-        shared: http.shared.clone(),
-    };
+pub(super) async fn refuse<S: Service>(http: Rc<HttpCore<S>>, mut stream: TcpStream) {
+    let slot = SlotGuard::new(&http.shared.core.deadlines);
+    let mut io = ConnIo::new(&mut stream, &http.shared, slot.1);
     io.ensure_wbuf();
     let body = b"503 Service Unavailable: too many connections\n";
     ResponseHead {
@@ -313,6 +372,44 @@ pub(super) async fn refuse<S: Service>(http: Rc<HttpCore<S>>, stream: TcpStream)
     }
     .encode(&io.date(), &mut io.wbuf);
     io.wbuf.extend_from_slice(body);
-    let _ = monoio::time::timeout(Duration::from_secs(1), io.flush()).await;
-    io.release_buffers();
+    let _ = io.flush().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::App;
+    use crate::config::Config;
+    use crate::http::HttpCore;
+    use crate::runtime::{CoreCtx, IoDriver};
+
+    /// The connection's future is allocated once and lives as long as the
+    /// connection, idle or not: it must stay far below the 1 KiB an idle
+    /// connection may cost in all.
+    #[test]
+    fn connection_future_stays_small() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let _client = TcpStream::connect(addr).await.unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            let core = CoreCtx::standalone(0, IoDriver::Epoll);
+            let http = HttpCore::new(core, &Config::default(), App::new());
+            println!(
+                "readable {} sleep {} wait {} conn_io {}",
+                std::mem::size_of_val(&stream.readable(false)),
+                std::mem::size_of_val(&monoio::time::sleep(Duration::from_secs(1))),
+                std::mem::size_of_val(&http.shared.core.drain.wait()),
+                std::mem::size_of::<ConnIo>(),
+            );
+            let fut = serve(http, stream);
+            let size = std::mem::size_of_val(&fut);
+            println!("connection future: {size} bytes");
+            assert!(size <= 512, "connection future grew to {size} bytes");
+        });
+    }
 }

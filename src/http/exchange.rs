@@ -8,7 +8,6 @@
 use std::io;
 
 use bytes::Bytes;
-use monoio::time::Instant;
 use ringside_wire::http::response::{encode_chunk, encode_last_chunk, CONTINUE_100};
 use ringside_wire::http::{
     BodyDecoder, BodyEvent, BodyKind, Framing, Method, RequestHead, ResponseHead, StatusCode,
@@ -58,8 +57,8 @@ enum ResponseState {
     Done,
 }
 
-pub struct Exchange<'c> {
-    pub(super) io: &'c mut ConnIo,
+pub struct Exchange<'c, 'io> {
+    pub(super) io: &'c mut ConnIo<'io>,
     head: RequestHead,
     body: BodyDecoder,
     body_kind: BodyKind,
@@ -74,8 +73,8 @@ pub struct Exchange<'c> {
     pub(super) io_failed: bool,
 }
 
-impl<'c> Exchange<'c> {
-    pub(super) fn new(io: &'c mut ConnIo, head: RequestHead, max_body: u64) -> Self {
+impl<'c, 'io> Exchange<'c, 'io> {
+    pub(super) fn new(io: &'c mut ConnIo<'io>, head: RequestHead, max_body: u64) -> Self {
         let kind = head.body_kind();
         let continue_pending = head.expects_continue() && kind != BodyKind::Empty;
         let keep_alive = head.keep_alive();
@@ -154,7 +153,7 @@ impl<'c> Exchange<'c> {
                     }))
                 }
             }
-            let deadline = Instant::now() + self.io.settings().body_timeout;
+            let deadline = self.io.now() + self.io.settings().body_timeout;
             match self.io.read_more(deadline).await {
                 Ok(()) => {}
                 Err(IoFailure::Timeout) => return Err(self.fail(BodyError::Timeout)),
@@ -201,7 +200,13 @@ impl<'c> Exchange<'c> {
         }
     }
 
-    fn write_head(&mut self, status: StatusCode, content_type: &[u8], extra: &[(&str, &[u8])], framing: Framing) {
+    fn write_head(
+        &mut self,
+        status: StatusCode,
+        content_type: &[u8],
+        extra: &[(&str, &[u8])],
+        framing: Framing,
+    ) {
         self.decide_keep_alive();
         let date = self.io.date();
         ResponseHead {
@@ -232,7 +237,12 @@ impl<'c> Exchange<'c> {
         if self.response != ResponseState::NotStarted {
             return;
         }
-        self.write_head(status, content_type, extra, Framing::Length(body.len() as u64));
+        self.write_head(
+            status,
+            content_type,
+            extra,
+            Framing::Length(body.len() as u64),
+        );
         if self.head.method() != Method::Head {
             self.io.wbuf.extend_from_slice(body);
         }
@@ -262,7 +272,12 @@ impl<'c> Exchange<'c> {
 
     /// Starts a streamed response: chunked for HTTP/1.1, close-delimited for
     /// HTTP/1.0 (which has no chunked framing).
-    pub fn start_stream(&mut self, status: StatusCode, content_type: &[u8], extra: &[(&str, &[u8])]) {
+    pub fn start_stream(
+        &mut self,
+        status: StatusCode,
+        content_type: &[u8],
+        extra: &[(&str, &[u8])],
+    ) {
         if self.response != ResponseState::NotStarted {
             return;
         }
@@ -270,7 +285,11 @@ impl<'c> Exchange<'c> {
         if http10 {
             self.keep_alive = false;
         }
-        let framing = if http10 { Framing::None } else { Framing::Chunked };
+        let framing = if http10 {
+            Framing::None
+        } else {
+            Framing::Chunked
+        };
         self.write_head(status, content_type, extra, framing);
         self.response = ResponseState::Streaming;
     }

@@ -25,7 +25,7 @@ use crate::runtime::{ConnectionHandler, CoreCtx};
 /// Answers requests. One is made per core, on that core, so it may hold
 /// `Rc` state. `call` writes exactly one response through the exchange.
 pub trait Service: 'static {
-    fn call<'a>(&'a self, ex: &'a mut Exchange<'_>) -> impl Future<Output = ()> + 'a;
+    fn call<'a>(&'a self, ex: &'a mut Exchange<'_, '_>) -> impl Future<Output = ()> + 'a;
 }
 
 /// The HTTP settings a connection needs, copied out of the configuration.
@@ -71,9 +71,9 @@ pub struct HttpCore<S> {
 }
 
 impl<S: Service> HttpCore<S> {
-    /// Builds the core's HTTP state and starts its Date refresher (a
-    /// once-a-second timer on this core: no clock read per request, no
-    /// state shared between cores).
+    /// Builds the core's HTTP state and starts its once-a-second chores on
+    /// this core: the Date cache (no clock read per request, no state shared
+    /// between cores) and trimming the buffer pool after a burst.
     pub fn new(core: Rc<CoreCtx>, config: &Config, service: S) -> Rc<Self> {
         let shared = Rc::new(conn::Shared {
             core,
@@ -86,10 +86,9 @@ impl<S: Service> HttpCore<S> {
             let mut tick = monoio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                match weak.upgrade() {
-                    Some(s) => s.date.set(HttpDate::from_system_time(SystemTime::now())),
-                    None => break,
-                }
+                let Some(s) = weak.upgrade() else { break };
+                s.date.set(HttpDate::from_system_time(SystemTime::now()));
+                s.core.note_released(s.buffers.trim());
             }
         });
         Rc::new(HttpCore { shared, service })

@@ -205,17 +205,30 @@ impl Conn {
                     let headers = r
                         .headers
                         .iter()
-                        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                        .map(|h| {
+                            (
+                                h.name.to_string(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
                         .collect::<Vec<_>>();
                     break (r.code.unwrap(), headers, n);
                 }
                 httparse::Status::Partial => {
-                    assert!(self.fill(), "connection closed before a response head: {:?}", String::from_utf8_lossy(&self.buf));
+                    assert!(
+                        self.fill(),
+                        "connection closed before a response head: {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    );
                 }
             }
         };
         self.buf.drain(..head_len);
-        let mut resp = Response { status, headers, body: Vec::new() };
+        let mut resp = Response {
+            status,
+            headers,
+            body: Vec::new(),
+        };
         if head_only || status == 100 || status == 204 || status == 304 {
             return resp;
         }
@@ -236,7 +249,11 @@ impl Conn {
                     }
                     assert!(self.fill(), "closed inside chunked body");
                 };
-                let size = usize::from_str_radix(std::str::from_utf8(&self.buf[..line_end]).unwrap().trim(), 16).unwrap();
+                let size = usize::from_str_radix(
+                    std::str::from_utf8(&self.buf[..line_end]).unwrap().trim(),
+                    16,
+                )
+                .unwrap();
                 self.buf.drain(..line_end + 2);
                 while self.buf.len() < size + 2 {
                     assert!(self.fill(), "closed inside a chunk");

@@ -3,4 +3,6 @@
 
 mod harness;
 mod http;
+mod pgclient;
+mod pgfix;
 mod runtime;

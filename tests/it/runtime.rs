@@ -17,17 +17,47 @@ fn deny_io_uring(cmd: &mut Command) {
             const IO_URING_SETUP: u32 = 425; // same number on x86_64 and aarch64
             let filter = [
                 // load the syscall number
-                libc::sock_filter { code: 0x20, jt: 0, jf: 0, k: 0 },
+                libc::sock_filter {
+                    code: 0x20,
+                    jt: 0,
+                    jf: 0,
+                    k: 0,
+                },
                 // if it is io_uring_setup, fall through to EPERM, else skip
-                libc::sock_filter { code: 0x15, jt: 0, jf: 1, k: IO_URING_SETUP },
-                libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0x0005_0000 | libc::EPERM as u32 },
-                libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0x7fff_0000 },
+                libc::sock_filter {
+                    code: 0x15,
+                    jt: 0,
+                    jf: 1,
+                    k: IO_URING_SETUP,
+                },
+                libc::sock_filter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: 0x0005_0000 | libc::EPERM as u32,
+                },
+                libc::sock_filter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: 0x7fff_0000,
+                },
             ];
-            let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut _ };
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut _,
+            };
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if libc::prctl(libc::PR_SET_SECCOMP, 2, &prog as *const _ as libc::c_ulong, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_SECCOMP,
+                2,
+                &prog as *const _ as libc::c_ulong,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -44,7 +74,11 @@ fn ringside(args: &[&str]) -> Command {
 #[test]
 fn auto_uses_io_uring_where_allowed() {
     let srv = Server::start("auto", &[]);
-    assert!(srv.start_line.ends_with("using io_uring"), "{}", srv.start_line);
+    assert!(
+        srv.start_line.ends_with("using io_uring"),
+        "{}",
+        srv.start_line
+    );
 }
 
 #[test]
@@ -53,7 +87,8 @@ fn falls_back_to_epoll_when_io_uring_is_denied() {
     deny_io_uring(&mut cmd);
     let srv = Server::spawn(cmd).expect("starts with epoll");
     assert!(
-        srv.start_line.contains("using epoll (fallback: io_uring is not available"),
+        srv.start_line
+            .contains("using epoll (fallback: io_uring is not available"),
         "{}",
         srv.start_line
     );
@@ -69,31 +104,63 @@ fn forced_io_uring_fails_clearly_when_denied() {
         Ok(_) => panic!("must not start"),
         Err(e) => e,
     };
-    assert!(err.contains("--io uring: io_uring is not available here"), "{err}");
+    assert!(
+        err.contains("--io uring: io_uring is not available here"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
-    assert!(err.contains("exit Some(ExitStatus(unix_wait_status(256)))"), "exit code 1: {err}");
+    assert!(
+        err.contains("exit Some(ExitStatus(unix_wait_status(256)))"),
+        "exit code 1: {err}"
+    );
 }
 
 #[test]
 fn cores_flag_and_allowed_set() {
     let srv = Server::start("auto", &["--cores", "1"]);
-    assert!(srv.start_line.contains("with 1 core(s) on CPU 0"), "{}", srv.start_line);
+    assert!(
+        srv.start_line.contains("with 1 core(s) on CPU 0"),
+        "{}",
+        srv.start_line
+    );
     if std::path::Path::new("/usr/bin/taskset").exists() && num_cpus() > 1 {
         // The allowed set from taskset is honoured.
         let mut cmd = Command::new("taskset");
-        cmd.args(["-c", "1", env!("CARGO_BIN_EXE_ringside"), "serve", "--listen", "127.0.0.1:0"]);
+        cmd.args([
+            "-c",
+            "1",
+            env!("CARGO_BIN_EXE_ringside"),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ]);
         let srv = Server::spawn(cmd).unwrap();
-        assert!(srv.start_line.contains("with 1 core(s) on CPU 1"), "{}", srv.start_line);
+        assert!(
+            srv.start_line.contains("with 1 core(s) on CPU 1"),
+            "{}",
+            srv.start_line
+        );
         // And a CPU outside it is refused.
         let mut cmd = Command::new("taskset");
-        cmd.args(["-c", "1", env!("CARGO_BIN_EXE_ringside"), "serve", "--listen", "127.0.0.1:0", "--cores", "0"]);
+        cmd.args([
+            "-c",
+            "1",
+            env!("CARGO_BIN_EXE_ringside"),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "0-0",
+        ]);
         let err = Server::spawn(cmd).err().expect("refused");
         assert!(err.contains("not in the allowed set"), "{err}");
     }
 }
 
 fn num_cpus() -> usize {
-    thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 #[test]
@@ -118,16 +185,24 @@ fn graceful_shutdown_finishes_in_flight_request(io: &str) {
     srv.signal(libc::SIGTERM);
     thread::sleep(Duration::from_millis(300));
     // The idle one is closed at once.
-    assert!(idle.is_closed(), "idle keep-alive connection closed by the drain");
+    assert!(
+        idle.is_closed(),
+        "idle keep-alive connection closed by the drain"
+    );
     // New connections are refused: the listener is gone.
-    assert!(std::net::TcpStream::connect(srv.addr).is_err(), "no longer accepting");
+    assert!(
+        std::net::TcpStream::connect(srv.addr).is_err(),
+        "no longer accepting"
+    );
     // The in-flight request completes, with Connection: close.
     busy.send("world");
     let r = busy.read_response();
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "helloworld");
     assert!(r.closes());
-    let status = srv.wait_exit(Duration::from_secs(10)).expect("exits after the drain");
+    let status = srv
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after the drain");
     assert!(status.success(), "exit 0, got {status:?}");
 }
 
@@ -148,7 +223,12 @@ fn shutdown_timeout_bounds_the_drain() {
     stuck.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhel");
     thread::sleep(Duration::from_millis(100));
     srv.signal(libc::SIGINT);
-    let status = srv.wait_exit(Duration::from_secs(10)).expect("exits at the deadline");
+    let status = srv
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits at the deadline");
     assert!(status.success(), "{status:?}");
-    assert!(srv.log_lines().iter().any(|l| l.contains("cut at the drain deadline")));
+    assert!(srv
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("cut at the drain deadline")));
 }

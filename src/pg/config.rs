@@ -1,0 +1,318 @@
+//! Where the database is and who we are: `DATABASE_URL` (libpq's URI form)
+//! over the libpq environment variables over defaults.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How to reach the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PgHost {
+    Tcp(String),
+    /// A directory holding the server's socket `.s.PGSQL.<port>` (libpq: a
+    /// host that starts with `/`).
+    Unix(PathBuf),
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgConfig {
+    pub host: PgHost,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: String,
+    pub application_name: String,
+    pub connect_timeout: Duration,
+}
+
+/// The password never reaches a log.
+impl fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("dbname", &self.dbname)
+            .field("application_name", &self.application_name)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl fmt::Display for PgConfig {
+    /// A URL with the password redacted, for logs and `check-config`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pass = if self.password.is_some() {
+            ":<redacted>"
+        } else {
+            ""
+        };
+        match &self.host {
+            PgHost::Tcp(h) => write!(
+                f,
+                "postgres://{}{}@{}:{}/{}",
+                self.user, pass, h, self.port, self.dbname
+            ),
+            PgHost::Unix(dir) => write!(
+                f,
+                "postgres://{}{}@/{}?host={}&port={}",
+                self.user,
+                pass,
+                self.dbname,
+                dir.display(),
+                self.port
+            ),
+        }
+    }
+}
+
+impl PgConfig {
+    /// The socket path for a unix-socket host.
+    pub fn socket_path(&self) -> Option<PathBuf> {
+        match &self.host {
+            PgHost::Unix(dir) => Some(dir.join(format!(".s.PGSQL.{}", self.port))),
+            PgHost::Tcp(_) => None,
+        }
+    }
+
+    /// Reads `DATABASE_URL` (if set) over PGHOST, PGPORT, PGUSER, PGPASSWORD,
+    /// PGDATABASE, PGAPPNAME, over defaults (localhost:5432, user and
+    /// database from the login name). `env` is the environment lookup.
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<PgConfig, String> {
+        let mut cfg = PgConfig {
+            host: PgHost::Tcp("localhost".into()),
+            port: 5432,
+            user: env("USER").unwrap_or_else(|| "postgres".into()),
+            password: None,
+            dbname: String::new(),
+            application_name: "ringside".into(),
+            connect_timeout: Duration::from_secs(5),
+        };
+        if let Some(h) = env("PGHOST").filter(|h| !h.is_empty()) {
+            cfg.host = parse_host(&h);
+        }
+        if let Some(p) = env("PGPORT").filter(|p| !p.is_empty()) {
+            cfg.port = p
+                .parse()
+                .map_err(|_| format!("PGPORT: not a port: {p:?}"))?;
+        }
+        if let Some(u) = env("PGUSER").filter(|u| !u.is_empty()) {
+            cfg.user = u;
+        }
+        cfg.password = env("PGPASSWORD").filter(|p| !p.is_empty());
+        if let Some(d) = env("PGDATABASE").filter(|d| !d.is_empty()) {
+            cfg.dbname = d;
+        }
+        if let Some(a) = env("PGAPPNAME").filter(|a| !a.is_empty()) {
+            cfg.application_name = a;
+        }
+        if let Some(url) = env("DATABASE_URL").filter(|u| !u.is_empty()) {
+            apply_url(&mut cfg, &url).map_err(|e| format!("DATABASE_URL: {e}"))?;
+        }
+        if cfg.dbname.is_empty() {
+            cfg.dbname = cfg.user.clone();
+        }
+        Ok(cfg)
+    }
+}
+
+fn parse_host(h: &str) -> PgHost {
+    if h.starts_with('/') {
+        PgHost::Unix(PathBuf::from(h))
+    } else {
+        PgHost::Tcp(h.to_string())
+    }
+}
+
+/// Applies a `postgres://` or `postgresql://` URI:
+/// `postgres://user:password@host:port/dbname?param=value&...`.
+fn apply_url(cfg: &mut PgConfig, url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("postgresql://")
+        .or_else(|| url.strip_prefix("postgres://"))
+        .ok_or("must start with postgres:// or postgresql://")?;
+    let (main, query) = match rest.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match main.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (main, None),
+    };
+    let hostport = match authority.rsplit_once('@') {
+        Some((userinfo, hp)) => {
+            let (user, pass) = match userinfo.split_once(':') {
+                Some((u, p)) => (u, Some(p)),
+                None => (userinfo, None),
+            };
+            if !user.is_empty() {
+                cfg.user = percent_decode(user)?;
+            }
+            if let Some(p) = pass {
+                cfg.password = Some(percent_decode(p)?);
+            }
+            hp
+        }
+        None => authority,
+    };
+    if !hostport.is_empty() {
+        if hostport.contains(',') {
+            return Err("several hosts are not supported".into());
+        }
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or("unclosed [ in host")?;
+            (h.to_string(), after.strip_prefix(':'))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (hostport.to_string(), None),
+            }
+        };
+        if !host.is_empty() {
+            cfg.host = parse_host(&percent_decode(&host)?);
+        }
+        if let Some(p) = port.filter(|p| !p.is_empty()) {
+            cfg.port = p.parse().map_err(|_| format!("not a port: {p:?}"))?;
+        }
+    }
+    if let Some(db) = path.filter(|p| !p.is_empty()) {
+        cfg.dbname = percent_decode(db)?;
+    }
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or(format!("parameter without value: {pair:?}"))?;
+        let v = percent_decode(v)?;
+        match k {
+            "host" => cfg.host = parse_host(&v),
+            "port" => cfg.port = v.parse().map_err(|_| format!("not a port: {v:?}"))?,
+            "dbname" => cfg.dbname = v,
+            "user" => cfg.user = v,
+            "password" => cfg.password = Some(v),
+            "application_name" => cfg.application_name = v,
+            "connect_timeout" => {
+                let secs: u64 = v
+                    .parse()
+                    .map_err(|_| format!("connect_timeout: not whole seconds: {v:?}"))?;
+                // libpq: zero or negative means wait forever; we keep a bound.
+                cfg.connect_timeout = Duration::from_secs(if secs == 0 { 30 } else { secs.max(2) });
+            }
+            "sslmode" => match v.as_str() {
+                "disable" | "allow" | "prefer" => {}
+                "require" | "verify-ca" | "verify-full" => {
+                    return Err(format!(
+                        "sslmode={v} is not supported yet: ringside speaks PostgreSQL without TLS \
+                         (use sslmode=disable, a unix socket, or a TLS-terminating proxy)"
+                    ))
+                }
+                _ => return Err(format!("unknown sslmode {v:?}")),
+            },
+            _ => return Err(format!("unknown parameter {k:?}")),
+        }
+    }
+    Ok(())
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad percent-encoding in {s:?}"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("percent-encoding in {s:?} is not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<PgConfig, String> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        PgConfig::from_env(|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn full_url() {
+        let c = cfg(&[(
+            "DATABASE_URL",
+            "postgresql://al%40ice:p%3Ass@db.example:6543/shop?application_name=web&connect_timeout=7",
+        )])
+        .unwrap();
+        assert_eq!(c.host, PgHost::Tcp("db.example".into()));
+        assert_eq!(c.port, 6543);
+        assert_eq!(c.user, "al@ice");
+        assert_eq!(c.password.as_deref(), Some("p:ss"));
+        assert_eq!(c.dbname, "shop");
+        assert_eq!(c.application_name, "web");
+        assert_eq!(c.connect_timeout, Duration::from_secs(7));
+        assert!(!format!("{c} {c:?}").contains("p:ss"), "password redacted");
+    }
+
+    #[test]
+    fn unix_socket_hosts() {
+        let c = cfg(&[("DATABASE_URL", "postgres://u@%2Fvar%2Frun%2Fpostgresql/db")]).unwrap();
+        assert_eq!(c.host, PgHost::Unix("/var/run/postgresql".into()));
+        assert_eq!(
+            c.socket_path().unwrap(),
+            PathBuf::from("/var/run/postgresql/.s.PGSQL.5432")
+        );
+        let c = cfg(&[("DATABASE_URL", "postgres:///db?host=/tmp&port=5433")]).unwrap();
+        assert_eq!(
+            c.socket_path().unwrap(),
+            PathBuf::from("/tmp/.s.PGSQL.5433")
+        );
+        let c = cfg(&[("PGHOST", "/run/pg")]).unwrap();
+        assert_eq!(c.host, PgHost::Unix("/run/pg".into()));
+    }
+
+    #[test]
+    fn libpq_variables_and_precedence() {
+        let c = cfg(&[
+            ("PGHOST", "h1"),
+            ("PGPORT", "5555"),
+            ("PGUSER", "bob"),
+            ("PGPASSWORD", "secret"),
+            ("PGDATABASE", "d1"),
+            ("PGAPPNAME", "app"),
+        ])
+        .unwrap();
+        assert_eq!(c.host, PgHost::Tcp("h1".into()));
+        assert_eq!(
+            (c.port, c.user.as_str(), c.dbname.as_str()),
+            (5555, "bob", "d1")
+        );
+        assert_eq!(c.password.as_deref(), Some("secret"));
+        assert_eq!(c.application_name, "app");
+        let c = cfg(&[("PGHOST", "h1"), ("DATABASE_URL", "postgres://h2/d2")]).unwrap();
+        assert_eq!(c.host, PgHost::Tcp("h2".into()), "the URL wins");
+        let c = cfg(&[("PGUSER", "carol")]).unwrap();
+        assert_eq!(c.dbname, "carol", "database defaults to the user");
+    }
+
+    #[test]
+    fn refusals_are_clear() {
+        let e = cfg(&[("DATABASE_URL", "postgres://h/d?sslmode=require")]).unwrap_err();
+        assert!(e.contains("sslmode=require is not supported yet"), "{e}");
+        assert!(cfg(&[("DATABASE_URL", "mysql://h/d")]).is_err());
+        assert!(cfg(&[("DATABASE_URL", "postgres://h:notaport/d")]).is_err());
+        assert!(cfg(&[("DATABASE_URL", "postgres://h/d?bogus=1")]).is_err());
+        assert!(cfg(&[("DATABASE_URL", "postgres://h/d%zz")]).is_err());
+        assert!(cfg(&[("DATABASE_URL", "postgres://h/d?sslmode=disable")]).is_ok());
+    }
+}

@@ -1,0 +1,452 @@
+//! The PostgreSQL client against a real server over real sockets.
+
+use std::future::Future;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use ringside::pg::{
+    ConnSettings, Param, PgConfig, PgConn, Pool, PoolSettings, QueryError, Statement,
+};
+
+use crate::pgfix::{shared, Cluster};
+
+fn run<F: Future>(f: F) -> F::Output {
+    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+fn config(url: &str) -> PgConfig {
+    PgConfig::from_env(|k| (k == "DATABASE_URL").then(|| url.to_string())).expect("config")
+}
+
+fn addrs(cfg: &PgConfig) -> Vec<SocketAddr> {
+    match &cfg.host {
+        ringside::pg::PgHost::Tcp(h) => (h.as_str(), cfg.port).to_socket_addrs().unwrap().collect(),
+        ringside::pg::PgHost::Unix(_) => Vec::new(),
+    }
+}
+
+async fn connect(url: &str) -> Result<Rc<PgConn>, QueryError> {
+    let cfg = config(url);
+    PgConn::connect(&cfg, &addrs(&cfg), ConnSettings::default()).await
+}
+
+fn pool(url: &str, connections: usize, query_timeout: Duration) -> Rc<Pool> {
+    let cfg = config(url);
+    let a = addrs(&cfg);
+    Pool::new(
+        cfg,
+        a,
+        PoolSettings {
+            connections,
+            max_in_flight: 64,
+            max_waiters: 256,
+            wait_timeout: Duration::from_secs(2),
+            query_timeout,
+            conn: ConnSettings::default(),
+        },
+    )
+}
+
+static SELECT_INT: Statement = Statement {
+    sql: "SELECT $1::int4 AS n",
+    param_types: &[0],
+};
+static TYPES: Statement = Statement {
+    sql: "SELECT 7::int2, 70000::int4, 5000000000::int8, true, 2.5::float8, 'héllo'::text, \
+          '2000-01-01 00:00:01+00'::timestamptz, NULL::text",
+    param_types: &[],
+};
+static BAD_SYNTAX: Statement = Statement {
+    sql: "SELEC 1",
+    param_types: &[],
+};
+static BACKEND_PID: Statement = Statement {
+    sql: "SELECT pg_backend_pid()",
+    param_types: &[],
+};
+
+const USERS: [(&str, Option<&str>); 4] = [
+    ("ringside_trust", None),
+    ("ringside_md5", Some("md5pass")),
+    ("ringside_scram", Some("scrampass")),
+    ("ringside_clear", Some("clearpass")),
+];
+
+#[test]
+fn every_auth_method_over_tcp_and_unix_socket() {
+    let c = shared();
+    run(async {
+        for (user, pass) in USERS {
+            for tcp in [true, false] {
+                let conn = connect(&c.url(user, pass, tcp))
+                    .await
+                    .unwrap_or_else(|e| panic!("{user} tcp={tcp}: {e}"));
+                let rows = conn.query(&SELECT_INT, &[Param::I32(41)]).await.unwrap();
+                let row = rows.iter().next().unwrap().unwrap();
+                assert_eq!(
+                    row.req_i32(&rows.columns, 0).unwrap(),
+                    41,
+                    "{user} tcp={tcp}"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn wrong_password_is_a_clear_error_without_a_retry_storm() {
+    let c = shared();
+    run(async {
+        let err = connect(&c.url("ringside_scram", Some("nope"), true))
+            .await
+            .unwrap_err();
+        assert_eq!(err.sqlstate(), Some("28P01"), "{err}");
+        assert!(
+            err.to_string().contains("password authentication failed"),
+            "{err}"
+        );
+
+        let before = c
+            .server_log()
+            .matches("password authentication failed for user \"ringside_md5\"")
+            .count();
+        let p = pool(
+            &c.url("ringside_md5", Some("wrong"), true),
+            2,
+            Duration::from_secs(1),
+        );
+        let start = Instant::now();
+        let err = p.query(&SELECT_INT, &[Param::I32(1)]).await.unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(5), "no hang");
+        assert!(err.is_transient(), "503-class: {err}");
+        assert!(
+            err.to_string().contains("password authentication failed"),
+            "says why: {err}"
+        );
+        monoio::time::sleep(Duration::from_secs(2)).await;
+        p.close();
+        let attempts = c
+            .server_log()
+            .matches("password authentication failed for user \"ringside_md5\"")
+            .count()
+            - before;
+        // Two members, backoff doubling from 100 ms: a handful in ~4 s, not hundreds.
+        assert!(attempts <= 16, "{attempts} attempts: a retry storm");
+    });
+}
+
+#[test]
+fn typed_decoding_and_mismatches() {
+    let c = shared();
+    run(async {
+        let conn = connect(&c.url("ringside_trust", None, true)).await.unwrap();
+        let rows = conn.query(&TYPES, &[]).await.unwrap();
+        let cols = &rows.columns;
+        let r = rows.iter().next().unwrap().unwrap();
+        assert_eq!(r.req_i16(cols, 0).unwrap(), 7);
+        assert_eq!(r.req_i32(cols, 1).unwrap(), 70000);
+        assert_eq!(r.req_i64(cols, 2).unwrap(), 5_000_000_000);
+        assert!(r.req_bool(cols, 3).unwrap());
+        assert_eq!(r.req_f64(cols, 4).unwrap(), 2.5);
+        assert_eq!(r.req_str(cols, 5).unwrap(), "héllo");
+        assert_eq!(r.req_timestamptz(cols, 6).unwrap(), 946_684_801_000_000);
+        assert_eq!(r.get_str(cols, 7).unwrap(), None);
+        assert!(r.req_str(cols, 7).is_err(), "NULL into a required value");
+        let e = r.req_i32(cols, 5).unwrap_err();
+        assert!(e.to_string().contains("column 5"), "names the column: {e}");
+    });
+}
+
+#[test]
+fn prepared_statements_are_cached_per_connection() {
+    let c = shared();
+    run(async {
+        let conn = connect(&c.url("ringside_trust", None, true)).await.unwrap();
+        for i in 0..3 {
+            conn.query(&SELECT_INT, &[Param::I32(i)]).await.unwrap();
+        }
+        let rows = conn
+            .simple("SELECT count(*) FROM pg_prepared_statements")
+            .await
+            .unwrap();
+        // The simple protocol answers in text.
+        let r = rows.iter().next().unwrap().unwrap();
+        assert_eq!(r.raw(0), Some(&b"1"[..]), "prepared once");
+    });
+}
+
+#[test]
+fn a_thousand_pipelined_queries_answer_in_order() {
+    let c = shared();
+    run(async {
+        let conn = connect(&c.url("ringside_trust", None, std::env::var("XTCP").is_ok()))
+            .await
+            .unwrap();
+        let pending: Vec<_> = (0..1000)
+            .map(|i| {
+                conn.start_query(&SELECT_INT, &[Param::I32(i)], "", 0)
+                    .unwrap()
+            })
+            .collect();
+        assert!(conn.in_flight() > 1, "really pipelined");
+        for (i, p) in pending.into_iter().enumerate() {
+            let rows = p.rows().await.unwrap();
+            let r = rows.iter().next().unwrap().unwrap();
+            assert_eq!(r.req_i32(&rows.columns, 0).unwrap(), i as i32);
+        }
+    });
+}
+
+#[test]
+fn a_syntax_error_inside_a_pipeline_spares_the_others() {
+    let c = shared();
+    run(async {
+        let conn = connect(&c.url("ringside_scram", Some("scrampass"), true))
+            .await
+            .unwrap();
+        let a = conn
+            .start_query(&SELECT_INT, &[Param::I32(1)], "", 0)
+            .unwrap();
+        let b = conn.start_query(&BAD_SYNTAX, &[], "", 0).unwrap();
+        let c2 = conn
+            .start_query(&SELECT_INT, &[Param::I32(3)], "", 0)
+            .unwrap();
+        let d = conn.start_query(&BAD_SYNTAX, &[], "", 0).unwrap();
+        assert_eq!(a.rows().await.unwrap().len(), 1);
+        let e = b.rows().await.unwrap_err();
+        assert_eq!(e.sqlstate(), Some("42601"), "{e}");
+        assert_eq!(c2.rows().await.unwrap().len(), 1);
+        assert_eq!(d.rows().await.unwrap_err().sqlstate(), Some("42601"));
+        // Still usable afterwards.
+        let rows = conn.query(&SELECT_INT, &[Param::I32(9)]).await.unwrap();
+        assert_eq!(
+            rows.iter()
+                .next()
+                .unwrap()
+                .unwrap()
+                .req_i32(&rows.columns, 0)
+                .unwrap(),
+            9
+        );
+    });
+}
+
+#[test]
+fn copy_in_commits_and_copy_fail_keeps_nothing() {
+    let c = shared();
+    c.psql("CREATE TABLE IF NOT EXISTS copy_test (id int, name text)");
+    c.psql("GRANT ALL ON copy_test TO ringside_trust");
+    c.psql("TRUNCATE copy_test");
+    run(async {
+        let conn = connect(&c.url("ringside_trust", None, true)).await.unwrap();
+        let mut copy = conn
+            .copy_in("COPY copy_test (id, name) FROM STDIN (FORMAT csv)")
+            .await
+            .unwrap();
+        copy.send(b"1,one\n2,\"t,wo\"\n").await.unwrap();
+        copy.send(b"3,three\n").await.unwrap();
+        assert_eq!(copy.finish().await.unwrap(), 3);
+
+        let mut copy = conn
+            .copy_in("COPY copy_test (id, name) FROM STDIN (FORMAT csv)")
+            .await
+            .unwrap();
+        copy.send(b"4,four\n").await.unwrap();
+        copy.abort("client went away").await;
+        // A value the server rejects ends the COPY with its error.
+        let mut copy = conn
+            .copy_in("COPY copy_test (id, name) FROM STDIN (FORMAT csv)")
+            .await
+            .unwrap();
+        let mut err = None;
+        for _ in 0..50 {
+            if let Err(e) = copy.send(b"notanumber,x\n").await {
+                err = Some(e);
+                break;
+            }
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let err = match err {
+            Some(e) => e,
+            None => copy.finish().await.unwrap_err(),
+        };
+        assert_eq!(err.sqlstate(), Some("22P02"), "{err}");
+        // The connection is in step again.
+        assert_eq!(
+            conn.query(&SELECT_INT, &[Param::I32(5)])
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    });
+    assert_eq!(
+        c.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM copy_test"),
+        "1,2,3"
+    );
+}
+
+#[test]
+fn a_terminated_backend_fails_only_its_queries_and_is_replaced() {
+    let c = shared();
+    run(async {
+        let p = pool(
+            &c.url("ringside_trust", None, true),
+            1,
+            Duration::from_secs(5),
+        );
+        let rows = p.query(&BACKEND_PID, &[]).await.unwrap();
+        let pid = rows
+            .iter()
+            .next()
+            .unwrap()
+            .unwrap()
+            .req_i32(&rows.columns, 0)
+            .unwrap();
+        c.psql(&format!("SELECT pg_terminate_backend({pid})"));
+        let start = Instant::now();
+        // The first query may fail (the connection just broke); within a
+        // few seconds a new connection answers, with another backend.
+        let mut new_pid = None;
+        while start.elapsed() < Duration::from_secs(10) {
+            match p.query(&BACKEND_PID, &[]).await {
+                Ok(rows) => {
+                    new_pid = Some(
+                        rows.iter()
+                            .next()
+                            .unwrap()
+                            .unwrap()
+                            .req_i32(&rows.columns, 0)
+                            .unwrap(),
+                    );
+                    break;
+                }
+                Err(e) => assert!(e.is_transient(), "a 503-class error: {e}"),
+            }
+            monoio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let new_pid = new_pid.expect("reconnected");
+        assert_ne!(new_pid, pid);
+        assert!(p.stats().reconnects >= 1);
+        p.close();
+    });
+}
+
+#[test]
+fn a_stopped_backend_gives_errors_at_the_deadline() {
+    let c = shared();
+    run(async {
+        let p = pool(
+            &c.url("ringside_trust", None, true),
+            1,
+            Duration::from_millis(500),
+        );
+        let rows = p.query(&BACKEND_PID, &[]).await.unwrap();
+        let pid = rows
+            .iter()
+            .next()
+            .unwrap()
+            .unwrap()
+            .req_i32(&rows.columns, 0)
+            .unwrap();
+        // SAFETY: signals to a backend of our own throwaway cluster.
+        // SAFETY: signals to a backend of our own throwaway cluster; the
+        // guard resumes it whatever happens, so the cluster can stop later.
+        struct Resume(i32);
+        impl Drop for Resume {
+            fn drop(&mut self) {
+                unsafe { libc::kill(self.0, libc::SIGCONT) };
+            }
+        }
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let _resume = Resume(pid);
+        let start = Instant::now();
+        let e = p.query(&BACKEND_PID, &[]).await.unwrap_err();
+        let took = start.elapsed();
+        assert_eq!(e, QueryError::Timeout);
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        // The stuck connection takes no new queries; it is replaced, and the
+        // next caller is answered by another backend (or fails), quickly.
+        let start = Instant::now();
+        match p.query(&BACKEND_PID, &[]).await {
+            Ok(rows) => {
+                let other = rows
+                    .iter()
+                    .next()
+                    .unwrap()
+                    .unwrap()
+                    .req_i32(&rows.columns, 0)
+                    .unwrap();
+                assert_ne!(other, pid, "not the stopped backend");
+            }
+            Err(e) => assert!(e.is_transient(), "{e}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(4));
+        p.close();
+    });
+}
+
+#[test]
+fn a_cluster_restart_under_load_recovers_and_hangs_no_caller() {
+    let c = Cluster::private();
+    let url = c.url("ringside_md5", Some("md5pass"), true);
+    std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            run(async {
+                let p = pool(&url, 2, Duration::from_secs(2));
+                let deadline = Instant::now() + Duration::from_secs(8);
+                let (mut ok, mut failed, mut longest) = (0u32, 0u32, Duration::ZERO);
+                while Instant::now() < deadline {
+                    let batch: Vec<_> = (0..16)
+                        .map(|i| {
+                            let p = p.clone();
+                            monoio::spawn(async move {
+                                let t = Instant::now();
+                                let r = p.query(&SELECT_INT, &[Param::I32(i)]).await;
+                                (r.is_ok(), t.elapsed())
+                            })
+                        })
+                        .collect();
+                    for h in batch {
+                        let (good, took) = h.await;
+                        longest = longest.max(took);
+                        if good {
+                            ok += 1
+                        } else {
+                            failed += 1
+                        }
+                    }
+                    monoio::time::sleep(Duration::from_millis(20)).await;
+                }
+                // After the restart, the pool answers again.
+                let rows = p.query(&SELECT_INT, &[Param::I32(77)]).await;
+                let reconnects = p.stats().reconnects;
+                p.close();
+                (ok, failed, longest, rows.is_ok(), reconnects)
+            })
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        c.pg_ctl(&["-m", "fast", "restart"]);
+        let (ok, failed, longest, recovered, reconnects) = load.join().unwrap();
+        // Callers in flight at the restart fail fast; later ones wait
+        // (boundedly) for the reconnect.
+        assert!(
+            reconnects >= 2,
+            "both connections were replaced ({reconnects})"
+        );
+        assert!(ok > 0, "ok={ok} failed={failed}");
+        assert!(
+            longest < Duration::from_secs(5),
+            "a caller waited {longest:?}"
+        );
+        assert!(recovered, "the pool recovered");
+    });
+}

@@ -1,0 +1,198 @@
+//! A real PostgreSQL for the tests: a private throwaway cluster made by
+//! `scripts/pg-test-cluster` (initdb in a temporary directory, as user
+//! `postgres` when run as root, a unix socket there and a free TCP port, a
+//! trust, an md5, a SCRAM and a cleartext user).
+//!
+//! `shared()` is one cluster for the whole test run: taken from the
+//! environment when `scripts/test` started one (RINGSIDE_PG_*), else started
+//! here with a watchdog that stops it when this process ends. Tests that
+//! stop or restart the server use `Cluster::private()`, their own.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub bindir: PathBuf,
+    owned: bool,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn parse_env(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .map(str::to_string)
+}
+
+fn temp_dir() -> PathBuf {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    PathBuf::from(format!(
+        "/tmp/ringside-pg-{}-{}",
+        std::process::id(),
+        n % 1_000_000_000
+    ))
+}
+
+impl Cluster {
+    /// Starts a new cluster, stopped and removed when dropped.
+    pub fn private() -> Cluster {
+        let mut c = Self::start_new();
+        c.owned = true;
+        c
+    }
+
+    fn start_new() -> Cluster {
+        let dir = temp_dir();
+        let out = Command::new(repo().join("scripts/pg-test-cluster"))
+            .arg("start")
+            .arg(&dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/pg-test-cluster");
+        assert!(out.status.success(), "pg-test-cluster start failed");
+        let text = String::from_utf8(out.stdout).unwrap();
+        Cluster {
+            port: parse_env(&text, "RINGSIDE_PG_PORT")
+                .unwrap()
+                .parse()
+                .unwrap(),
+            bindir: parse_env(&text, "RINGSIDE_PG_BINDIR").unwrap().into(),
+            dir,
+            owned: false,
+        }
+    }
+
+    /// A libpq URL for one of the test users, over TCP or the unix socket.
+    pub fn url(&self, user: &str, password: Option<&str>, tcp: bool) -> String {
+        let auth = match password {
+            Some(p) => format!("{user}:{p}"),
+            None => user.to_string(),
+        };
+        if tcp {
+            format!("postgres://{auth}@127.0.0.1:{}/ringside_test", self.port)
+        } else {
+            format!(
+                "postgres://{auth}@/ringside_test?host={}&port={}",
+                self.dir.display(),
+                self.port
+            )
+        }
+    }
+
+    /// Runs SQL as the superuser with psql; returns its unaligned output.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new(self.bindir.join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-U",
+                "postgres",
+                "-d",
+                "ringside_test",
+            ])
+            .arg("-h")
+            .arg(&self.dir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-c")
+            .arg(sql)
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// Runs pg_ctl as the cluster's owner.
+    pub fn pg_ctl(&self, args: &[&str]) {
+        let data = self.dir.join("data");
+        let mut cmd = if unsafe { libc::geteuid() } == 0 {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"])
+                .arg(self.bindir.join("pg_ctl"));
+            c
+        } else {
+            Command::new(self.bindir.join("pg_ctl"))
+        };
+        let status = cmd
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-w", "-t", "60"])
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_ctl");
+        assert!(status.success(), "pg_ctl {args:?}");
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = Command::new(repo().join("scripts/pg-test-cluster"))
+                .arg("stop")
+                .arg(&self.dir)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// The cluster shared by the tests that leave the server running.
+pub fn shared() -> &'static Cluster {
+    static SHARED: OnceLock<Cluster> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        if let (Ok(port), Ok(dir), Ok(bindir)) = (
+            std::env::var("RINGSIDE_PG_PORT"),
+            std::env::var("RINGSIDE_PG_SOCKET_DIR"),
+            std::env::var("RINGSIDE_PG_BINDIR"),
+        ) {
+            return Cluster {
+                dir: dir.into(),
+                port: port.parse().expect("RINGSIDE_PG_PORT"),
+                bindir: bindir.into(),
+                owned: false,
+            };
+        }
+        let c = Cluster::start_new();
+        // Statics are never dropped: a watchdog stops the cluster once this
+        // test process has exited. It outlives us, so it is never waited for.
+        let script = repo().join("scripts/pg-test-cluster");
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while kill -0 {pid} 2>/dev/null; do sleep 1; done; '{}' stop '{}'",
+                script.display(),
+                c.dir.display(),
+                pid = std::process::id()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(std::mem::forget)
+            .expect("start the cluster watchdog");
+        c
+    })
+}
