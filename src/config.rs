@@ -50,6 +50,14 @@ pub struct Config {
     pub keepalive_timeout: Duration,
     pub write_timeout: Duration,
     pub shutdown_timeout: Duration,
+    pub db_pool_size: usize,
+    pub db_pipeline_depth: usize,
+    pub db_max_waiters: usize,
+    pub db_wait_timeout: Duration,
+    pub db_query_timeout: Duration,
+    pub max_upload_bytes: u64,
+    pub upload_chunk_bytes: usize,
+    pub export_batch_rows: usize,
 }
 
 impl Default for Config {
@@ -72,6 +80,14 @@ impl Default for Config {
             keepalive_timeout: Duration::ZERO,
             write_timeout: Duration::ZERO,
             shutdown_timeout: Duration::ZERO,
+            db_pool_size: 0,
+            db_pipeline_depth: 0,
+            db_max_waiters: 0,
+            db_wait_timeout: Duration::ZERO,
+            db_query_timeout: Duration::ZERO,
+            max_upload_bytes: 0,
+            upload_chunk_bytes: 0,
+            export_batch_rows: 0,
         };
         for setting in SETTINGS {
             (setting.apply)(&mut cfg, setting.default).expect("built-in default parses");
@@ -174,6 +190,30 @@ pub static SETTINGS: &[Setting] = &[
     setting!("shutdown-timeout", "RINGSIDE_SHUTDOWN_TIMEOUT", "30s",
         "on SIGTERM/SIGINT, how long requests in flight may take to finish",
         |c, v| c.shutdown_timeout = parse_duration(v)?),
+    setting!("db-pool-size", "RINGSIDE_DB_POOL_SIZE", "4",
+        "PostgreSQL connections per core (DATABASE_URL or the PG* variables say where)",
+        |c, v| c.db_pool_size = parse_int(v, 1, 1024)? as usize),
+    setting!("db-pipeline-depth", "RINGSIDE_DB_PIPELINE_DEPTH", "64",
+        "queries in flight at once on one connection (pipelining)",
+        |c, v| c.db_pipeline_depth = parse_int(v, 1, 100_000)? as usize),
+    setting!("db-max-waiters", "RINGSIDE_DB_MAX_WAITERS", "1024",
+        "requests per core that may wait for a database slot; beyond, 503",
+        |c, v| c.db_max_waiters = parse_int(v, 0, 10_000_000)? as usize),
+    setting!("db-wait-timeout", "RINGSIDE_DB_WAIT_TIMEOUT", "1s",
+        "longest wait for a database slot (503 with Retry-After past it)",
+        |c, v| c.db_wait_timeout = parse_duration(v)?),
+    setting!("db-query-timeout", "RINGSIDE_DB_QUERY_TIMEOUT", "5s",
+        "deadline of one query; past it the query is cancelled and the request gets 503",
+        |c, v| c.db_query_timeout = parse_duration(v)?),
+    setting!("max-upload-bytes", "RINGSIDE_MAX_UPLOAD_BYTES", "256MiB",
+        "largest CSV upload to POST /contacts (413 past it)",
+        |c, v| c.max_upload_bytes = parse_bytes(v, 0, u64::MAX)?),
+    setting!("upload-chunk-bytes", "RINGSIDE_UPLOAD_CHUNK_BYTES", "64KiB",
+        "how much of an upload is read and sent to PostgreSQL at a time (bounds its memory)",
+        |c, v| c.upload_chunk_bytes = parse_bytes(v, 4096, 16 << 20)? as usize),
+    setting!("export-batch-rows", "RINGSIDE_EXPORT_BATCH_ROWS", "1000",
+        "rows fetched per batch by GET /orders/export.csv",
+        |c, v| c.export_batch_rows = parse_int(v, 1, 1_000_000)? as usize),
 ];
 
 impl Config {
@@ -228,6 +268,8 @@ impl Config {
             ("--body-timeout", self.body_timeout),
             ("--keepalive-timeout", self.keepalive_timeout),
             ("--write-timeout", self.write_timeout),
+            ("--db-wait-timeout", self.db_wait_timeout),
+            ("--db-query-timeout", self.db_query_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError(format!("{name} must be greater than zero")));

@@ -3,9 +3,11 @@
 use std::process::ExitCode;
 use std::thread;
 
-use ringside::app::App;
+use ringside::app::schema;
+use ringside::app::{App, AppSettings, Database};
 use ringside::config::Config;
 use ringside::http::HttpCore;
+use ringside::pg::{ConnSettings, PgConfig, PgConn};
 use ringside::runtime::Server;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -17,6 +19,9 @@ fn main() -> ExitCode {
             args.remove(0);
             "serve"
         }
+        Some("migrate") => return migrate(),
+        Some("seed") => return seed(&args[1..]),
+        Some("gen-contacts") => return gen_contacts(&args[1..]),
         Some("help" | "--help" | "-h") => {
             print!("{}", Config::help());
             return ExitCode::SUCCESS;
@@ -48,7 +53,24 @@ fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let server = match Server::start(&config, |core, cfg| HttpCore::new(core, cfg, App::new())) {
+    let database = match Database::from_env(&config) {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("ringside: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match &database {
+        Some(db) => eprintln!("ringside: database {}", db.config),
+        None => {
+            eprintln!("ringside: no database configured (set DATABASE_URL); /orders answers 503")
+        }
+    }
+    let app_settings = AppSettings::from_config(&config);
+    let make = move |core, cfg: &Config| {
+        HttpCore::new(core, cfg, App::new(database.as_ref(), app_settings.clone()))
+    };
+    let server = match Server::start(&config, make) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ringside: {e}");
@@ -100,6 +122,104 @@ fn serve(config: Config) -> ExitCode {
         }
         Err(e) => {
             eprintln!("ringside: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a command-line database task on a runtime of its own.
+fn with_db<T>(task: impl AsyncFnOnce(&PgConn) -> Result<T, String>) -> Result<T, String> {
+    let cfg = PgConfig::from_env(|k| std::env::var(k).ok())?;
+    let addrs = match &cfg.host {
+        ringside::pg::PgHost::Tcp(h) => {
+            use std::net::ToSocketAddrs;
+            (h.as_str(), cfg.port)
+                .to_socket_addrs()
+                .map_err(|e| format!("cannot resolve {h}: {e}"))?
+                .collect()
+        }
+        ringside::pg::PgHost::Unix(_) => Vec::new(),
+    };
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    rt.block_on(async {
+        let conn = PgConn::connect(&cfg, &addrs, ConnSettings::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        task(&conn).await
+    })
+}
+
+fn migrate() -> ExitCode {
+    match with_db(async |conn| schema::migrate(conn).await.map_err(|e| e.to_string())) {
+        Ok(v) if v.is_empty() => {
+            eprintln!("ringside: schema is up to date");
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            eprintln!("ringside: applied migrations {v:?}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringside migrate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads `--name value` pairs of a subcommand.
+fn flag(args: &[String], name: &str) -> Result<Option<u64>, String> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(None),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .map(Some)
+            .ok_or_else(|| format!("{name} needs a whole number")),
+    }
+}
+
+fn seed(args: &[String]) -> ExitCode {
+    let orders = match flag(args, "--orders") {
+        Ok(n) => n.unwrap_or(1000),
+        Err(e) => {
+            eprintln!("ringside seed: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match with_db(async |conn| {
+        schema::seed_orders(conn, orders)
+            .await
+            .map_err(|e| e.to_string())
+    }) {
+        Ok(added) => {
+            eprintln!("ringside: orders: {added} added ({orders} wanted)");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringside seed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn gen_contacts(args: &[String]) -> ExitCode {
+    let (rows, bad) = match (flag(args, "--rows"), flag(args, "--bad-line")) {
+        (Ok(r), Ok(b)) => (r.unwrap_or(10_000), b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("ringside gen-contacts: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    match schema::write_contacts(&mut out, rows, bad).and_then(|_| std::io::Write::flush(&mut out))
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringside gen-contacts: {e}");
             ExitCode::FAILURE
         }
     }

@@ -51,6 +51,9 @@ pub(super) struct ConnIo<'a> {
     pub(super) wbuf: BytesMut,
     shared: &'a Shared,
     deadline_key: DeadlineKey,
+    /// How much a read asks for at least; a handler streaming a large body
+    /// raises it for its request (bigger reads, fewer of them).
+    pub(super) read_size: usize,
 }
 
 impl<'a> ConnIo<'a> {
@@ -59,6 +62,7 @@ impl<'a> ConnIo<'a> {
             stream,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
+            read_size: shared.buffers.buf_size(),
             shared,
             deadline_key,
         }
@@ -112,10 +116,6 @@ impl ConnIo<'_> {
         self.shared.core.draining()
     }
 
-    pub(super) fn http_buf_size(&self) -> usize {
-        self.shared.buffers.buf_size()
-    }
-
     fn ensure_wbuf(&mut self) {
         if self.wbuf.capacity() == 0 {
             self.wbuf = self.shared.buffers.take();
@@ -137,8 +137,8 @@ impl ConnIo<'_> {
         if self.rbuf.capacity() == 0 {
             self.rbuf = self.shared.buffers.take();
         }
-        if self.rbuf.capacity() - self.rbuf.len() < MIN_READ_SPARE {
-            self.rbuf.reserve(self.shared.buffers.buf_size());
+        if self.rbuf.capacity() - self.rbuf.len() < MIN_READ_SPARE.min(self.read_size) {
+            self.rbuf.reserve(self.read_size);
         }
         let buf = mem::take(&mut self.rbuf);
         let deadlines = &self.shared.core.deadlines;
@@ -398,7 +398,9 @@ mod tests {
             let _client = TcpStream::connect(addr).await.unwrap();
             let (stream, _) = listener.accept().await.unwrap();
             let core = CoreCtx::standalone(0, IoDriver::Epoll);
-            let http = HttpCore::new(core, &Config::default(), App::new());
+            let config = Config::default();
+            let app = App::new(None, crate::app::AppSettings::from_config(&config));
+            let http = HttpCore::new(core, &config, app);
             println!(
                 "readable {} sleep {} wait {} conn_io {}",
                 std::mem::size_of_val(&stream.readable(false)),

@@ -122,6 +122,13 @@ impl<'c, 'io> Exchange<'c, 'io> {
         }
     }
 
+    /// Reads the body in pieces of up to `bytes` (for a handler that streams
+    /// a large body somewhere); the read buffer grows to that size for this
+    /// request only and is not pooled afterwards.
+    pub fn set_body_read_size(&mut self, bytes: usize) {
+        self.io.read_size = bytes.max(self.io.read_size);
+    }
+
     /// The next piece of the request body, `Ok(None)` at its end. Pieces are
     /// at most a read buffer long; the server holds no more of the body than
     /// that, and reads the socket only when asked: a handler that is slow to
@@ -140,7 +147,7 @@ impl<'c, 'io> Exchange<'c, 'io> {
                 return Err(self.fail(BodyError::Closed));
             }
         }
-        let max_chunk = self.io.http_buf_size();
+        let max_chunk = self.io.read_size;
         loop {
             match self.body.decode(&mut self.io.rbuf, max_chunk) {
                 Ok(Some(BodyEvent::Data(b))) => return Ok(Some(b)),
@@ -315,6 +322,25 @@ impl<'c, 'io> Exchange<'c, 'io> {
             }
         }
         Ok(())
+    }
+
+    /// Writes everything queued so far and waits until the socket took it:
+    /// a streaming handler calls it to produce no faster than the client reads.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if let Err(e) = self.io.flush().await {
+            self.io_failed = true;
+            self.keep_alive = false;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Gives up on the response: the connection is closed without sending
+    /// what is queued (a streamed body is cut short, which the client can
+    /// tell from the missing last chunk).
+    pub fn abort_connection(&mut self) {
+        self.io_failed = true;
+        self.keep_alive = false;
     }
 
     /// Ends a streamed response.

@@ -41,10 +41,26 @@ impl Server {
     /// Starts `ringside serve` on 127.0.0.1:0 with the given io driver and
     /// extra flags, and waits for its "listening on" line.
     pub fn start(io: &str, extra: &[&str]) -> Server {
+        Self::start_with_env(io, extra, &[])
+    }
+
+    /// `start` with environment variables (DATABASE_URL, ...).
+    pub fn start_with_env(io: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringside"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--io", io]);
         cmd.args(extra);
+        cmd.envs(env.iter().copied());
         Self::spawn(cmd).unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
+    /// The server's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
     }
 
     /// Spawns a prepared command and waits for its address; `Err` carries
@@ -55,6 +71,20 @@ impl Server {
             .stderr(Stdio::piped());
         for var in ["RINGSIDE_LISTEN", "RINGSIDE_IO", "RINGSIDE_CORES"] {
             cmd.env_remove(var);
+        }
+        // The database comes only from what a test sets explicitly, never
+        // from the test runner's environment (scripts/test exports PG*).
+        for var in [
+            "DATABASE_URL",
+            "PGHOST",
+            "PGPORT",
+            "PGUSER",
+            "PGDATABASE",
+            "PGPASSWORD",
+        ] {
+            if !cmd.get_envs().any(|(k, _)| k == var) {
+                cmd.env_remove(var);
+            }
         }
         let mut child = cmd.spawn().map_err(|e| e.to_string())?;
         let stderr = child.stderr.take().unwrap();
@@ -172,6 +202,11 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// A connection with bytes already read from it.
+    pub fn from_parts(s: TcpStream, buf: Vec<u8>) -> Conn {
+        Conn { s, buf }
+    }
+
     pub fn send(&mut self, bytes: impl AsRef<[u8]>) {
         self.s.write_all(bytes.as_ref()).expect("send");
     }

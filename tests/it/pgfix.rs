@@ -89,6 +89,11 @@ impl Cluster {
 
     /// Runs SQL as the superuser with psql; returns its unaligned output.
     pub fn psql(&self, sql: &str) -> String {
+        self.psql_in("ringside_test", sql)
+    }
+
+    /// `psql` in another database.
+    pub fn psql_in(&self, db: &str, sql: &str) -> String {
         let out = Command::new(self.bindir.join("psql"))
             .args([
                 "-X",
@@ -100,7 +105,7 @@ impl Cluster {
                 "-U",
                 "postgres",
                 "-d",
-                "ringside_test",
+                db,
             ])
             .arg("-h")
             .arg(&self.dir)

@@ -6,5 +6,6 @@
 //! `cargo tree -p ringside-wire -e normal`).
 #![forbid(unsafe_code)]
 
+pub mod csv;
 pub mod http;
 pub mod pg;

@@ -33,6 +33,12 @@ struct Env {
 fn env() -> Option<Env> {
     let var = |k: &str| std::env::var(k).ok();
     let Some(port) = var("RINGSIDE_PG_PORT") else {
+        // scripts/test (and so CI) always provides a cluster: there a missing
+        // one is a failure, not a skip.
+        assert!(
+            var("RINGSIDE_REQUIRE_PG").is_none(),
+            "RINGSIDE_PG_PORT is not set although RINGSIDE_REQUIRE_PG is"
+        );
         eprintln!("RINGSIDE_PG_PORT not set: skipping the live PostgreSQL tests (see scripts/pg-test-cluster)");
         return None;
     };

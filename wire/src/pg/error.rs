@@ -21,9 +21,22 @@ pub struct DbError {
     /// 1-based character (not byte) offset into the query text.
     pub position: Option<u32>,
     pub constraint: Option<String>,
+    /// Where it happened (the `W` field), e.g. "COPY contacts, line 5000".
+    pub context: Option<String>,
 }
 
 impl DbError {
+    /// The line number of a COPY error, from the context
+    /// ("COPY contacts, line 5000, column zip: ...").
+    pub fn copy_line(&self) -> Option<u64> {
+        let ctx = self.context.as_deref()?;
+        let rest = &ctx[ctx.find(", line ")? + 7..];
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        rest[..end].parse().ok()
+    }
+
     /// Decodes the fields; `S`/`V`, `C` and `M` are mandatory.
     pub fn parse(fields: &mut ErrorFields<'_>) -> io::Result<DbError> {
         let mut severity = None;
@@ -34,6 +47,7 @@ impl DbError {
         let mut hint = None;
         let mut position = None;
         let mut constraint = None;
+        let mut context = None;
         while let Some(field) = fields.next()? {
             // Lossy: a value in another encoding must not make the error itself unreadable.
             let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
@@ -51,6 +65,7 @@ impl DbError {
                     position = Some(p);
                 }
                 b'n' => constraint = Some(value),
+                b'W' => context = Some(value),
                 _ => {}
             }
         }
@@ -64,6 +79,7 @@ impl DbError {
             hint,
             position,
             constraint,
+            context,
         })
     }
 }

@@ -1,0 +1,214 @@
+//! The routes. Handlers see requests through an [`Exchange`] and never
+//! touch a socket; they reach PostgreSQL through their core's pool.
+
+mod contacts;
+mod orders;
+pub mod schema;
+pub mod text;
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use crate::config::Config;
+use crate::http::{Exchange, Method, Service, StatusCode};
+use crate::pg::{ConnSettings, PgConfig, Pool, PoolSettings, QueryError};
+
+const TEXT: &[u8] = b"text/plain; charset=utf-8";
+
+/// Where the database is, resolved before the cores start (no DNS lookup
+/// ever runs on a core). `Send`: each core makes its own pool from it.
+#[derive(Clone, Debug)]
+pub struct Database {
+    pub config: PgConfig,
+    pub addrs: Vec<SocketAddr>,
+    pub pool: PoolSettings,
+}
+
+impl Database {
+    /// From `DATABASE_URL` / the PG* variables, when either is set.
+    pub fn from_env(config: &Config) -> Result<Option<Database>, String> {
+        let configured = ["DATABASE_URL", "PGHOST", "PGDATABASE", "PGUSER"]
+            .iter()
+            .any(|k| std::env::var_os(k).is_some());
+        if !configured {
+            return Ok(None);
+        }
+        let pg = PgConfig::from_env(|k| std::env::var(k).ok())?;
+        Ok(Some(Database::new(pg, config)?))
+    }
+
+    pub fn new(pg: PgConfig, config: &Config) -> Result<Database, String> {
+        let addrs = match &pg.host {
+            crate::pg::PgHost::Tcp(h) => {
+                use std::net::ToSocketAddrs;
+                (h.as_str(), pg.port)
+                    .to_socket_addrs()
+                    .map_err(|e| format!("cannot resolve database host {h}: {e}"))?
+                    .collect()
+            }
+            crate::pg::PgHost::Unix(_) => Vec::new(),
+        };
+        Ok(Database {
+            config: pg,
+            addrs,
+            pool: PoolSettings {
+                connections: config.db_pool_size,
+                max_in_flight: config.db_pipeline_depth,
+                max_waiters: config.db_max_waiters,
+                wait_timeout: config.db_wait_timeout,
+                query_timeout: config.db_query_timeout,
+                conn: ConnSettings::default(),
+            },
+        })
+    }
+}
+
+/// Per-route limits, copied from the configuration.
+#[derive(Clone, Debug)]
+pub struct AppSettings {
+    pub max_upload_bytes: u64,
+    pub upload_chunk_bytes: usize,
+    pub export_batch_rows: usize,
+}
+
+impl AppSettings {
+    pub fn from_config(c: &Config) -> Self {
+        AppSettings {
+            max_upload_bytes: c.max_upload_bytes,
+            upload_chunk_bytes: c.upload_chunk_bytes,
+            export_batch_rows: c.export_batch_rows,
+        }
+    }
+}
+
+/// The application, one per core.
+pub struct App {
+    pool: Option<Rc<Pool>>,
+    settings: AppSettings,
+    /// A page is rendered here, then copied once into the response.
+    scratch: RefCell<Vec<u8>>,
+}
+
+impl App {
+    /// Makes the core's app; with a database, its pool starts connecting.
+    pub fn new(db: Option<&Database>, settings: AppSettings) -> Self {
+        App {
+            pool: db.map(|d| Pool::new(d.config.clone(), d.addrs.clone(), d.pool.clone())),
+            settings,
+            scratch: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub fn pool(&self) -> Option<&Rc<Pool>> {
+        self.pool.as_ref()
+    }
+}
+
+impl Service for App {
+    async fn call(&self, ex: &mut Exchange<'_, '_>) {
+        let method = ex.method();
+        match ex.path() {
+            "/plaintext" => match method {
+                Method::Get | Method::Head => ex.respond(StatusCode::OK, TEXT, b"Hello, World!"),
+                _ => method_not_allowed(ex, b"GET, HEAD"),
+            },
+            "/healthz" => match method {
+                Method::Get | Method::Head => ex.respond(StatusCode::OK, TEXT, b"ok\n"),
+                _ => method_not_allowed(ex, b"GET, HEAD"),
+            },
+            "/echo" => match method {
+                Method::Post | Method::Put => echo(ex).await,
+                _ => method_not_allowed(ex, b"POST, PUT"),
+            },
+            "/orders" | "/orders.json" => match method {
+                Method::Get | Method::Head => orders::list(self, ex).await,
+                _ => method_not_allowed(ex, b"GET, HEAD"),
+            },
+            "/orders/export.csv" => match method {
+                Method::Get | Method::Head => orders::export(self, ex).await,
+                _ => method_not_allowed(ex, b"GET, HEAD"),
+            },
+            "/contacts" => match method {
+                Method::Post => contacts::upload(self, ex).await,
+                _ => method_not_allowed(ex, b"POST"),
+            },
+            _ => ex.respond_error(StatusCode::NOT_FOUND, "no such route"),
+        }
+    }
+}
+
+fn method_not_allowed(ex: &mut Exchange<'_, '_>, allow: &[u8]) {
+    let body = b"405 Method Not Allowed\n";
+    ex.respond_with(
+        StatusCode::METHOD_NOT_ALLOWED,
+        TEXT,
+        &[("Allow", allow)],
+        body,
+    );
+}
+
+/// The pool, or a 503 when the server runs without a database.
+fn pool_or_503<'a>(app: &'a App, ex: &mut Exchange<'_, '_>) -> Option<&'a Rc<Pool>> {
+    if app.pool.is_none() {
+        unavailable(ex, "no database configured (set DATABASE_URL)");
+    }
+    app.pool.as_ref()
+}
+
+/// 503 with Retry-After and a short reason.
+fn unavailable(ex: &mut Exchange<'_, '_>, why: &str) {
+    let body = format!("503 Service Unavailable: {why}\n");
+    ex.respond_with(
+        StatusCode::SERVICE_UNAVAILABLE,
+        TEXT,
+        &[("Retry-After", b"1")],
+        body.as_bytes(),
+    );
+}
+
+/// Answers a database failure: transient ones (down, busy, timed out) with
+/// 503 and Retry-After, anything else with 500. The message is short and
+/// never includes credentials.
+fn respond_db_error(ex: &mut Exchange<'_, '_>, e: &QueryError) {
+    if e.is_transient() {
+        let why = match e {
+            QueryError::Busy => "database busy",
+            QueryError::Timeout => "database timed out",
+            _ => "database unavailable",
+        };
+        unavailable(ex, why);
+    } else {
+        ex.respond_error(StatusCode::INTERNAL_ERROR, "database error");
+    }
+}
+
+/// Answers with the request body, which is bounded by the body limit
+/// (`--max-body-bytes`). A diagnostic route: it shows what the server
+/// decoded (chunked framing, 100-continue) byte for byte.
+async fn echo(ex: &mut Exchange<'_, '_>) {
+    let mut body = Vec::new();
+    loop {
+        match ex.body_chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(e) => return ex.respond_body_error(e),
+        }
+    }
+    let ctype = ex
+        .head()
+        .header("content-type")
+        .map(<[u8]>::to_vec)
+        .unwrap_or_else(|| b"application/octet-stream".to_vec());
+    ex.respond(StatusCode::OK, &ctype, &body);
+}
+
+/// The value of `name` in a query string (no percent-decoding: the values
+/// we read are numbers).
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}

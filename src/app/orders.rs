@@ -1,0 +1,196 @@
+//! GET /orders (the article's page), /orders.json, /orders/export.csv.
+
+use crate::http::{Exchange, StatusCode};
+use crate::pg::{Param, QueryError, Statement};
+
+use super::text::{csv_field, html_escape, json_string, rfc3339_micros};
+use super::{pool_or_503, query_param, respond_db_error, App};
+
+pub const DEFAULT_LIMIT: i64 = 200;
+pub const MAX_LIMIT: i64 = 1000;
+
+/// The article's query, with an order so the page is stable.
+pub static ORDER_TITLES: Statement = Statement {
+    sql: "SELECT title FROM orders ORDER BY id LIMIT $1",
+    param_types: &[20],
+};
+
+static ORDER_EXPORT: Statement = Statement {
+    sql: "SELECT id, title, customer, amount_cents, currency, status, created_at \
+          FROM orders ORDER BY id",
+    param_types: &[],
+};
+
+const PAGE_HEAD: &[u8] = b"<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">\
+<title>Orders</title></head>\n<body>\n<h1>Orders</h1>\n<table>\n<thead><tr><th>Title</th></tr></thead>\n<tbody>\n";
+const PAGE_TAIL: &[u8] = b"</tbody>\n</table>\n</body>\n</html>\n";
+
+fn wants_json(ex: &Exchange<'_, '_>) -> bool {
+    ex.path() == "/orders.json"
+        || ex
+            .head()
+            .header("accept")
+            .and_then(|a| std::str::from_utf8(a).ok())
+            .is_some_and(|a| a.contains("application/json"))
+}
+
+/// Runs the article's query and renders the titles straight from the rows
+/// into one buffer: an HTML table, or a JSON array.
+pub async fn list(app: &App, ex: &mut Exchange<'_, '_>) {
+    let limit = match query_param(ex.head().query(), "limit") {
+        None => DEFAULT_LIMIT,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return ex.respond_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("limit must be a whole number from 1 to {MAX_LIMIT}"),
+                )
+            }
+        },
+    };
+    let Some(pool) = pool_or_503(app, ex) else {
+        return;
+    };
+    let rows = match pool.query(&ORDER_TITLES, &[Param::I64(limit)]).await {
+        Ok(rows) => rows,
+        Err(e) => return respond_db_error(ex, &e),
+    };
+    let json = wants_json(ex);
+    let mut page = app.scratch.borrow_mut();
+    page.clear();
+    page.extend_from_slice(if json { b"[" } else { PAGE_HEAD });
+    for (i, row) in rows.iter().enumerate() {
+        let title = match row.and_then(|r| r.req_str(&rows.columns, 0)) {
+            Ok(t) => t,
+            Err(e) => {
+                drop(page);
+                return respond_db_error(ex, &QueryError::Pg(e));
+            }
+        };
+        if json {
+            if i > 0 {
+                page.push(b',');
+            }
+            json_string(title, &mut page);
+        } else {
+            page.extend_from_slice(b"<tr><td>");
+            html_escape(title, &mut page);
+            page.extend_from_slice(b"</td></tr>\n");
+        }
+    }
+    page.extend_from_slice(if json { b"]" } else { PAGE_TAIL });
+    let ctype: &[u8] = if json {
+        b"application/json"
+    } else {
+        b"text/html; charset=utf-8"
+    };
+    ex.respond_with(StatusCode::OK, ctype, &[("Vary", b"Accept")], &page);
+    // A burst of large pages must not pin a large scratch buffer.
+    if page.capacity() > 1 << 20 {
+        *page = Vec::new();
+    }
+}
+
+/// Streams every order as CSV. Rows come from a portal a batch at a time,
+/// and the next batch is fetched only once the previous one was written
+/// to the client: a slow reader slows the query, memory stays flat.
+pub async fn export(app: &App, ex: &mut Exchange<'_, '_>) {
+    let Some(pool) = pool_or_503(app, ex) else {
+        return;
+    };
+    let held = match pool.exclusive().await {
+        Ok(h) => h,
+        Err(e) => return respond_db_error(ex, &e),
+    };
+    // Portals live until their transaction ends.
+    if let Err(e) = held.simple("BEGIN READ ONLY").await {
+        return respond_db_error(ex, &e);
+    }
+    let batch = app.settings.export_batch_rows as i32;
+    let conn = held.conn().clone();
+    let mut pending = match conn.start_query(&ORDER_EXPORT, &[], "", batch) {
+        Ok(p) => p,
+        Err(e) => return respond_db_error(ex, &e),
+    };
+    let mut started = false;
+    let mut buf = Vec::with_capacity(64 << 10);
+    loop {
+        let rows = match pending.rows().await {
+            Ok(r) => r,
+            Err(e) => {
+                if started {
+                    // Headers are out: all we can do is cut the body short,
+                    // which the client sees as an incomplete chunked stream.
+                    ex.abort_connection();
+                } else {
+                    respond_db_error(ex, &e);
+                }
+                return;
+            }
+        };
+        if !started {
+            ex.start_stream(
+                StatusCode::OK,
+                b"text/csv; charset=utf-8",
+                &[(
+                    "Content-Disposition",
+                    b"attachment; filename=\"orders.csv\"",
+                )],
+            );
+            started = true;
+            buf.extend_from_slice(b"id,title,customer,amount_cents,currency,status,created_at\n");
+        }
+        for row in rows.iter() {
+            if render_csv_row(row, &rows.columns, &mut buf).is_err() {
+                ex.abort_connection();
+                return;
+            }
+        }
+        if ex.send_chunk(&buf).await.is_err() || ex.flush().await.is_err() {
+            // The client went away; the held connection is closed on drop
+            // (mid-transaction), which ends the portal.
+            return;
+        }
+        buf.clear();
+        if !rows.suspended {
+            break;
+        }
+        pending = match conn.continue_portal(&ORDER_EXPORT, "", batch) {
+            Ok(p) => p,
+            Err(_) => {
+                ex.abort_connection();
+                return;
+            }
+        };
+    }
+    ex.finish_stream();
+    if held.simple("COMMIT").await.is_ok() {
+        held.release();
+    }
+}
+
+fn render_csv_row(
+    row: Result<crate::pg::Row<'_>, crate::pg::PgError>,
+    cols: &[crate::pg::Column],
+    out: &mut Vec<u8>,
+) -> Result<(), crate::pg::PgError> {
+    let row = row?;
+    out.extend_from_slice(row.req_i64(cols, 0)?.to_string().as_bytes());
+    out.push(b',');
+    csv_field(row.req_str(cols, 1)?, out);
+    out.push(b',');
+    if let Some(c) = row.get_str(cols, 2)? {
+        csv_field(c, out);
+    }
+    out.push(b',');
+    out.extend_from_slice(row.req_i64(cols, 3)?.to_string().as_bytes());
+    out.push(b',');
+    csv_field(row.req_str(cols, 4)?, out);
+    out.push(b',');
+    csv_field(row.req_str(cols, 5)?, out);
+    out.push(b',');
+    rfc3339_micros(row.req_timestamptz(cols, 6)?, out);
+    out.push(b'\n');
+    Ok(())
+}
