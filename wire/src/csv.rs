@@ -17,8 +17,8 @@
 //!   inside it `""` is a literal quote and `,`, CR and LF are data; after its
 //!   closing quote only `,` or the end of the record may follow
 //!   ([`CsvErrorKind::TextAfterClosingQuote`]); a `"` anywhere else in an
-//!   unquoted field is [`CsvErrorKind::QuoteInUnquotedField`], and so is a CR
-//!   not followed by LF outside quotes ([`CsvErrorKind::BareCarriageReturn`]);
+//!   unquoted field is [`CsvErrorKind::QuoteInUnquotedField`]; outside quotes
+//!   a CR must be followed by LF ([`CsvErrorKind::BareCarriageReturn`]);
 //! - the first record is the header ([`Header`]): it is not forwarded, its
 //!   names are unquoted and trimmed and must be non-empty and distinct
 //!   (compared exactly, case-sensitively); every data record must then have
@@ -685,10 +685,12 @@ impl CsvValidator {
             }
             let fields = match memchr2(b'"', b'\r', rec) {
                 None => 1 + count_commas(rec),
-                Some(p) if rec[p] == b'"' => match quoted_line_fields(rec) {
-                    Some(fields) => fields,
-                    None => break,
-                },
+                Some(p) if rec[p] == b'"' && memchr(b'\r', &rec[p..]).is_none() => {
+                    match quoted_line_fields(rec) {
+                        Some(fields) => fields,
+                        None => break,
+                    }
+                }
                 Some(_) => break,
             };
             if fields > self.limits.max_fields {
@@ -1241,6 +1243,12 @@ mod tests {
             e(2, CsvErrorKind::BareCarriageReturn)
         );
         assert_eq!(err(d, b"a\r\rb\n"), e(1, CsvErrorKind::BareCarriageReturn));
+        // After a quoted field on the same line, too.
+        assert_eq!(
+            err(d, b"a,b\n\"x\",y\rz\n"),
+            e(2, CsvErrorKind::BareCarriageReturn)
+        );
+        assert_eq!(ok("a,b\r\n\"x\r\",y\r\n"), (1, "\"x\r\",y\n".into()));
     }
 
     #[test]
