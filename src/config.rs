@@ -58,6 +58,58 @@ pub struct Config {
     pub max_upload_bytes: u64,
     pub upload_chunk_bytes: usize,
     pub export_batch_rows: usize,
+    pub database_url: Option<String>,
+    pub log_format: LogFormat,
+    /// Where each non-default value came from (for `check-config`).
+    pub sources: Vec<(&'static str, String, Source)>,
+    pub config_file: Option<String>,
+}
+
+/// Where a setting's value came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    File,
+    Env(&'static str),
+    Flag,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File => f.write_str("config file"),
+            Source::Env(v) => write!(f, "environment {v}"),
+            Source::Flag => f.write_str("flag"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:<redacted>@host/db`
+/// (and a `password=` parameter likewise).
+pub fn redact_url_password(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = &out[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                let start = scheme_end + 3 + colon + 1;
+                let end = scheme_end + 3 + at;
+                out.replace_range(start..end, "<redacted>");
+            }
+        }
+    }
+    if let Some(p) = out.find("password=") {
+        let start = p + "password=".len();
+        let end = out[start..].find('&').map_or(out.len(), |e| start + e);
+        out.replace_range(start..end, "<redacted>");
+    }
+    out
 }
 
 impl Default for Config {
@@ -88,6 +140,10 @@ impl Default for Config {
             max_upload_bytes: 0,
             upload_chunk_bytes: 0,
             export_batch_rows: 0,
+            database_url: None,
+            log_format: LogFormat::Text,
+            sources: Vec::new(),
+            config_file: None,
         };
         for setting in SETTINGS {
             (setting.apply)(&mut cfg, setting.default).expect("built-in default parses");
@@ -211,6 +267,16 @@ pub static SETTINGS: &[Setting] = &[
     setting!("upload-chunk-bytes", "RINGSIDE_UPLOAD_CHUNK_BYTES", "64KiB",
         "how much of an upload is read and sent to PostgreSQL at a time (bounds its memory)",
         |c, v| c.upload_chunk_bytes = parse_bytes(v, 4096, 16 << 20)? as usize),
+    setting!("database-url", "DATABASE_URL", "",
+        "PostgreSQL to use (libpq URI); empty: the PG* variables, or no database",
+        |c, v| c.database_url = Some(v.to_string()).filter(|s| !s.is_empty())),
+    setting!("log-format", "RINGSIDE_LOG_FORMAT", "text",
+        "log lines as `text` or `json`",
+        |c, v| c.log_format = match v {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(format!("expected text or json, got {v:?}")),
+        }),
     setting!("export-batch-rows", "RINGSIDE_EXPORT_BATCH_ROWS", "1000",
         "rows fetched per batch by GET /orders/export.csv",
         |c, v| c.export_batch_rows = parse_int(v, 1, 1_000_000)? as usize),
@@ -224,37 +290,125 @@ impl Config {
         I: IntoIterator<Item = String>,
         E: Fn(&str) -> Option<String>,
     {
-        let mut cfg = Config::default();
-        for setting in SETTINGS {
-            if let Some(value) = env(setting.env) {
-                (setting.apply)(&mut cfg, value.trim())
-                    .map_err(|e| ConfigError(format!("{}: {e}", setting.env)))?;
-            }
-        }
+        Self::load(args, env, |path| {
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))
+        })
+    }
+
+    /// Flags over environment over the TOML file (`--config` or
+    /// RINGSIDE_CONFIG) over defaults. `read` reads the file (injected for tests).
+    pub fn load<I, E>(
+        args: I,
+        env: E,
+        read: impl Fn(&str) -> Result<String, String>,
+    ) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = String>,
+        E: Fn(&str) -> Option<String>,
+    {
+        let mut flags = Vec::new();
+        let mut file = env("RINGSIDE_CONFIG").filter(|f| !f.is_empty());
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let Some(stripped) = arg.strip_prefix("--") else {
                 return Err(ConfigError(format!("unexpected argument {arg:?}")));
             };
             let (name, inline) = match stripped.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_string())),
-                None => (stripped, None),
+                Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                None => (stripped.to_string(), None),
             };
-            let setting = SETTINGS
-                .iter()
-                .find(|s| s.flag == name)
-                .ok_or_else(|| ConfigError(format!("unknown flag --{name} (see --help)")))?;
             let value = match inline {
                 Some(v) => v,
                 None => args
                     .next()
                     .ok_or_else(|| ConfigError(format!("--{name} needs a value")))?,
             };
+            if name == "config" {
+                file = Some(value);
+            } else {
+                flags.push((name, value));
+            }
+        }
+
+        let mut cfg = Config::default();
+        if let Some(path) = &file {
+            let text = read(path).map_err(ConfigError)?;
+            cfg.apply_toml(&text)
+                .map_err(|e| ConfigError(format!("{path}: {e}")))?;
+            cfg.config_file = Some(path.clone());
+        }
+        for setting in SETTINGS {
+            if let Some(value) = env(setting.env) {
+                (setting.apply)(&mut cfg, value.trim())
+                    .map_err(|e| ConfigError(format!("{}: {e}", setting.env)))?;
+                cfg.note(setting.flag, value.trim(), Source::Env(setting.env));
+            }
+        }
+        for (name, value) in flags {
+            let setting = SETTINGS
+                .iter()
+                .find(|s| s.flag == name)
+                .ok_or_else(|| ConfigError(format!("unknown flag --{name} (see --help)")))?;
             (setting.apply)(&mut cfg, value.trim())
                 .map_err(|e| ConfigError(format!("--{name}: {e}")))?;
+            cfg.note(setting.flag, value.trim(), Source::Flag);
         }
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Applies a TOML file whose keys are the flag names
+    /// (`listen = "0.0.0.0:80"`, `head-timeout = "10s"`,
+    /// `max-connections-per-core = 20000`). Unknown keys are refused.
+    fn apply_toml(&mut self, text: &str) -> Result<(), String> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+        for (key, value) in table {
+            let setting = SETTINGS
+                .iter()
+                .find(|s| s.flag == key)
+                .ok_or_else(|| format!("unknown key {key:?}"))?;
+            let v = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(format!(
+                        "{key}: expected a string or a number, got a {}",
+                        other.type_str()
+                    ))
+                }
+            };
+            (setting.apply)(self, v.trim()).map_err(|e| format!("{key}: {e}"))?;
+            self.note(setting.flag, v.trim(), Source::File);
+        }
+        Ok(())
+    }
+
+    fn note(&mut self, flag: &'static str, value: &str, source: Source) {
+        self.sources.retain(|(f, _, _)| *f != flag);
+        self.sources.push((flag, value.to_string(), source));
+    }
+
+    /// The effective configuration, one `key = value` line per setting with
+    /// where it came from; the database password is redacted.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        if let Some(f) = &self.config_file {
+            out.push_str(&format!("# config file: {f}\n"));
+        }
+        for s in SETTINGS {
+            let (value, source) = match self.sources.iter().find(|(f, _, _)| *f == s.flag) {
+                Some((_, v, src)) => (v.clone(), src.to_string()),
+                None => (s.default.to_string(), "default".to_string()),
+            };
+            let value = if s.flag == "database-url" {
+                redact_url_password(&value)
+            } else {
+                value
+            };
+            out.push_str(&format!("{} = {:?}  # {}\n", s.flag, value, source));
+        }
+        out
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -282,8 +436,11 @@ impl Config {
     pub fn help() -> String {
         let mut s = String::from(
             "ringside: a thread-per-core io_uring HTTP/1.1 server\n\n\
-             usage: ringside [serve] [--flag value]...\n\n\
-             Flags (each also read from its environment variable):\n",
+             usage: ringside [serve] [--config FILE] [--flag value]...\n\
+             \x20      ringside check-config [--config FILE] [--flag value]...\n\
+             \x20      ringside migrate | seed --orders N | gen-contacts --rows N [--bad-line L]\n\n\
+             Flags (each also read from its environment variable, and from the TOML file\n\
+             given by --config or RINGSIDE_CONFIG, with the flag name as key):\n",
         );
         for set in SETTINGS {
             s.push_str(&format!(
@@ -441,6 +598,84 @@ mod tests {
         let e = parse(&["--nope", "1"], &[]).unwrap_err();
         assert!(e.0.contains("unknown flag --nope"), "{e}");
         assert!(parse(&["--listen"], &[]).is_err());
+    }
+
+    fn load(args: &[&str], env: &[(&str, &str)], file: &str) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let file = file.to_string();
+        Config::load(
+            args.iter().map(|s| s.to_string()),
+            |k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()),
+            |_| Ok(file.clone()),
+        )
+    }
+
+    #[test]
+    fn file_under_environment_under_flags() {
+        let file =
+            "listen = \"0.0.0.0:9\"\nhead-timeout = \"3s\"\nmax-headers = 10\nbacklog = 100\n";
+        let c = load(
+            &["--config", "x.toml", "--backlog", "200"],
+            &[("RINGSIDE_HEAD_TIMEOUT", "4s")],
+            file,
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:9", "from the file");
+        assert_eq!(
+            c.head_timeout,
+            Duration::from_secs(4),
+            "environment over file"
+        );
+        assert_eq!(c.backlog, 200, "flag over file");
+        assert_eq!(c.max_headers, 10);
+        let text = c.describe();
+        assert!(
+            text.contains("listen = \"0.0.0.0:9\"  # config file"),
+            "{text}"
+        );
+        assert!(
+            text.contains("head-timeout = \"4s\"  # environment RINGSIDE_HEAD_TIMEOUT"),
+            "{text}"
+        );
+        assert!(text.contains("backlog = \"200\"  # flag"), "{text}");
+        assert!(
+            text.contains("keepalive-timeout = \"60s\"  # default"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn file_errors_name_the_key() {
+        let e = load(&["--config", "x.toml"], &[], "lisen = \"x\"\n").unwrap_err();
+        assert!(e.0.contains("unknown key \"lisen\""), "{e}");
+        let e = load(&["--config", "x.toml"], &[], "head-timeout = \"soon\"\n").unwrap_err();
+        assert!(e.0.contains("head-timeout:"), "{e}");
+        let e = load(&["--config", "x.toml"], &[], "listen = [1]\n").unwrap_err();
+        assert!(e.0.contains("listen"), "{e}");
+        assert!(load(&["--config", "x.toml"], &[], "not toml at all = =").is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        let c = load(
+            &[],
+            &[("DATABASE_URL", "postgres://u:s3cret@h:5/db?password=x2")],
+            "",
+        )
+        .unwrap();
+        let text = c.describe();
+        assert!(!text.contains("s3cret") && !text.contains("x2"), "{text}");
+        assert!(
+            text.contains("postgres://u:<redacted>@h:5/db?password=<redacted>"),
+            "{text}"
+        );
+        assert_eq!(
+            redact_url_password("postgres://u@h/db"),
+            "postgres://u@h/db"
+        );
     }
 
     #[test]

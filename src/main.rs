@@ -4,13 +4,15 @@ use std::process::ExitCode;
 use std::thread;
 
 use ringside::app::schema;
-use ringside::app::{App, AppSettings, Database};
-use ringside::config::Config;
+use ringside::app::{App, AppSettings, Database, Scrape};
+use ringside::config::{Config, LogFormat};
 use ringside::http::HttpCore;
+use ringside::metrics;
 use ringside::pg::{ConnSettings, PgConfig, PgConn};
 use ringside::runtime::Server;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -20,6 +22,7 @@ fn main() -> ExitCode {
             "serve"
         }
         Some("migrate") => return migrate(),
+        Some("check-config") => return check_config(args.split_off(1)),
         Some("seed") => return seed(&args[1..]),
         Some("gen-contacts") => return gen_contacts(&args[1..]),
         Some("help" | "--help" | "-h") => {
@@ -43,48 +46,86 @@ fn main() -> ExitCode {
     serve(config)
 }
 
+/// Logs through a writer thread: a core that logs hands the line over and
+/// goes on; a slow stderr or journal never stalls it (lines are dropped
+/// when the buffer is full, and the count of dropped lines is reported).
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(16 * 1024)
+        .lossy(true)
+        .finish(std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_target(false)
+        .with_ansi(false);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    guard
+}
+
 fn serve(config: Config) -> ExitCode {
+    let _log_guard = init_logging(config.log_format);
     // Signals are taken by a watcher thread (never by a core): the first
     // SIGTERM/SIGINT starts the drain, a second one exits at once.
     let mut signals = match Signals::new([SIGTERM, SIGINT]) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ringside: cannot install signal handlers: {e}");
+            error!("cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let database = match Database::from_env(&config) {
+    let database = match Database::from_config(&config) {
         Ok(db) => db,
         Err(e) => {
-            eprintln!("ringside: {e}");
+            error!("{e}");
             return ExitCode::from(2);
         }
     };
     match &database {
-        Some(db) => eprintln!("ringside: database {}", db.config),
-        None => {
-            eprintln!("ringside: no database configured (set DATABASE_URL); /orders answers 503")
-        }
+        Some(db) => info!("database {}", db.config),
+        None => info!("no database configured (set DATABASE_URL); database routes answer 503"),
+    }
+    if std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "0")
+    {
+        warn!(
+            "net.ipv4.tcp_migrate_req is 0: during a restart, connections still queued on \
+             this instance's listeners are reset when it stops (see deploy/sysctl.d)"
+        );
     }
     let app_settings = AppSettings::from_config(&config);
-    let make = move |core, cfg: &Config| {
-        HttpCore::new(core, cfg, App::new(database.as_ref(), app_settings.clone()))
+    let hub = metrics::Hub::new(cores_wanted(&config));
+    let make = move |core: std::rc::Rc<ringside::runtime::CoreCtx>, cfg: &Config| {
+        let scrape = hub.take_receiver(core.index).map(|inbox| Scrape {
+            inbox,
+            cores: hub.senders.clone(),
+        });
+        let app = App::new(
+            core.clone(),
+            database.as_ref(),
+            app_settings.clone(),
+            scrape,
+        );
+        HttpCore::new(core, cfg, app)
     };
     let server = match Server::start(&config, make) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ringside: {e}");
+            error!("{e}");
             return ExitCode::FAILURE;
         }
     };
     let cpus: Vec<String> = server.cores.iter().map(|c| c.cpu.to_string()).collect();
-    eprintln!(
-        "ringside: listening on http://{} with {} core(s) on CPU {} using {}",
+    info!(
+        "listening on http://{} with {} core(s) on CPU {} using {}",
         server.local_addr,
         server.cores.len(),
         cpus.join(","),
         server.driver_note
     );
+    // Every core listens now: tell systemd (Type=notify), if it asked.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     let stopper = server.stopper();
     let shutdown_timeout = config.shutdown_timeout;
@@ -93,13 +134,14 @@ fn serve(config: Config) -> ExitCode {
         for sig in signals.forever() {
             seen += 1;
             if seen == 1 {
-                eprintln!(
-                    "ringside: signal {sig}: draining (up to {}s)",
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+                info!(
+                    "signal {sig}: draining (up to {}s)",
                     shutdown_timeout.as_secs_f64()
                 );
                 stopper.stop();
             } else {
-                eprintln!("ringside: second signal: exiting now");
+                warn!("second signal: exiting now");
                 std::process::exit(1);
             }
         }
@@ -109,8 +151,8 @@ fn serve(config: Config) -> ExitCode {
         Ok(summaries) => {
             let accepted: Vec<String> = summaries.iter().map(|s| s.accepted.to_string()).collect();
             let cut: usize = summaries.iter().map(|s| s.cut_at_deadline).sum();
-            eprintln!(
-                "ringside: stopped; connections accepted per core: [{}]{}",
+            info!(
+                "stopped; connections accepted per core: [{}]{}",
                 accepted.join(", "),
                 if cut > 0 {
                     format!("; {cut} cut at the drain deadline")
@@ -121,7 +163,7 @@ fn serve(config: Config) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("ringside: {e}");
+            error!("{e}");
             ExitCode::FAILURE
         }
     }
@@ -223,4 +265,36 @@ fn gen_contacts(args: &[String]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// How many cores the server will run (for the scrape channels); a bad
+/// selection is reported by the server's start.
+fn cores_wanted(config: &Config) -> usize {
+    ringside::runtime::select_cpus(&config.cores).map_or(1, |c| c.len())
+}
+
+/// Prints the effective configuration (password redacted) and exits
+/// non-zero, naming the setting, when a value is invalid.
+fn check_config(args: Vec<String>) -> ExitCode {
+    let config = match Config::from_args_and_env(args, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringside check-config: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    print!("{}", config.describe());
+    if let Err(e) = ringside::runtime::select_cpus(&config.cores) {
+        eprintln!("ringside check-config: cores: {e}");
+        return ExitCode::from(2);
+    }
+    match Database::from_config(&config) {
+        Ok(Some(db)) => println!("# database: {}", db.config),
+        Ok(None) => println!("# database: none configured"),
+        Err(e) => {
+            eprintln!("ringside check-config: database-url: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
 }

@@ -16,6 +16,7 @@ use crate::http::{BodyError, Exchange, StatusCode};
 use crate::pg::{CopyIn, Held, PgError, QueryError};
 
 use super::{pool_or_503, respond_db_error, App};
+use crate::metrics::CoreMetrics;
 
 /// The columns an upload may name; `name` is required.
 pub const COLUMNS: [&str; 6] = ["name", "email", "street", "city", "zip", "country"];
@@ -48,12 +49,15 @@ pub async fn upload(app: &App, ex: &mut Exchange<'_, '_>) {
     ex.set_body_read_size(app.settings.upload_chunk_bytes);
     let held = match pool.exclusive().await {
         Ok(h) => h,
-        Err(e) => return respond_db_error(ex, &e),
+        Err(e) => return respond_db_error(app, ex, &e),
     };
     let mut copy = None;
-    match run(app, ex, &held, &mut copy).await {
+    let mut bytes = 0;
+    match run(app, ex, &held, &mut copy, &mut bytes).await {
         Ok((import_id, rows)) => {
             held.release();
+            CoreMetrics::add(&app.metrics.rows_imported, rows);
+            CoreMetrics::add(&app.metrics.bytes_imported, bytes);
             let body = format!("{{\"import_id\":{import_id},\"rows\":{rows}}}\n");
             ex.respond(StatusCode(201), b"application/json", body.as_bytes());
         }
@@ -66,12 +70,13 @@ pub async fn upload(app: &App, ex: &mut Exchange<'_, '_>) {
             if held.simple("ROLLBACK").await.is_ok() {
                 held.release();
             }
-            answer(ex, failure);
+            CoreMetrics::add(&app.metrics.imports_failed, 1);
+            answer(app, ex, failure);
         }
     }
 }
 
-fn answer(ex: &mut Exchange<'_, '_>, failure: Failure) {
+fn answer(app: &App, ex: &mut Exchange<'_, '_>, failure: Failure) {
     match failure {
         Failure::Body(e) => ex.respond_body_error(e),
         Failure::Csv(e) => ex.respond_error(StatusCode::BAD_REQUEST, &e.to_string()),
@@ -85,7 +90,7 @@ fn answer(ex: &mut Exchange<'_, '_>, failure: Failure) {
             };
             ex.respond_error(StatusCode::UNPROCESSABLE, &msg)
         }
-        Failure::Db(e) => respond_db_error(ex, &e),
+        Failure::Db(e) => respond_db_error(app, ex, &e),
     }
 }
 
@@ -101,6 +106,7 @@ async fn run(
     ex: &mut Exchange<'_, '_>,
     held: &Held,
     copy: &mut Option<CopyIn>,
+    bytes: &mut u64,
 ) -> Result<(i64, u64), Failure> {
     let rows = held
         .simple("BEGIN; INSERT INTO imports DEFAULT VALUES RETURNING id")
@@ -132,17 +138,19 @@ async fn run(
             Ok(None) => break,
             Err(e) => return Err(Failure::Body(e)),
         };
+        *bytes += data.len() as u64;
         let progress = csv.push(&data, &mut out).map_err(Failure::Csv)?;
         if progress.header_ready {
-            let columns = check_header(&csv)?;
-            let sql = format!("COPY contacts ({columns}) FROM STDIN (FORMAT csv)");
-            *copy = Some(held.copy_in(&sql).await.map_err(Failure::Db)?);
+            *copy = Some(start_copy(&csv, held).await?);
         }
         if out.len() >= chunk {
             send(copy, &mut out).await?;
         }
     }
-    csv.finish(&mut out).map_err(Failure::Csv)?;
+    if csv.finish(&mut out).map_err(Failure::Csv)?.header_ready {
+        // A header without a final newline completes only here.
+        *copy = Some(start_copy(&csv, held).await?);
+    }
     if copy.is_none() {
         return Err(Failure::Header(
             "the upload is empty: a header row naming the columns is required".into(),
@@ -161,6 +169,13 @@ async fn run(
     .await
     .map_err(Failure::Db)?;
     Ok((import_id, rows))
+}
+
+/// Starts the COPY once the header named its columns.
+async fn start_copy(csv: &CsvValidator, held: &Held) -> Result<CopyIn, Failure> {
+    let columns = check_header(csv)?;
+    let sql = format!("COPY contacts ({columns}) FROM STDIN (FORMAT csv)");
+    held.copy_in(&sql).await.map_err(Failure::Db)
 }
 
 /// Sends the validated records gathered so far; returns once they were

@@ -9,10 +9,14 @@ pub mod text;
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::http::{Exchange, Method, Service, StatusCode};
+use crate::metrics::{self, CoreMetrics, ScrapeRequest, Snapshot};
 use crate::pg::{ConnSettings, PgConfig, Pool, PoolSettings, QueryError};
+use crate::runtime::CoreCtx;
 
 const TEXT: &[u8] = b"text/plain; charset=utf-8";
 
@@ -26,15 +30,21 @@ pub struct Database {
 }
 
 impl Database {
-    /// From `DATABASE_URL` / the PG* variables, when either is set.
-    pub fn from_env(config: &Config) -> Result<Option<Database>, String> {
-        let configured = ["DATABASE_URL", "PGHOST", "PGDATABASE", "PGUSER"]
-            .iter()
-            .any(|k| std::env::var_os(k).is_some());
+    /// From `database-url` (flag, DATABASE_URL or the config file) over
+    /// the PG* variables, when either is set; `None` without a database.
+    pub fn from_config(config: &Config) -> Result<Option<Database>, String> {
+        let url = config.database_url.clone();
+        let configured = url.is_some()
+            || ["PGHOST", "PGDATABASE", "PGUSER"]
+                .iter()
+                .any(|k| std::env::var_os(k).is_some());
         if !configured {
             return Ok(None);
         }
-        let pg = PgConfig::from_env(|k| std::env::var(k).ok())?;
+        let pg = PgConfig::from_env(|k| match k {
+            "DATABASE_URL" => url.clone(),
+            _ => std::env::var(k).ok(),
+        })?;
         Ok(Some(Database::new(pg, config)?))
     }
 
@@ -82,20 +92,57 @@ impl AppSettings {
     }
 }
 
+/// How the cores reach each other for a metrics scrape.
+pub struct Scrape {
+    /// This core's inbox.
+    pub inbox: flume::Receiver<ScrapeRequest>,
+    /// Every core's inbox, this one's included.
+    pub cores: Arc<Vec<flume::Sender<ScrapeRequest>>>,
+}
+
 /// The application, one per core.
 pub struct App {
+    core: Rc<CoreCtx>,
     pool: Option<Rc<Pool>>,
     settings: AppSettings,
+    metrics: Rc<CoreMetrics>,
+    scrape_cores: Arc<Vec<flume::Sender<ScrapeRequest>>>,
+    errors_logged: LogLimit,
     /// A page is rendered here, then copied once into the response.
     scratch: RefCell<Vec<u8>>,
 }
 
 impl App {
     /// Makes the core's app; with a database, its pool starts connecting.
-    pub fn new(db: Option<&Database>, settings: AppSettings) -> Self {
+    /// Also starts the task that answers other cores' metrics scrapes.
+    pub fn new(
+        core: Rc<CoreCtx>,
+        db: Option<&Database>,
+        settings: AppSettings,
+        scrape: Option<Scrape>,
+    ) -> Self {
+        let pool = db.map(|d| Pool::new(d.config.clone(), d.addrs.clone(), d.pool.clone()));
+        let metrics = Rc::new(CoreMetrics::default());
+        let scrape_cores = match scrape {
+            Some(s) => {
+                let (core, metrics, pool) = (core.clone(), metrics.clone(), pool.clone());
+                monoio::spawn(async move {
+                    while let Ok(reply) = s.inbox.recv_async().await {
+                        let stats = pool.as_ref().map(|p| p.stats());
+                        let _ = reply.try_send(Snapshot::of(&core, &metrics, stats));
+                    }
+                });
+                s.cores
+            }
+            None => Arc::new(Vec::new()),
+        };
         App {
-            pool: db.map(|d| Pool::new(d.config.clone(), d.addrs.clone(), d.pool.clone())),
+            core,
+            pool,
             settings,
+            metrics,
+            scrape_cores,
+            errors_logged: LogLimit::default(),
             scratch: RefCell::new(Vec::new()),
         }
     }
@@ -107,6 +154,17 @@ impl App {
 
 impl Service for App {
     async fn call(&self, ex: &mut Exchange<'_, '_>) {
+        let started = Instant::now();
+        let route = metrics::route_index(ex.path());
+        self.route(ex).await;
+        if let Some(status) = ex.status() {
+            self.metrics.record(route, status.0, started.elapsed());
+        }
+    }
+}
+
+impl App {
+    async fn route(&self, ex: &mut Exchange<'_, '_>) {
         let method = ex.method();
         match ex.path() {
             "/plaintext" => match method {
@@ -133,8 +191,49 @@ impl Service for App {
                 Method::Post => contacts::upload(self, ex).await,
                 _ => method_not_allowed(ex, b"POST"),
             },
+            "/metrics" => match method {
+                Method::Get | Method::Head => self.metrics_page(ex).await,
+                _ => method_not_allowed(ex, b"GET, HEAD"),
+            },
+            "/readyz" => match method {
+                Method::Get | Method::Head => self.readiness(ex),
+                _ => method_not_allowed(ex, b"GET, HEAD"),
+            },
             _ => ex.respond_error(StatusCode::NOT_FOUND, "no such route"),
         }
+    }
+
+    /// Every core's counters, gathered now.
+    async fn metrics_page(&self, ex: &mut Exchange<'_, '_>) {
+        let (mut snaps, missing) = if self.scrape_cores.is_empty() {
+            (Vec::new(), 0)
+        } else {
+            metrics::gather(&self.scrape_cores, Duration::from_secs(1)).await
+        };
+        if snaps.is_empty() {
+            let stats = self.pool.as_ref().map(|p| p.stats());
+            snaps.push(Snapshot::of(&self.core, &self.metrics, stats));
+        }
+        let text = metrics::render(&snaps, missing);
+        ex.respond(
+            StatusCode::OK,
+            b"text/plain; version=0.0.4; charset=utf-8",
+            text.as_bytes(),
+        );
+    }
+
+    /// Ready while this core accepts and the database answers; 503 while
+    /// draining (so a load balancer stops sending before we stop).
+    fn readiness(&self, ex: &mut Exchange<'_, '_>) {
+        if self.core.draining() {
+            return unavailable(ex, "draining");
+        }
+        if let Some(pool) = &self.pool {
+            if pool.stats().ready == 0 {
+                return unavailable(ex, "database unavailable");
+            }
+        }
+        ex.respond(StatusCode::OK, TEXT, b"ready\n");
     }
 }
 
@@ -151,13 +250,14 @@ fn method_not_allowed(ex: &mut Exchange<'_, '_>, allow: &[u8]) {
 /// The pool, or a 503 when the server runs without a database.
 fn pool_or_503<'a>(app: &'a App, ex: &mut Exchange<'_, '_>) -> Option<&'a Rc<Pool>> {
     if app.pool.is_none() {
+        CoreMetrics::add(&app.metrics.db_shed, 1);
         unavailable(ex, "no database configured (set DATABASE_URL)");
     }
     app.pool.as_ref()
 }
 
 /// 503 with Retry-After and a short reason.
-fn unavailable(ex: &mut Exchange<'_, '_>, why: &str) {
+pub(crate) fn unavailable(ex: &mut Exchange<'_, '_>, why: &str) {
     let body = format!("503 Service Unavailable: {why}\n");
     ex.respond_with(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -170,8 +270,18 @@ fn unavailable(ex: &mut Exchange<'_, '_>, why: &str) {
 /// Answers a database failure: transient ones (down, busy, timed out) with
 /// 503 and Retry-After, anything else with 500. The message is short and
 /// never includes credentials.
-fn respond_db_error(ex: &mut Exchange<'_, '_>, e: &QueryError) {
+fn respond_db_error(app: &App, ex: &mut Exchange<'_, '_>, e: &QueryError) {
+    if let Some(suppressed) = app.errors_logged.admit() {
+        // `e` names the database by host and user only: no password.
+        tracing::warn!(
+            core = app.core.index,
+            path = ex.path(),
+            suppressed,
+            "database error: {e}"
+        );
+    }
     if e.is_transient() {
+        CoreMetrics::add(&app.metrics.db_shed, 1);
         let why = match e {
             QueryError::Busy => "database busy",
             QueryError::Timeout => "database timed out",
@@ -201,6 +311,36 @@ async fn echo(ex: &mut Exchange<'_, '_>) {
         .map(<[u8]>::to_vec)
         .unwrap_or_else(|| b"application/octet-stream".to_vec());
     ex.respond(StatusCode::OK, &ctype, &body);
+}
+
+/// Per-request errors are logged at most a few times a second per core;
+/// the rest are counted and the count is logged with the next line.
+#[derive(Default)]
+struct LogLimit {
+    window: std::cell::Cell<u64>,
+    in_window: std::cell::Cell<u32>,
+    suppressed: std::cell::Cell<u64>,
+}
+
+impl LogLimit {
+    const PER_SECOND: u32 = 5;
+
+    /// `Some(lines suppressed since the last one)` when a line may be logged.
+    fn admit(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.window.get() != now {
+            self.window.set(now);
+            self.in_window.set(0);
+        }
+        if self.in_window.get() >= Self::PER_SECOND {
+            self.suppressed.set(self.suppressed.get() + 1);
+            return None;
+        }
+        self.in_window.set(self.in_window.get() + 1);
+        Some(self.suppressed.replace(0))
+    }
 }
 
 /// The value of `name` in a query string (no percent-decoding: the values

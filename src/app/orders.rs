@@ -54,7 +54,7 @@ pub async fn list(app: &App, ex: &mut Exchange<'_, '_>) {
     };
     let rows = match pool.query(&ORDER_TITLES, &[Param::I64(limit)]).await {
         Ok(rows) => rows,
-        Err(e) => return respond_db_error(ex, &e),
+        Err(e) => return respond_db_error(app, ex, &e),
     };
     let json = wants_json(ex);
     let mut page = app.scratch.borrow_mut();
@@ -65,7 +65,7 @@ pub async fn list(app: &App, ex: &mut Exchange<'_, '_>) {
             Ok(t) => t,
             Err(e) => {
                 drop(page);
-                return respond_db_error(ex, &QueryError::Pg(e));
+                return respond_db_error(app, ex, &QueryError::Pg(e));
             }
         };
         if json {
@@ -101,17 +101,17 @@ pub async fn export(app: &App, ex: &mut Exchange<'_, '_>) {
     };
     let held = match pool.exclusive().await {
         Ok(h) => h,
-        Err(e) => return respond_db_error(ex, &e),
+        Err(e) => return respond_db_error(app, ex, &e),
     };
     // Portals live until their transaction ends.
     if let Err(e) = held.simple("BEGIN READ ONLY").await {
-        return respond_db_error(ex, &e);
+        return respond_db_error(app, ex, &e);
     }
     let batch = app.settings.export_batch_rows as i32;
     let conn = held.conn().clone();
     let mut pending = match conn.start_query(&ORDER_EXPORT, &[], "", batch) {
         Ok(p) => p,
-        Err(e) => return respond_db_error(ex, &e),
+        Err(e) => return respond_db_error(app, ex, &e),
     };
     let mut started = false;
     let mut buf = Vec::with_capacity(64 << 10);
@@ -124,7 +124,7 @@ pub async fn export(app: &App, ex: &mut Exchange<'_, '_>) {
                     // which the client sees as an incomplete chunked stream.
                     ex.abort_connection();
                 } else {
-                    respond_db_error(ex, &e);
+                    respond_db_error(app, ex, &e);
                 }
                 return;
             }

@@ -230,20 +230,26 @@ pub(super) async fn serve<S: Service>(http: Rc<HttpCore<S>>, mut stream: TcpStre
     let slot = SlotGuard::new(&http.shared.core.deadlines);
     // The first head must be complete within the head timeout of the accept.
     let mut first_head_by = Some(slot.0.now() + http.shared.settings.head_timeout);
+    let mut idle_since = slot.0.now();
     loop {
-        if http.shared.core.draining() {
-            return;
-        }
-        let idle_until = match first_head_by {
-            Some(deadline) => deadline,
-            None => slot.0.now() + http.shared.settings.keepalive_timeout,
-        };
-        let woke = monoio::select! {
-            r = stream.readable(false) => if r.is_ok() { Wake::Readable } else { Wake::Closed },
-            end = slot.0.wait(slot.1, idle_until, true) => match end {
-                WaitEnd::Expired => Wake::TimedOut,
-                WaitEnd::Drained => Wake::Closed,
-            },
+        let mut in_grace = false;
+        let woke = loop {
+            let (deadline, ends_on_drain) = match first_head_by {
+                Some(_) if in_grace => unreachable!("no grace before the first request"),
+                Some(deadline) => (deadline, true),
+                None if in_grace => (idle_since + DRAIN_IDLE_GRACE, false),
+                None => (idle_since + http.shared.settings.keepalive_timeout, true),
+            };
+            let woke = wait_readable(&stream, slot.0, slot.1, deadline, ends_on_drain).await;
+            if woke == Wake::Drained && first_head_by.is_none() && !in_grace {
+                // Draining: a connection that was busy a moment ago may
+                // have its next request on the way, and closing now would
+                // race it. Take that request (answered with `Connection:
+                // close`), or close once idle for the grace period.
+                in_grace = true;
+                continue;
+            }
+            break woke;
         };
         match woke {
             Wake::Readable => {}
@@ -257,19 +263,44 @@ pub(super) async fn serve<S: Service>(http: Rc<HttpCore<S>>, mut stream: TcpStre
                 ))
                 .await;
             }
-            Wake::TimedOut | Wake::Closed => return,
+            Wake::TimedOut | Wake::Drained | Wake::Closed => return,
         }
         let work = process_input(&http, &mut stream, slot.1, first_head_by.take());
         if !Box::pin(work).await {
             return;
         }
+        idle_since = slot.0.now();
     }
 }
 
+/// During a drain, how long a connection that just answered a request is
+/// given to send its next one before it is closed.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wake {
     Readable,
     TimedOut,
+    Drained,
     Closed,
+}
+
+/// Waits until the socket has bytes, holding no buffer, until `deadline`
+/// (a slot in the core's table, not a runtime timer).
+async fn wait_readable(
+    stream: &TcpStream,
+    table: &DeadlineTable,
+    key: DeadlineKey,
+    deadline: Instant,
+    ends_on_drain: bool,
+) -> Wake {
+    monoio::select! {
+        r = stream.readable(false) => if r.is_ok() { Wake::Readable } else { Wake::Closed },
+        end = table.wait(key, deadline, ends_on_drain) => match end {
+            WaitEnd::Expired => Wake::TimedOut,
+            WaitEnd::Drained => Wake::Drained,
+        },
+    }
 }
 
 async fn answer_and_close(
@@ -399,7 +430,12 @@ mod tests {
             let (stream, _) = listener.accept().await.unwrap();
             let core = CoreCtx::standalone(0, IoDriver::Epoll);
             let config = Config::default();
-            let app = App::new(None, crate::app::AppSettings::from_config(&config));
+            let app = App::new(
+                core.clone(),
+                None,
+                crate::app::AppSettings::from_config(&config),
+                None,
+            );
             let http = HttpCore::new(core, &config, app);
             println!(
                 "readable {} sleep {} wait {} conn_io {}",

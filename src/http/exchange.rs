@@ -67,6 +67,7 @@ pub struct Exchange<'c, 'io> {
     continue_pending: bool,
     body_error: Option<BodyError>,
     response: ResponseState,
+    status: Option<StatusCode>,
     /// Whether the connection stays open after this exchange.
     pub(super) keep_alive: bool,
     /// An I/O failure while streaming; the connection must close.
@@ -87,6 +88,7 @@ impl<'c, 'io> Exchange<'c, 'io> {
             continue_pending,
             body_error: None,
             response: ResponseState::NotStarted,
+            status: None,
             keep_alive,
             io_failed: false,
             head,
@@ -95,6 +97,11 @@ impl<'c, 'io> Exchange<'c, 'io> {
 
     pub fn head(&self) -> &RequestHead {
         &self.head
+    }
+
+    /// The status of the response written so far, if any.
+    pub fn status(&self) -> Option<StatusCode> {
+        self.status
     }
 
     pub fn method(&self) -> Method {
@@ -215,6 +222,7 @@ impl<'c, 'io> Exchange<'c, 'io> {
         framing: Framing,
     ) {
         self.decide_keep_alive();
+        self.status = Some(status);
         let date = self.io.date();
         ResponseHead {
             status,

@@ -513,7 +513,7 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 
 /// The CPUs to run on: the process's allowed set (sched_getaffinity, so
 /// taskset and systemd's CPUAffinity= are honoured), or a subset of it.
-fn select_cpus(sel: &CoreSelection) -> Result<Vec<usize>, StartError> {
+pub fn select_cpus(sel: &CoreSelection) -> Result<Vec<usize>, StartError> {
     let allowed: Vec<usize> = core_affinity::get_core_ids()
         .ok_or_else(|| StartError("cannot read the allowed CPU set".into()))?
         .into_iter()

@@ -4,6 +4,7 @@
 mod app;
 mod harness;
 mod http;
+mod ops;
 mod pgclient;
 mod pgfix;
 mod runtime;
