@@ -145,6 +145,35 @@ impl Pool {
         result
     }
 
+    /// Runs the same statement with each parameter set, all pipelined on
+    /// one connection (one write, one wait), answers in order.
+    pub async fn query_batch(
+        &self,
+        stmt: &'static Statement,
+        params: &[&[Param<'_>]],
+    ) -> Result<Vec<Rows>, QueryError> {
+        let (index, conn) = self.acquire(false).await?;
+        let pending = params
+            .iter()
+            .map(|p| conn.start_query(stmt, p, "", 0))
+            .collect::<Result<Vec<_>, _>>();
+        let result = match pending {
+            Ok(pending) => {
+                let all = async {
+                    let mut out = Vec::with_capacity(pending.len());
+                    for p in pending {
+                        out.push(p.rows().await?);
+                    }
+                    Ok(out)
+                };
+                self.with_deadline(index, &conn, all).await
+            }
+            Err(e) => Err(e),
+        };
+        self.note(&result);
+        result
+    }
+
     /// Holds one connection for a caller's own sequence of statements
     /// (transactions, COPY). Waits like `query` when none is free.
     pub async fn exclusive(self: &Rc<Self>) -> Result<Held, QueryError> {

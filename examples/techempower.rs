@@ -1,0 +1,296 @@
+//! The TechEmpower Framework Benchmarks test types on ringside's library:
+//! /plaintext, /json, /db, /queries, /fortunes, /updates, against the
+//! standard `world` and `fortune` tables (created and filled by
+//! `techempower setup`). Built to the published rules: every response has
+//! Server and Date headers, JSON is serialized per request, /db and
+//! /queries read random rows, /fortunes adds a fortune at request time,
+//! sorts and escapes, /updates reads and writes each row.
+//!
+//!   cargo run --release --example techempower -- setup      (DATABASE_URL)
+//!   cargo run --release --example techempower -- serve --listen 127.0.0.1:8080
+
+use std::cell::Cell;
+use std::process::ExitCode;
+use std::rc::Rc;
+
+use ringside::app::text::html_escape;
+use ringside::config::Config;
+use ringside::http::{Exchange, HttpCore, Service, StatusCode};
+use ringside::pg::{ConnSettings, Param, PgConfig, PgConn, Pool, PoolSettings, Rows, Statement};
+use ringside::runtime::Server;
+
+static WORLD: Statement = Statement {
+    sql: "SELECT id, randomnumber FROM world WHERE id = $1",
+    param_types: &[23],
+};
+static FORTUNES: Statement = Statement {
+    sql: "SELECT id, message FROM fortune",
+    param_types: &[],
+};
+static UPDATE: Statement = Statement {
+    sql: "UPDATE world SET randomnumber = t.r FROM \
+          (SELECT unnest($1::text::int[]) AS id, unnest($2::text::int[]) AS r) AS t \
+          WHERE world.id = t.id",
+    param_types: &[25, 25],
+};
+
+struct Bench {
+    pool: Rc<Pool>,
+    rng: Cell<u64>,
+}
+
+impl Bench {
+    /// A random id in 1..=10000 (xorshift: per core, no lock).
+    fn random_id(&self) -> i32 {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        (x % 10_000) as i32 + 1
+    }
+
+    fn count(ex: &Exchange<'_, '_>) -> usize {
+        ex.head()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("queries=")))
+            .and_then(|v| v.parse::<i64>().ok())
+            .map_or(1, |n| n.clamp(1, 500) as usize)
+    }
+
+    async fn worlds(&self, n: usize) -> Result<Vec<(i32, i32)>, String> {
+        let ids: Vec<[Param<'static>; 1]> =
+            (0..n).map(|_| [Param::I32(self.random_id())]).collect();
+        let params: Vec<&[Param<'_>]> = ids.iter().map(|p| &p[..]).collect();
+        let all = self
+            .pool
+            .query_batch(&WORLD, &params)
+            .await
+            .map_err(|e| e.to_string())?;
+        all.iter().map(first_world).collect()
+    }
+}
+
+fn first_world(rows: &Rows) -> Result<(i32, i32), String> {
+    let row = rows
+        .iter()
+        .next()
+        .ok_or("no row")?
+        .map_err(|e| e.to_string())?;
+    Ok((
+        row.req_i32(&rows.columns, 0).map_err(|e| e.to_string())?,
+        row.req_i32(&rows.columns, 1).map_err(|e| e.to_string())?,
+    ))
+}
+
+fn world_json(out: &mut Vec<u8>, (id, n): (i32, i32)) {
+    out.extend_from_slice(format!("{{\"id\":{id},\"randomNumber\":{n}}}").as_bytes());
+}
+
+fn worlds_json(worlds: &[(i32, i32)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(worlds.len() * 32 + 2);
+    out.push(b'[');
+    for (i, w) in worlds.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        world_json(&mut out, *w);
+    }
+    out.push(b']');
+    out
+}
+
+const JSON: &[u8] = b"application/json";
+
+impl Service for Bench {
+    async fn call(&self, ex: &mut Exchange<'_, '_>) {
+        match ex.path() {
+            "/plaintext" => ex.respond(StatusCode::OK, b"text/plain", b"Hello, World!"),
+            "/json" => {
+                // Serialized per request, as the rules ask.
+                let body = format!("{{\"message\":\"{}\"}}", "Hello, World!");
+                ex.respond(StatusCode::OK, JSON, body.as_bytes())
+            }
+            "/db" => match self.worlds(1).await {
+                Ok(w) => {
+                    let mut out = Vec::with_capacity(40);
+                    world_json(&mut out, w[0]);
+                    ex.respond(StatusCode::OK, JSON, &out)
+                }
+                Err(e) => ex.respond_error(StatusCode::SERVICE_UNAVAILABLE, &e),
+            },
+            "/queries" => match self.worlds(Self::count(ex)).await {
+                Ok(w) => ex.respond(StatusCode::OK, JSON, &worlds_json(&w)),
+                Err(e) => ex.respond_error(StatusCode::SERVICE_UNAVAILABLE, &e),
+            },
+            "/updates" => {
+                let mut worlds = match self.worlds(Self::count(ex)).await {
+                    Ok(w) => w,
+                    Err(e) => return ex.respond_error(StatusCode::SERVICE_UNAVAILABLE, &e),
+                };
+                for w in &mut worlds {
+                    w.1 = self.random_id();
+                }
+                // Updated in id order: concurrent updates then lock in the
+                // same order and cannot deadlock.
+                let mut sorted = worlds.clone();
+                sorted.sort_unstable();
+                let list = |f: fn(&(i32, i32)) -> i32| {
+                    let items: Vec<String> = sorted.iter().map(|w| f(w).to_string()).collect();
+                    format!("{{{}}}", items.join(","))
+                };
+                let (ids, numbers) = (list(|w| w.0), list(|w| w.1));
+                match self
+                    .pool
+                    .query(&UPDATE, &[Param::Text(&ids), Param::Text(&numbers)])
+                    .await
+                {
+                    Ok(_) => ex.respond(StatusCode::OK, JSON, &worlds_json(&worlds)),
+                    Err(e) => ex.respond_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+                }
+            }
+            "/fortunes" => {
+                let rows = match self.pool.query(&FORTUNES, &[]).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return ex.respond_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+                    }
+                };
+                let mut fortunes: Vec<(i32, &str)> = Vec::with_capacity(rows.len() + 1);
+                for row in rows.iter() {
+                    let Ok(row) = row else { continue };
+                    if let (Ok(id), Ok(msg)) =
+                        (row.req_i32(&rows.columns, 0), row.req_str(&rows.columns, 1))
+                    {
+                        fortunes.push((id, msg));
+                    }
+                }
+                fortunes.push((0, "Additional fortune added at request time."));
+                fortunes.sort_unstable_by(|a, b| a.1.cmp(b.1));
+                let mut page = Vec::with_capacity(2048);
+                page.extend_from_slice(b"<!DOCTYPE html><html><head><title>Fortunes</title></head><body><table><tr><th>id</th><th>message</th></tr>");
+                for (id, msg) in fortunes {
+                    page.extend_from_slice(format!("<tr><td>{id}</td><td>").as_bytes());
+                    html_escape(msg, &mut page);
+                    page.extend_from_slice(b"</td></tr>");
+                }
+                page.extend_from_slice(b"</table></body></html>");
+                ex.respond(StatusCode::OK, b"text/html; charset=utf-8", &page)
+            }
+            _ => ex.respond_error(StatusCode::NOT_FOUND, "no such test"),
+        }
+    }
+}
+
+const SETUP: &str = "
+DROP TABLE IF EXISTS world, fortune;
+CREATE TABLE world (id integer PRIMARY KEY, randomnumber integer NOT NULL DEFAULT 0);
+INSERT INTO world (id, randomnumber)
+  SELECT i, 1 + floor(random() * 10000)::int FROM generate_series(1, 10000) AS i;
+CREATE TABLE fortune (id integer PRIMARY KEY, message varchar(2048) NOT NULL);
+INSERT INTO fortune (id, message) VALUES
+ (1, 'fortune: No such file or directory'),
+ (2, 'A computer scientist is someone who fixes things that aren''t broken.'),
+ (3, 'After enough decimal places, nobody gives a damn.'),
+ (4, 'A bad random number generator: 1, 1, 1, 1, 1, 4.33e+67, 1, 1, 1'),
+ (5, 'A computer program does what you tell it to do, not what you want it to do.'),
+ (6, 'Emacs is a nice operating system, but I prefer UNIX. — Tom Christaensen'),
+ (7, 'Any program that runs right is obsolete.'),
+ (8, 'A list is only as strong as its weakest link. — Donald Knuth'),
+ (9, 'Feature: A bug with seniority.'),
+ (10, 'Computers make very fast, very accurate mistakes.'),
+ (11, '<script>alert(\"This should not be displayed in a browser alert box.\");</script>'),
+ (12, 'フレームワークのベンチマーク');
+ANALYZE world, fortune;
+";
+
+fn main() -> ExitCode {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let pg = match PgConfig::from_env(|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("techempower: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let addrs: Vec<std::net::SocketAddr> = match &pg.host {
+        ringside::pg::PgHost::Tcp(h) => {
+            use std::net::ToSocketAddrs;
+            (h.as_str(), pg.port)
+                .to_socket_addrs()
+                .map(Iterator::collect)
+                .unwrap_or_default()
+        }
+        ringside::pg::PgHost::Unix(_) => Vec::new(),
+    };
+    if args.first().map(String::as_str) == Some("setup") {
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        return rt.block_on(async {
+            match PgConn::connect(&pg, &addrs, ConnSettings::default()).await {
+                Ok(conn) => match conn.simple(SETUP).await {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("techempower setup: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Err(e) => {
+                    eprintln!("techempower setup: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        });
+    }
+    if args.first().map(String::as_str) == Some("serve") {
+        args.remove(0);
+    }
+    let config = match Config::from_args_and_env(args, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("techempower: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let settings = PoolSettings {
+        connections: config.db_pool_size,
+        max_in_flight: config.db_pipeline_depth,
+        max_waiters: config.db_max_waiters,
+        wait_timeout: config.db_wait_timeout,
+        query_timeout: config.db_query_timeout,
+        conn: ConnSettings::default(),
+    };
+    let make = move |core: Rc<ringside::runtime::CoreCtx>, cfg: &Config| {
+        let bench = Bench {
+            pool: Pool::new(pg.clone(), addrs.clone(), settings.clone()),
+            rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (core.index as u64 + 1)),
+        };
+        HttpCore::new(core, cfg, bench)
+    };
+    let server = match Server::start(&config, make) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("techempower: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!("techempower: listening on http://{}", server.local_addr);
+    let stopper = server.stopper();
+    std::thread::spawn(move || {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        if let Ok(mut s) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+            if s.forever().next().is_some() {
+                stopper.stop();
+            }
+        }
+    });
+    match server.join() {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("techempower: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
