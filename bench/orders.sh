@@ -1,0 +1,515 @@
+#!/usr/bin/env bash
+# bench/orders.sh: GET /orders (the article's page: a prepared SELECT of 200
+# order titles, rendered as an HTML table) on ringside vs. two baselines:
+#   threaded : one OS thread per connection, sync `postgres` + r2d2 (baselines/threaded)
+#   tokio    : axum on tokio (1 worker thread), tokio-postgres + deadpool (baselines/tokio)
+#
+# Setup: builds ringside and the baselines (nice'd, one build at a time),
+# starts a throwaway PostgreSQL cluster (scripts/pg-test-cluster), creates the
+# database ringside_bench, runs `ringside migrate` and `ringside seed --orders
+# 1000`, every server connects as ringside_trust over TCP 127.0.0.1 with
+# --db-pool-size 8 (the cluster allows 50 connections).
+#
+# Pinning (the issue's layout): PostgreSQL (the postmaster, pinned before any
+# client connects, so every backend inherits it) and the server (one core's
+# worth: ringside --cores 0-0, tokio --threads 1) on CPU 0; wrk -t1 on CPU 1.
+#
+# Protocol: for each round, for each connection count, for each server (so the
+# servers alternate A B C A B C): start the server fresh, check that /orders
+# answers 200 with the same bytes as the first server's page, warm up
+# (--warmup s, unrecorded), then `wrk -t1 -cN -dD --latency --timeout 10s`,
+# then stop the server. Per run: req/s, 2xx req/s, latency p50/p99/max, errors
+# (non-2xx + socket errors), server CPU-seconds per 10,000 requests
+# (utime+stime of all its threads from /proc/PID/stat), and PostgreSQL's CPU
+# per 10,000 requests (the postmaster and all its children).
+#
+# --far: the "far-away database" scenario: the servers reach PostgreSQL through
+# bench/delayproxy, which adds --delay-ms (10) each way, i.e. 20 ms to every
+# round trip, at 1000 connections (override with --conns). The proxy runs on
+# PROXY_CPUS (default 1, beside wrk: it stands for the network, not for the
+# server's core); its CPU time is recorded too.
+#
+# Output: bench/results/orders.csv and orders.md (far.csv and far.md with
+# --far), replaced only when a run completes; logs in bench/results/tmp/.
+#
+# Usage: bench/orders.sh [--servers ringside,threaded,tokio] [--conns "16 256 1024"]
+#                        [--rounds N] [--duration SECS] [--warmup SECS] [--quick]
+#                        [--far] [--delay-ms MS] [--db-pool-size N] [--orders N]
+#                        [--quiet-wait SECS] [--retries N] [--port BASE] [--no-build]
+#   --quick: 1 round, 3 s runs, 1 s warm-up, 256 connections (1000 with --far),
+#            no retries, --quiet-wait 30: a sanity check, not a measurement.
+#
+# The machine is shared: before each server start the script waits up to
+# --quiet-wait s (300) for less than 10% of the CPUs to be busy, and every row
+# records the CPU used by processes other than server, wrk, PostgreSQL and the
+# proxy (other_cpu_util). A measurement during which they used more than 5% of
+# the machine is redone, up to --retries times (2); the noisy rows that remain
+# are flagged in the .md.
+set -euo pipefail
+
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
+
+THREADED_DIR="$BENCH_DIR/baselines/threaded"
+THREADED_BIN="$THREADED_DIR/target/release/threaded-baseline"
+TOKIO_DIR="$BENCH_DIR/baselines/tokio"
+TOKIO_BIN="$TOKIO_DIR/target/release/tokio-baseline"
+PROXY_DIR="$BENCH_DIR/delayproxy"
+PROXY_BIN="$PROXY_DIR/target/release/delayproxy"
+
+SERVERS_ARG="ringside,threaded,tokio"
+CONNS_ARG=""
+ROUNDS=3
+DURATION=10
+WARMUP=2
+QUICK=0
+FAR=0
+DELAY_MS=10
+POOL=8
+ORDERS=1000
+QUIET_WAIT=""
+QUIET_PCT=10
+RETRIES=""
+NOISY_UTIL=0.05
+HOST=127.0.0.1
+PORT_BASE=18380
+BUILD=1
+WRK_REQ_TIMEOUT=10s
+OUT_DIR="$BENCH_DIR/results"
+
+SERVER_CPUS=${SERVER_CPUS:-0}
+PG_CPUS=${PG_CPUS:-0}
+WRK_CPUS=${WRK_CPUS:-1}
+PROXY_CPUS=${PROXY_CPUS:-1}
+
+while (( $# )); do
+    case $1 in
+        --servers) SERVERS_ARG=${2:?}; shift ;;
+        --conns) CONNS_ARG=${2:?}; shift ;;
+        --rounds) ROUNDS=${2:?}; shift ;;
+        --duration) DURATION=${2:?}; shift ;;
+        --warmup) WARMUP=${2:?}; shift ;;
+        --quick) QUICK=1 ;;
+        --far) FAR=1 ;;
+        --delay-ms) DELAY_MS=${2:?}; shift ;;
+        --db-pool-size) POOL=${2:?}; shift ;;
+        --orders) ORDERS=${2:?}; shift ;;
+        --quiet-wait) QUIET_WAIT=${2:?}; shift ;;
+        --retries) RETRIES=${2:?}; shift ;;
+        --port) PORT_BASE=${2:?}; shift ;;
+        --no-build) BUILD=0 ;;
+        -h | --help) usage 0 ;;
+        *) echo "unknown argument: $1" >&2; usage 2 ;;
+    esac
+    shift
+done
+
+if (( QUICK )); then
+    ROUNDS=1 DURATION=3 WARMUP=1
+    QUIET_WAIT=${QUIET_WAIT:-30}
+    RETRIES=${RETRIES:-0}
+    if (( FAR )); then CONNS_ARG=${CONNS_ARG:-1000}; else CONNS_ARG=${CONNS_ARG:-256}; fi
+fi
+QUIET_WAIT=${QUIET_WAIT:-300}
+RETRIES=${RETRIES:-2}
+if (( FAR )); then CONNS_ARG=${CONNS_ARG:-1000}; else CONNS_ARG=${CONNS_ARG:-16 256 1024}; fi
+read -ra CONNS <<<"${CONNS_ARG//,/ }"
+if (( FAR )); then SCENARIO=far; else SCENARIO=orders; fi
+
+is_uint() { [[ "$1" =~ ^[0-9]+$ ]] && (( $1 > 0 )); }
+is_uint "$ROUNDS" || die "--rounds must be a positive integer"
+is_uint "$DURATION" || die "--duration must be a positive integer (seconds)"
+[[ "$WARMUP" =~ ^[0-9]+$ ]] || die "--warmup must be a non-negative integer (seconds)"
+[[ "$QUIET_WAIT" =~ ^[0-9]+$ ]] || die "--quiet-wait must be a non-negative integer (seconds)"
+[[ "$RETRIES" =~ ^[0-9]+$ ]] || die "--retries must be a non-negative integer"
+is_uint "$DELAY_MS" || die "--delay-ms must be a positive integer"
+is_uint "$POOL" || die "--db-pool-size must be a positive integer"
+is_uint "$ORDERS" || die "--orders must be a positive integer"
+is_uint "$PORT_BASE" || die "--port must be a port number"
+(( ${#CONNS[@]} > 0 )) || die "--conns is empty"
+for c in "${CONNS[@]}"; do is_uint "$c" || die "--conns takes positive integers, got '$c'"; done
+(( POOL <= 40 )) || die "--db-pool-size $POOL does not fit the test cluster's max_connections (50)"
+
+IFS=',' read -ra SERVERS <<<"$SERVERS_ARG"
+(( ${#SERVERS[@]} > 0 )) || die "--servers is empty"
+for s in "${SERVERS[@]}"; do
+    case $s in ringside | threaded | tokio) ;; *) die "unknown server '$s' (expected ringside, threaded, tokio)" ;; esac
+done
+
+check_machine
+need_cmd psql "apt-get install postgresql-client"
+raise_nofile
+for c in "${CONNS[@]}"; do
+    (( c + 200 < $(ulimit -n) )) || die "--conns $c does not fit the open-files limit $(ulimit -n)"
+done
+if ! command -v wrk >/dev/null 2>&1; then
+    log "wrk missing; installing it with apt-get"
+    if ! apt-get install -y wrk >&2; then
+        apt-get update >&2 || die "apt-get update failed; install wrk by hand"
+        apt-get install -y wrk >&2 || die "could not install wrk (apt-get install -y wrk)"
+    fi
+fi
+need_cmd wrk
+
+# ---------------------------------------------------------------- cleanup ---
+PG_DIR=""
+orders_cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${TRACKED_PIDS[@]}"; do stop_pid "$pid"; done
+    if [[ -n "$PG_DIR" ]]; then
+        "$ROOT_DIR/scripts/pg-test-cluster" stop "$PG_DIR" >/dev/null 2>&1 \
+            || log "warning: could not stop the cluster in $PG_DIR"
+    fi
+    exit "$rc"
+}
+trap orders_cleanup EXIT
+trap 'log "interrupted"; exit 130' INT
+trap 'log "terminated"; exit 143' TERM
+
+# ----------------------------------------------------------------- builds ---
+build_standalone() { # name dir bin
+    need_cmd cargo
+    log "building $1 (release, target dir $2/target)"
+    CARGO_TARGET_DIR="$2/target" timeout 1800 nice -n 10 \
+        cargo build --release --locked --manifest-path "$2/Cargo.toml" >&2 \
+        || die "$1 build failed"
+    [[ -x "$3" ]] || die "$1 binary missing after build: $3"
+}
+if (( BUILD )); then
+    for s in "${SERVERS[@]}"; do
+        case $s in
+            ringside) build_ringside ;;
+            threaded) build_standalone threaded-baseline "$THREADED_DIR" "$THREADED_BIN" ;;
+            tokio) build_standalone tokio-baseline "$TOKIO_DIR" "$TOKIO_BIN" ;;
+        esac
+    done
+    if (( FAR )); then build_standalone delayproxy "$PROXY_DIR" "$PROXY_BIN"; fi
+fi
+[[ -x "$RINGSIDE_BIN" ]] || die "no ringside binary at $RINGSIDE_BIN (migrate and seed need it; drop --no-build)"
+for s in "${SERVERS[@]}"; do
+    case $s in
+        threaded) [[ -x "$THREADED_BIN" ]] || die "no binary at $THREADED_BIN (drop --no-build)" ;;
+        tokio) [[ -x "$TOKIO_BIN" ]] || die "no binary at $TOKIO_BIN (drop --no-build)" ;;
+    esac
+done
+if (( FAR )) && [[ ! -x "$PROXY_BIN" ]]; then die "no binary at $PROXY_BIN (drop --no-build)"; fi
+
+RUN_ID="$SCENARIO-$(date +%Y%m%d-%H%M%S)"
+TMP_DIR="$OUT_DIR/tmp/$RUN_ID"
+mkdir -p "$TMP_DIR"
+TIMES_FILE="$TMP_DIR/.times"
+CSV="$TMP_DIR/$SCENARIO.csv"
+DISCARDED_CSV="$TMP_DIR/$SCENARIO-discarded.csv"
+FINAL_CSV="$OUT_DIR/$SCENARIO.csv"
+FINAL_MD="$OUT_DIR/$SCENARIO.md"
+REV=$(repo_rev)
+WRK_TIMEOUT=$((DURATION + 30))
+
+# ------------------------------------------------------------- PostgreSQL ---
+PG_DIR="/tmp/ringside-orders-$$"
+log "starting a throwaway PostgreSQL cluster in $PG_DIR"
+PG_ENV=$("$ROOT_DIR/scripts/pg-test-cluster" start "$PG_DIR") || die "could not start PostgreSQL (the trap removes $PG_DIR)"
+PGPORT=$(sed -n 's/^PGPORT=//p' <<<"$PG_ENV")
+PGDATA_DIR=$(sed -n 's/^RINGSIDE_PG_DATA=//p' <<<"$PG_ENV")
+[[ -n "$PGPORT" && -n "$PGDATA_DIR" ]] || die "unexpected pg-test-cluster output: $PG_ENV"
+PG_PID=$(head -n 1 "$PGDATA_DIR/postmaster.pid")
+[[ "$PG_PID" =~ ^[0-9]+$ ]] || die "cannot read the postmaster's pid from $PGDATA_DIR/postmaster.pid"
+# Pin the postmaster (all its threads) and its current children (checkpointer,
+# walwriter, ...) before any client connects: backends forked later inherit it.
+for p in "$PG_PID" $(pgrep -P "$PG_PID" || true); do
+    taskset -a -p -c "$PG_CPUS" "$p" >/dev/null || die "cannot pin PostgreSQL process $p to CPU(s) $PG_CPUS"
+done
+log "PostgreSQL $PG_PID on 127.0.0.1:$PGPORT pinned to CPU(s) $PG_CPUS"
+psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres \
+    -c "CREATE DATABASE ringside_bench OWNER ringside_trust" >&2 || die "CREATE DATABASE failed"
+DIRECT_URL="postgres://ringside_trust@127.0.0.1:$PGPORT/ringside_bench?sslmode=disable"
+DATABASE_URL="$DIRECT_URL" "$RINGSIDE_BIN" migrate >&2 || die "ringside migrate failed"
+DATABASE_URL="$DIRECT_URL" "$RINGSIDE_BIN" seed --orders "$ORDERS" >&2 || die "ringside seed failed"
+psql -X -q -h 127.0.0.1 -p "$PGPORT" -U ringside_trust -d ringside_bench -c "VACUUM ANALYZE orders" >&2 || true
+
+SERVER_URL=$DIRECT_URL
+PROXY_PID=""
+if (( FAR )); then
+    pick_port "$HOST" 25400; proxy_port=$NEXT_PORT
+    # Bounded: the proxy exits by itself a little after the whole run should be over.
+    proxy_max=$(( ROUNDS * ${#CONNS[@]} * ${#SERVERS[@]} * (RETRIES + 1) * (DURATION + WARMUP + QUIET_WAIT + 30) + 120 ))
+    taskset -c "$PROXY_CPUS" "$PROXY_BIN" --listen "$HOST:$proxy_port" --upstream "127.0.0.1:$PGPORT" \
+        --delay-ms "$DELAY_MS" --max-seconds "$proxy_max" >"$TMP_DIR/delayproxy.log" 2>&1 &
+    PROXY_PID=$!
+    track_pid "$PROXY_PID"
+    sleep 0.3
+    kill -0 "$PROXY_PID" 2>/dev/null || die "delayproxy did not start: $(cat "$TMP_DIR/delayproxy.log")"
+    SERVER_URL="postgres://ringside_trust@$HOST:$proxy_port/ringside_bench?sslmode=disable"
+    t0=$(now_s)
+    psql -X -q -At "$SERVER_URL" -c "SELECT 1" >/dev/null || die "cannot reach PostgreSQL through the delay proxy"
+    log "delay proxy $HOST:$proxy_port -> 127.0.0.1:$PGPORT, ${DELAY_MS} ms each way, on CPU(s) $PROXY_CPUS ($(awk -v a="$t0" -v b="$(now_s)" 'BEGIN { printf "%.0f", (b - a) * 1000 }') ms for a psql connect + SELECT 1)"
+fi
+
+# --------------------------------------------------------------- samplers ---
+# CPU ticks of PostgreSQL: the postmaster and every child (backends included).
+pg_ticks() {
+    local total=0 p stat rest f
+    for p in "$PG_PID" $(pgrep -P "$PG_PID" 2>/dev/null || true); do
+        stat=$(<"/proc/$p/stat") 2>/dev/null || continue
+        rest=${stat##*) }
+        read -ra f <<<"$rest"
+        total=$(( total + f[11] + f[12] ))
+    done
+    echo "$total"
+}
+
+CHILDREN_MS=0
+children_ms() {
+    local u s
+    times >"$TIMES_FILE"
+    { read -r _ _; read -r u s; } <"$TIMES_FILE"
+    [[ "$u" =~ ^([0-9]+)m([0-9]+)\.([0-9]{3})s$ ]] || die "unexpected 'times' output: $u"
+    CHILDREN_MS=$(( 10#${BASH_REMATCH[1]} * 60000 + 10#${BASH_REMATCH[2]} * 1000 + 10#${BASH_REMATCH[3]} ))
+    [[ "$s" =~ ^([0-9]+)m([0-9]+)\.([0-9]{3})s$ ]] || die "unexpected 'times' output: $s"
+    CHILDREN_MS=$(( CHILDREN_MS + 10#${BASH_REMATCH[1]} * 60000 + 10#${BASH_REMATCH[2]} * 1000 + 10#${BASH_REMATCH[3]} ))
+}
+
+# run_wrk LOG CONNS DURATION URL: pinned, bounded, in the background so that a
+# signal is handled at once. Sets WRK_RC and WRK_CPU_S (from the shell's `times`).
+WRK_RC=0
+WRK_CPU_S=0
+run_wrk() {
+    local logf=$1 conns=$2 dur=$3 url=$4 pid before
+    children_ms; before=$CHILDREN_MS
+    timeout -k 5 "$WRK_TIMEOUT" taskset -c "$WRK_CPUS" \
+        wrk -t1 -c"$conns" -d"${dur}s" --timeout "$WRK_REQ_TIMEOUT" --latency "$url" >"$logf" 2>&1 &
+    pid=$!
+    track_pid "$pid"
+    WRK_RC=0
+    wait "$pid" || WRK_RC=$?
+    untrack_pid "$pid"
+    children_ms
+    WRK_CPU_S=$(awk -v d=$(( CHILDREN_MS - before )) 'BEGIN { printf "%.3f", d / 1000 }')
+}
+
+# wrk time ("497.00us", "1.05ms", "2.00s", "1.00m") -> milliseconds.
+wrk_time_ms() {
+    awk -v t="$1" 'BEGIN {
+        if (match(t, /^[0-9.]+/) == 0) { print "NA"; exit }
+        v = substr(t, 1, RLENGTH); u = substr(t, RLENGTH + 1)
+        f = (u == "us") ? 0.001 : (u == "ms") ? 1 : (u == "s") ? 1000 : (u == "m") ? 60000 : (u == "h") ? 3600000 : -1
+        if (f < 0) { print "NA"; exit }
+        printf "%.3f", v * f }'
+}
+
+# parse_wrk LOG -> "requests elapsed_s rps p50_ms p99_ms max_ms socket_errors non2xx"
+parse_wrk() {
+    local logf=$1 requests elapsed rps p50 p99 max sockerr non2xx
+    requests=$(awk '/ requests in / { print $1; exit }' "$logf")
+    elapsed=$(awk '/ requests in / { sub(/s,$/, "", $4); print $4; exit }' "$logf")
+    rps=$(awk '/^Requests\/sec:/ { print $2; exit }' "$logf")
+    p50=$(awk '$1 == "50%" { print $2; exit }' "$logf")
+    p99=$(awk '$1 == "99%" { print $2; exit }' "$logf")
+    max=$(awk '$1 == "Latency" && NF >= 4 { print $4; exit }' "$logf")
+    # "  Socket errors: connect 0, read 0, write 0, timeout 0"
+    sockerr=$(awk '/Socket errors:/ { n = 0; for (i = 1; i < NF; i++) if ($i ~ /^(connect|read|write|timeout)$/) { v = $(i + 1); sub(/,$/, "", v); n += v } print n; exit }' "$logf")
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF; exit }' "$logf")
+    [[ -n "$requests" && -n "$rps" && -n "$p99" && -n "$elapsed" ]] || return 1
+    echo "$requests $elapsed $rps $(wrk_time_ms "$p50") $(wrk_time_ms "$p99") $(wrk_time_ms "${max:-NA}") ${sockerr:-0} ${non2xx:-0}"
+}
+
+# ---------------------------------------------------------------- servers ---
+SERVER_PID=""
+start_orders_server() { # name port log
+    local name=$1 port=$2 logf=$3 rcores=$SERVER_CPUS i code
+    port_in_use "$HOST" "$port" && die "port $HOST:$port is already in use"
+    if [[ "$rcores" =~ ^[0-9]+$ ]]; then rcores="$rcores-$rcores"; fi # ringside: a bare number is a COUNT
+    case $name in
+        ringside)
+            DATABASE_URL="$SERVER_URL" taskset -c "$SERVER_CPUS" "$RINGSIDE_BIN" serve --listen "$HOST:$port" \
+                --cores "$rcores" --db-pool-size "$POOL" >"$logf" 2>&1 & ;;
+        threaded)
+            DATABASE_URL="$SERVER_URL" taskset -c "$SERVER_CPUS" "$THREADED_BIN" --listen "$HOST:$port" \
+                --db-pool-size "$POOL" >"$logf" 2>&1 & ;;
+        tokio)
+            DATABASE_URL="$SERVER_URL" taskset -c "$SERVER_CPUS" "$TOKIO_BIN" --listen "$HOST:$port" \
+                --threads "$(cpu_count "$SERVER_CPUS")" --db-pool-size "$POOL" >"$logf" 2>&1 & ;;
+    esac
+    SERVER_PID=$!
+    track_pid "$SERVER_PID"
+    wait_ready "$name" "$SERVER_PID" "$HOST" "$port" "$logf"
+    # The pool may still be connecting: wait (10 s max) for /orders to answer 200.
+    for i in $(seq 1 100); do
+        code=$(curl -s --max-time 5 -o "$TMP_DIR/page-$name.html" -w '%{http_code}' "http://$HOST:$port/orders" || true)
+        [[ "$code" == 200 ]] && break
+        sleep 0.1
+    done
+    [[ "$code" == 200 ]] || die "$name: GET /orders answered $code, not 200 (log: $logf)"
+    if [[ -z "${REF_MD5:-}" ]]; then
+        REF_MD5=$(md5sum <"$TMP_DIR/page-$name.html" | cut -d' ' -f1)
+        REF_SERVER=$name
+        log "GET /orders page: $(wc -c <"$TMP_DIR/page-$name.html") bytes, $(grep -c '^<tr><td>' "$TMP_DIR/page-$name.html") rows (md5 $REF_MD5, from $name)"
+    else
+        [[ "$(md5sum <"$TMP_DIR/page-$name.html" | cut -d' ' -f1)" == "$REF_MD5" ]] \
+            || die "$name's /orders page differs from $REF_SERVER's (see $TMP_DIR/page-$name.html)"
+    fi
+}
+
+echo "timestamp,scenario,round,server,connections,duration_s,requests,non2xx,socket_errors,errors,rps,ok_rps,p50_ms,p99_ms,max_ms,server_cpu_s,server_cpu_util,server_cpu_s_per_10k_req,pg_cpu_s,pg_cpu_s_per_10k_req,proxy_cpu_s,wrk_cpu_s,wrk_cpu_util,other_cpu_s,other_cpu_util,server_cpus,wrk_cpus,pg_cpus,db_pool_size,delay_ms,rev" \
+    | tee "$DISCARDED_CSV" >"$CSV"
+
+ROW=""
+NOISY=0
+measure() { # round server conns url
+    local round=$1 server=$2 conns=$3 url=$4
+    local logf="$TMP_DIR/wrk-r$round-$server-c$conns-a$attempt.txt"
+    local c0 c1 g0 g1 x0=0 x1=0 t0 t1 parsed requests elapsed rps p50 p99 max sockerr non2xx
+    local -a m0 m1
+    proc_stat_ticks; m0=("${PSTAT[@]}")
+    c0=$(cpu_ticks "$SERVER_PID"); g0=$(pg_ticks)
+    if [[ -n "$PROXY_PID" ]]; then x0=$(cpu_ticks "$PROXY_PID"); fi
+    t0=$(now_s)
+    run_wrk "$logf" "$conns" "$DURATION" "$url"
+    t1=$(now_s)
+    kill -0 "$SERVER_PID" 2>/dev/null || die "$server died during the run; see $TMP_DIR"
+    c1=$(cpu_ticks "$SERVER_PID"); g1=$(pg_ticks)
+    if [[ -n "$PROXY_PID" ]]; then x1=$(cpu_ticks "$PROXY_PID"); fi
+    proc_stat_ticks; m1=("${PSTAT[@]}")
+    (( WRK_RC == 0 )) || die "wrk exited with status $WRK_RC (124 = timed out); output in $logf:
+$(tail -n 20 "$logf")"
+    parsed=$(parse_wrk "$logf") || die "could not parse wrk output $logf:
+$(cat "$logf")"
+    read -r requests elapsed rps p50 p99 max sockerr non2xx <<<"$parsed"
+    (( requests > 0 )) || die "wrk completed no request against $server; see $logf"
+    ROW=$(awk -v ts="$(date -Iseconds)" -v sc="$SCENARIO" -v round="$round" -v server="$server" -v conns="$conns" \
+        -v dur="$DURATION" -v n="$requests" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v max="$max" \
+        -v se="$sockerr" -v nx="$non2xx" -v c0="$c0" -v c1="$c1" -v g0="$g0" -v g1="$g1" -v x0="$x0" -v x1="$x1" \
+        -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" -v w="$WRK_CPU_S" -v us=$(( m1[0] - m0[0] )) -v ncpu="$(nproc --all)" \
+        -v scores="$(cpu_count "$SERVER_CPUS")" -v scpus="$SERVER_CPUS" -v wcpus="$WRK_CPUS" -v pcpus="$PG_CPUS" \
+        -v pool="$POOL" -v delay="$(( FAR ? DELAY_MS : 0 ))" -v rev="$REV" 'BEGIN {
+            cpu = (c1 - c0) / hz; pg = (g1 - g0) / hz; px = (x1 - x0) / hz; wall = t1 - t0
+            other = us / hz - cpu - pg - px - w; if (other < 0) other = 0
+            ok = n - nx; if (ok < 0) ok = 0; ok_rps = rps * ok / n
+            printf "%s,%s,%d,%s,%d,%d,%d,%d,%d,%d,%.2f,%.2f,%s,%s,%s,%.2f,%.3f,%.4f,%.2f,%.4f,%.2f,%.3f,%.3f,%.2f,%.3f,\"%s\",\"%s\",\"%s\",%d,%d,%s\n",
+                ts, sc, round, server, conns, dur, n, nx, se, nx + se, rps, ok_rps, p50, p99, max,
+                cpu, cpu / (wall * scores), cpu / n * 10000, pg, pg / n * 10000, px, w, w / wall,
+                other, other / (wall * ncpu), scpus, wcpus, pcpus, pool, delay, rev }')
+    local f
+    IFS=',' read -ra f <<<"$ROW"
+    log "  $server c=$conns: $(printf '%.0f' "${f[11]}") 2xx req/s, p50 ${p50} ms, p99 ${p99} ms, max ${max} ms, errors ${f[9]}, server CPU ${f[15]}s (${f[17]} s/10k req, util ${f[16]}), PostgreSQL ${f[18]}s, wrk util ${f[22]}, other CPU ${f[23]}s"
+    if awk -v u="${f[24]}" -v lim="$NOISY_UTIL" 'BEGIN { exit !(u > lim) }'; then
+        log "  warning: other processes used ${f[23]} CPU-seconds during this run (${f[24]} of the machine): noisy"
+        NOISY=1
+    fi
+    if (( sockerr > 0 || non2xx > 0 )); then
+        log "  note: $sockerr socket errors, $non2xx non-2xx responses (see $logf)"
+    fi
+}
+
+TOTAL=$(( ROUNDS * ${#CONNS[@]} * ${#SERVERS[@]} ))
+log "plan ($SCENARIO): servers=${SERVERS[*]} conns=${CONNS[*]} rounds=$ROUNDS duration=${DURATION}s warmup=${WARMUP}s pool=$POOL$( (( FAR )) && echo " delay=${DELAY_MS}ms each way")"
+log "      server on CPU(s) $SERVER_CPUS, PostgreSQL on $PG_CPUS, wrk -t1 on $WRK_CPUS; ~$(( TOTAL * (DURATION + WARMUP + 3) )) s without quiet waits; logs -> $TMP_DIR"
+
+port=$PORT_BASE
+for round in $(seq 1 "$ROUNDS"); do
+    for conns in "${CONNS[@]}"; do
+        for server in "${SERVERS[@]}"; do
+            for attempt in $(seq 0 "$RETRIES"); do
+                pick_port "$HOST" "$port"; port=$NEXT_PORT
+                url="http://$HOST:$port/orders"
+                if (( QUIET_WAIT > 0 )); then wait_quiet "$QUIET_WAIT" "$QUIET_PCT" || true; fi
+                log "round $round/$ROUNDS: $server, $conns connections, port $port$( (( attempt == 0 )) || echo " (retry $attempt)")"
+                start_orders_server "$server" "$port" "$TMP_DIR/server-r$round-$server-c$conns-a$attempt.log"
+                if (( WARMUP > 0 )); then
+                    run_wrk "$TMP_DIR/warmup-r$round-$server-c$conns-a$attempt.txt" "$conns" "$WARMUP" "$url"
+                    (( WRK_RC == 0 )) || die "warm-up wrk failed (status $WRK_RC); see $TMP_DIR/warmup-r$round-$server-c$conns-a$attempt.txt"
+                fi
+                NOISY=0
+                measure "$round" "$server" "$conns" "$url"
+                stop_pid "$SERVER_PID"
+                port=$((port + 1))
+                sleep 1
+                if (( NOISY && attempt < RETRIES )); then
+                    echo "$ROW" >>"$DISCARDED_CSV"
+                    log "  other load disturbed this measurement: discarded (kept in $DISCARDED_CSV), measuring again"
+                    continue
+                fi
+                echo "$ROW" >>"$CSV"
+                break
+            done
+        done
+    done
+done
+
+# ---------------------------------------------------------------- summary ---
+python3 - "$CSV" "$TMP_DIR/$SCENARIO.md" "$SCENARIO" "$NOISY_UTIL" <<'PY'
+import csv, statistics, sys
+src, dst, scenario, noisy_util = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+rows = list(csv.DictReader(open(src)))
+def num(v):
+    try:
+        return float(v)
+    except ValueError:
+        return None
+def med(vals):
+    v = [x for x in vals if x is not None]
+    return statistics.median(v) if v else None
+def fmt(x, d=0):
+    return "NA" if x is None else f"{x:,.{d}f}"
+def rng(vals, d=0):
+    v = [x for x in vals if x is not None]
+    if not v:
+        return "NA"
+    return f"{fmt(med(v), d)} ({fmt(min(v), d)} – {fmt(max(v), d)})" if len(v) > 1 else fmt(v[0], d)
+servers = list(dict.fromkeys(r["server"] for r in rows))
+conns = sorted({int(r["connections"]) for r in rows})
+g = {}
+for r in rows:
+    g.setdefault((r["server"], int(r["connections"])), []).append(r)
+first = rows[0] if rows else {}
+title = "GET /orders" + (f" with a far-away database (+{2 * int(first.get('delay_ms') or 0)} ms per round trip)" if scenario == "far" else "")
+out = [f"# {title}", ""]
+out.append(f"Server on CPU(s) {first.get('server_cpus', '?')} with PostgreSQL on {first.get('pg_cpus', '?')}, "
+           f"wrk -t1 on {first.get('wrk_cpus', '?')}; {first.get('duration_s', '?')} s per run, "
+           f"database pool {first.get('db_pool_size', '?')} connections per server; rev {first.get('rev', '?')}. "
+           "Median over the rounds, (min – max) when there is more than one. "
+           "2xx req/s counts successful responses only; errors = non-2xx responses (e.g. 503 when the pool wait times out) "
+           "+ wrk socket errors (connect, read, write, timeout at 10 s). CPU per 10k = CPU-seconds per 10,000 requests "
+           "(all responses, errors included), for the server (all threads) and for PostgreSQL (all its processes).")
+out.append("")
+out.append("| conns | server | 2xx req/s | p50 ms | p99 ms | max ms | errors | server CPU s/10k | PG CPU s/10k | server util | runs |")
+out.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for c in conns:
+    for s in servers:
+        rs = g.get((s, c), [])
+        if not rs:
+            continue
+        col = lambda k: [num(r[k]) for r in rs]
+        out.append(f"| {c} | {s} | {rng(col('ok_rps'))} | {fmt(med(col('p50_ms')), 2)} | {rng(col('p99_ms'), 1)} | "
+                   f"{fmt(med(col('max_ms')), 1)} | {fmt(med(col('errors')))} | {fmt(med(col('server_cpu_s_per_10k_req')), 3)} | "
+                   f"{fmt(med(col('pg_cpu_s_per_10k_req')), 3)} | {fmt(med(col('server_cpu_util')), 2)} | {len(rs)} |")
+if "ringside" in servers and len(servers) > 1:
+    others = [s for s in servers if s != "ringside"]
+    out += ["", "Ratios of medians (ringside / baseline): 2xx req/s (higher is better for ringside), "
+            "p99 and server CPU per 10k requests (lower is better for ringside).", ""]
+    out.append("| conns | " + " | ".join(f"req/s vs {o} | p99 vs {o} | CPU/10k vs {o}" for o in others) + " |")
+    out.append("|---:|" + "---:|" * (3 * len(others)))
+    for c in conns:
+        cells = []
+        for o in others:
+            for k, d in (("ok_rps", 2), ("p99_ms", 2), ("server_cpu_s_per_10k_req", 2)):
+                a = med([num(r[k]) for r in g.get(("ringside", c), [])])
+                b = med([num(r[k]) for r in g.get((o, c), [])])
+                cells.append("NA" if a is None or not b else f"{a / b:.{d}f}")
+        out.append(f"| {c} | " + " | ".join(cells) + " |")
+noisy = [r for r in rows if (num(r["other_cpu_util"]) or 0) > noisy_util]
+if noisy:
+    out += ["", f"**Warning:** {len(noisy)} of {len(rows)} runs had other processes using more than "
+            f"{noisy_util:.0%} of the machine (other_cpu_util in the CSV); their figures are suspect."]
+proxy = [num(r["proxy_cpu_s"]) for r in rows if num(r["proxy_cpu_s"])]
+if scenario == "far" and proxy:
+    out += ["", f"Delay proxy CPU per run: median {fmt(med(proxy), 2)} s (on CPU(s) shared with wrk)."]
+open(dst, "w").write("\n".join(out) + "\n")
+PY
+cp "$CSV" "$FINAL_CSV"
+cp "$TMP_DIR/$SCENARIO.md" "$FINAL_MD"
+log "wrote $FINAL_CSV and $FINAL_MD"
+cat "$FINAL_MD"
