@@ -164,6 +164,9 @@ impl Service for App {
 }
 
 impl App {
+    /// Routes a request. Handlers that wait on the database or the body
+    /// are boxed: their state exists only while they run, and the future
+    /// every connection keeps between requests stays small.
     async fn route(&self, ex: &mut Exchange<'_, '_>) {
         let method = ex.method();
         match ex.path() {
@@ -176,23 +179,23 @@ impl App {
                 _ => method_not_allowed(ex, b"GET, HEAD"),
             },
             "/echo" => match method {
-                Method::Post | Method::Put => echo(ex).await,
+                Method::Post | Method::Put => Box::pin(echo(ex)).await,
                 _ => method_not_allowed(ex, b"POST, PUT"),
             },
             "/orders" | "/orders.json" => match method {
-                Method::Get | Method::Head => orders::list(self, ex).await,
+                Method::Get | Method::Head => Box::pin(orders::list(self, ex)).await,
                 _ => method_not_allowed(ex, b"GET, HEAD"),
             },
             "/orders/export.csv" => match method {
-                Method::Get | Method::Head => orders::export(self, ex).await,
+                Method::Get | Method::Head => Box::pin(orders::export(self, ex)).await,
                 _ => method_not_allowed(ex, b"GET, HEAD"),
             },
             "/contacts" => match method {
-                Method::Post => contacts::upload(self, ex).await,
+                Method::Post => Box::pin(contacts::upload(self, ex)).await,
                 _ => method_not_allowed(ex, b"POST"),
             },
             "/metrics" => match method {
-                Method::Get | Method::Head => self.metrics_page(ex).await,
+                Method::Get | Method::Head => Box::pin(self.metrics_page(ex)).await,
                 _ => method_not_allowed(ex, b"GET, HEAD"),
             },
             "/readyz" => match method {

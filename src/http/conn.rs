@@ -16,7 +16,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 use ringside_wire::http::{parse_head, Framing, HttpDate, ResponseHead, StatusCode};
@@ -90,8 +91,13 @@ impl Drop for SlotGuard<'_> {
     }
 }
 
+/// Most connections per core reading while hot (each holds a buffer).
+const MAX_HOT_READS: usize = 1024;
+
 /// What a connection needs from its core, independent of the service type.
 pub(super) struct Shared {
+    /// Connections in a hot read now.
+    pub(super) hot_reads: std::cell::Cell<usize>,
     pub(super) core: Rc<crate::runtime::CoreCtx>,
     pub(super) settings: HttpSettings,
     pub(super) buffers: super::BufPool,
@@ -154,6 +160,57 @@ impl ConnIo<'_> {
             // The read is dropped (cancelled) with the buffer it owns; the
             // caller closes the connection, so nothing it read is missed.
             _ = deadlines.wait(self.deadline_key, deadline, false) => Err(IoFailure::Timeout),
+        }
+    }
+
+    /// Reads for the next request while the connection is hot, that is
+    /// until the core's next deadline tick. Then the read is cancelled the
+    /// safe way: the cancel is submitted and the read still awaited, so
+    /// bytes it took before the cancel landed are kept, not lost. The
+    /// connection then goes idle holding no buffer.
+    async fn hot_read(&mut self) -> HotRead {
+        // A hot read lends the kernel a buffer: at most MAX_HOT_READS at a
+        // time per core, so a burst of connections that go quiet does not
+        // pin a buffer each; the rest wait for readability straight away.
+        let hot = &self.shared.hot_reads;
+        if self.core_draining() || hot.get() >= MAX_HOT_READS {
+            return HotRead::Idle;
+        }
+        hot.set(hot.get() + 1);
+        let result = self.hot_read_inner().await;
+        hot.set(hot.get() - 1);
+        result
+    }
+
+    async fn hot_read_inner(&mut self) -> HotRead {
+        if self.rbuf.capacity() == 0 {
+            self.rbuf = self.shared.buffers.take();
+        }
+        if self.rbuf.capacity() == self.rbuf.len() {
+            self.rbuf.reserve(self.read_size);
+        }
+        let canceller = Canceller::new();
+        let buf = mem::take(&mut self.rbuf);
+        let len = buf.len();
+        let read = self
+            .stream
+            .cancelable_read(buf.slice_mut(len..), canceller.handle());
+        let mut read = std::pin::pin!(read);
+        let deadlines = &self.shared.core.deadlines;
+        let until = deadlines.now() + Duration::from_millis(1);
+        let (res, slice) = monoio::select! {
+            r = &mut read => r,
+            _ = deadlines.wait(self.deadline_key, until, true) => {
+                let _ = canceller.cancel();
+                (&mut read).await
+            }
+        };
+        self.rbuf = slice.into_inner();
+        match res {
+            Ok(0) => HotRead::Closed,
+            Ok(_) => HotRead::Data,
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => HotRead::Idle,
+            Err(_) => HotRead::Closed,
         }
     }
 
@@ -277,6 +334,13 @@ pub(super) async fn serve<S: Service>(http: Rc<HttpCore<S>>, mut stream: TcpStre
 /// given to send its next one before it is closed.
 const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 
+/// How a hot read ended.
+enum HotRead {
+    Data,
+    Idle,
+    Closed,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wake {
     Readable,
@@ -379,7 +443,17 @@ async fn process_input<S: Service>(
         // buffered, and go out together once none does (or once enough is
         // queued). With nothing left to read, the connection goes idle.
         if io.rbuf.is_empty() {
-            return io.flush().await.is_ok();
+            if io.flush().await.is_err() {
+                return false;
+            }
+            // A busy connection's next request usually follows soon: read
+            // for it directly (one operation) instead of waiting for
+            // readability and then reading (two), until the next tick.
+            match io.hot_read().await {
+                HotRead::Data => continue,
+                HotRead::Idle => return true,
+                HotRead::Closed => return false,
+            }
         }
         if io.wbuf.len() >= settings.write_high_water && io.flush().await.is_err() {
             return false;
@@ -437,12 +511,14 @@ mod tests {
                 None,
             );
             let http = HttpCore::new(core, &config, app);
-            println!(
-                "readable {} sleep {} wait {} conn_io {}",
-                std::mem::size_of_val(&stream.readable(false)),
-                std::mem::size_of_val(&monoio::time::sleep(Duration::from_secs(1))),
-                std::mem::size_of_val(&http.shared.core.drain.wait()),
-                std::mem::size_of::<ConnIo>(),
+            let mut stream2 = TcpStream::connect(addr).await.unwrap();
+            let work = process_input(&http, &mut stream2, DeadlineKey::for_tests(), None);
+            let work_size = std::mem::size_of_val(&work);
+            drop(work);
+            println!("work future (boxed while a connection is busy): {work_size} bytes");
+            assert!(
+                work_size <= 2048,
+                "the per-request work future grew to {work_size} bytes"
             );
             let fut = serve(http, stream);
             let size = std::mem::size_of_val(&fut);

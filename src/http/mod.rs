@@ -76,6 +76,7 @@ impl<S: Service> HttpCore<S> {
     /// between cores) and trimming the buffer pool after a burst.
     pub fn new(core: Rc<CoreCtx>, config: &Config, service: S) -> Rc<Self> {
         let shared = Rc::new(conn::Shared {
+            hot_reads: Cell::new(0),
             core,
             settings: HttpSettings::from_config(config),
             buffers: BufPool::new(config.read_buffer_bytes, config.pooled_buffers_per_core),

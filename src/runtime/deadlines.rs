@@ -54,6 +54,14 @@ pub struct DeadlineTable {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeadlineKey(u32);
 
+impl DeadlineKey {
+    /// A key for size measurements in tests (not registered anywhere).
+    #[doc(hidden)]
+    pub fn for_tests() -> Self {
+        DeadlineKey(u32::MAX)
+    }
+}
+
 impl Default for DeadlineTable {
     fn default() -> Self {
         let now = Instant::now();
@@ -150,7 +158,7 @@ impl DeadlineTable {
     fn shrink(&self) {
         let mut slots = self.slots.borrow_mut();
         let mut free = self.free.borrow_mut();
-        if slots.len() < 64 || free.len() * 2 < slots.len() {
+        if slots.capacity() <= 64 || free.len() * 2 < slots.len() {
             return;
         }
         while slots.last().is_some_and(|s| !s.in_use) {

@@ -408,16 +408,14 @@ impl CoreStart {
                     let guard = OpenGuard::new(&ctx);
                     if ctx.open_connections.get() > max_open {
                         ctx.shed.set(ctx.shed.get() + 1);
-                        let refusal = handler.refuse(stream);
-                        monoio::spawn(async move {
-                            refusal.await;
-                            drop(guard);
+                        monoio::spawn(Guarded {
+                            fut: handler.refuse(stream),
+                            _guard: guard,
                         });
                     } else {
-                        let conn = handler.serve(stream);
-                        monoio::spawn(async move {
-                            conn.await;
-                            drop(guard);
+                        monoio::spawn(Guarded {
+                            fut: handler.serve(stream),
+                            _guard: guard,
                         });
                     }
                 }
@@ -485,6 +483,29 @@ fn trim_allocator() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim_allocator() {}
+
+pin_project_lite::pin_project! {
+    /// A connection's task: its future and the guard that counts it open.
+    /// A plain struct, not an `async` block: an async block that awaits a
+    /// captured future keeps two copies of it in its state, which would
+    /// double what every connection costs.
+    struct Guarded<F> {
+        #[pin]
+        fut: F,
+        _guard: OpenGuard,
+    }
+}
+
+impl<F: Future> Future for Guarded<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.project().fut.poll(cx)
+    }
+}
 
 /// Counts a connection as open for as long as it lives.
 struct OpenGuard(Rc<CoreCtx>);
