@@ -1,0 +1,301 @@
+# shellcheck shell=bash disable=SC2034  # (SC2034: variables used by the sourcing scripts)
+# Shared helpers for bench/http.sh and bench/idle.sh. Source it; do not run it.
+#
+# Provides: logging, a cleanup trap that kills every process started through
+# `track_pid`, builds of ringside and the hyper baseline, starting a server
+# pinned with taskset, port checks, and /proc samplers (CPU time, RSS).
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT_DIR="$(cd "$BENCH_DIR/.." && pwd)"
+HYPER_DIR="$BENCH_DIR/baselines/hyper"
+HYPER_BIN="$HYPER_DIR/target/release/hyper-baseline"
+RINGSIDE_BIN="${CARGO_TARGET_DIR:-$ROOT_DIR/target}/release/ringside"
+CLK_TCK="$(getconf CLK_TCK)"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf '%s: error: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- cleanup ---
+# Only live, not yet reaped children are tracked (a reaped pid may be reused by
+# someone else's process, so it must never be signalled again).
+TRACKED_PIDS=()
+track_pid() { TRACKED_PIDS+=("$1"); }
+untrack_pid() {
+    local p keep=()
+    for p in "${TRACKED_PIDS[@]}"; do [[ "$p" == "$1" ]] || keep+=("$p"); done
+    TRACKED_PIDS=("${keep[@]}")
+}
+
+# Kill one process we started (TERM, then KILL after a grace period) and reap it.
+stop_pid() {
+    local pid=$1 i
+    if ! kill -0 "$pid" 2>/dev/null; then
+        wait "$pid" 2>/dev/null || true
+        untrack_pid "$pid"
+        return 0
+    fi
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "pid $pid ignored SIGTERM for 5 s; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    untrack_pid "$pid"
+}
+
+SNAPSHOT_DIR=""
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${TRACKED_PIDS[@]}"; do
+        stop_pid "$pid"
+    done
+    [[ -n "$SNAPSHOT_DIR" && -d "$SNAPSHOT_DIR" ]] && rm -rf "$SNAPSHOT_DIR"
+    exit "$rc"
+}
+install_cleanup_trap() {
+    trap cleanup EXIT
+    trap 'log "interrupted"; exit 130' INT
+    trap 'log "terminated"; exit 143' TERM
+}
+
+# ----------------------------------------------------------------- checks ---
+need_cmd() { command -v "$1" >/dev/null 2>&1 || die "'$1' not found${2:+ ($2)}"; }
+
+check_machine() {
+    need_cmd taskset "apt-get install util-linux"
+    need_cmd curl "apt-get install curl"
+    need_cmd python3
+    need_cmd ss "apt-get install iproute2"
+    need_cmd timeout
+    local n
+    n=$(nproc --all)
+    (( n >= 2 )) || die "the pinning protocol needs CPUs 0 and 1; this machine has $n CPU(s)"
+    taskset -c 0,1 true 2>/dev/null || die "cannot pin to CPUs 0,1 (taskset -c 0,1 failed: cpuset restrictions?)"
+}
+
+# Raise the soft open-files limit to the hard limit (children inherit it).
+raise_nofile() {
+    local hard
+    hard=$(ulimit -Hn)
+    ulimit -Sn "$hard" 2>/dev/null || true
+}
+
+# Only loopback targets are allowed.
+check_loopback() {
+    [[ "$1" =~ ^127\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "--host must be a 127.0.0.0/8 address, got '$1'"
+}
+
+port_in_use() { # host port
+    ss -Htan "( sport = :$2 )" 2>/dev/null | grep -q . && return 0
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+    return 1
+}
+
+# Pick the first free port at or after $2 (tries 200 ports); prints it.
+NEXT_PORT=""
+pick_port() { # host start
+    local p=$2
+    while port_in_use "$1" "$p"; do
+        p=$((p + 1))
+        (( p < $2 + 200 )) || die "no free port in $2..$((p - 1)) on $1"
+    done
+    NEXT_PORT=$p
+}
+
+# ----------------------------------------------------------------- builds ---
+build_hyper() {
+    need_cmd cargo
+    log "building hyper baseline (release, target dir $HYPER_DIR/target)"
+    CARGO_TARGET_DIR="$HYPER_DIR/target" timeout 1800 nice -n 10 \
+        cargo build --release --locked --manifest-path "$HYPER_DIR/Cargo.toml" >&2 \
+        || die "hyper baseline build failed"
+    [[ -x "$HYPER_BIN" ]] || die "hyper baseline binary missing after build: $HYPER_BIN"
+}
+
+build_ringside() {
+    need_cmd cargo
+    log "building ringside (cargo build --release at $ROOT_DIR)"
+    (cd "$ROOT_DIR" && timeout 1800 nice -n 10 cargo build --release >&2) \
+        || die "ringside build failed (run with --servers hyper to benchmark only the baseline)"
+    [[ -x "$RINGSIDE_BIN" ]] || die "ringside binary missing after build: $RINGSIDE_BIN"
+}
+
+build_servers() { # servers...
+    local s
+    for s in "$@"; do
+        case $s in
+            ringside) build_ringside ;;
+            hyper) build_hyper ;;
+        esac
+    done
+}
+
+check_binaries() { # servers...
+    local s
+    for s in "$@"; do
+        case $s in
+            ringside) [[ -x "$RINGSIDE_BIN" ]] || die "no ringside binary at $RINGSIDE_BIN (drop --no-build, or use --servers hyper)" ;;
+            hyper) [[ -x "$HYPER_BIN" ]] || die "no hyper baseline binary at $HYPER_BIN (drop --no-build)" ;;
+        esac
+    done
+}
+
+# Run copies of the binaries: the server's target/release/ringside may be
+# rebuilt by someone else while a run is going on, which would mix versions
+# across rounds. Also records their sha256 in BIN_SHA (for the logs).
+BIN_SHA=""
+snapshot_binaries() { # servers...
+    local s
+    SNAPSHOT_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ringside-bench-bin.XXXXXX")
+    for s in "$@"; do
+        case $s in
+            ringside) cp "$RINGSIDE_BIN" "$SNAPSHOT_DIR/ringside"; RINGSIDE_BIN="$SNAPSHOT_DIR/ringside" ;;
+            hyper) cp "$HYPER_BIN" "$SNAPSHOT_DIR/hyper-baseline"; HYPER_BIN="$SNAPSHOT_DIR/hyper-baseline" ;;
+        esac
+        BIN_SHA+="$s=$(sha256sum "$SNAPSHOT_DIR/${s/hyper/hyper-baseline}" | cut -c1-12) "
+    done
+}
+
+validate_servers() { # comma list -> SERVERS array
+    local s
+    IFS=',' read -ra SERVERS <<<"$1"
+    (( ${#SERVERS[@]} > 0 )) || die "--servers is empty"
+    for s in "${SERVERS[@]}"; do
+        case $s in ringside | hyper) ;; *) die "unknown server '$s' (expected ringside and/or hyper)" ;; esac
+    done
+}
+
+# ---------------------------------------------------------------- servers ---
+# Number of cores in a CPU list like "0" or "0,1" or "0-1".
+cpu_count() {
+    local n=0 part a b
+    IFS=',' read -ra parts <<<"$1"
+    for part in "${parts[@]}"; do
+        if [[ $part == *-* ]]; then a=${part%-*}; b=${part#*-}; n=$((n + b - a + 1)); else n=$((n + 1)); fi
+    done
+    echo "$n"
+}
+
+# start_server NAME CPUS HOST PORT LOGFILE -> sets SERVER_PID. The server is
+# exec'd by taskset, so SERVER_PID is the server's own pid (for /proc sampling).
+SERVER_PID=""
+start_server() {
+    local name=$1 cpus=$2 host=$3 port=$4 logf=$5 ncores
+    ncores=$(cpu_count "$cpus")
+    port_in_use "$host" "$port" && die "port $host:$port is already in use"
+    case $name in
+        ringside)
+            # ringside reads a bare number as a core COUNT ("--cores 1" = one core,
+            # "--cores 0" is an error), so a single CPU N is named as the range N-N.
+            local rcores=$cpus
+            [[ "$rcores" =~ ^[0-9]+$ ]] && rcores="$rcores-$rcores"
+            taskset -c "$cpus" "$RINGSIDE_BIN" serve --listen "$host:$port" --cores "$rcores" >"$logf" 2>&1 &
+            ;;
+        hyper) taskset -c "$cpus" "$HYPER_BIN" --listen "$host:$port" --threads "$ncores" >"$logf" 2>&1 & ;;
+        *) die "unknown server $name" ;;
+    esac
+    SERVER_PID=$!
+    track_pid "$SERVER_PID"
+    wait_ready "$name" "$SERVER_PID" "$host" "$port" "$logf"
+}
+
+# Wait (10 s max) until the server answers /healthz, then check /plaintext.
+wait_ready() { # name pid host port log
+    local name=$1 pid=$2 host=$3 port=$4 logf=$5 i body
+    for i in $(seq 1 100); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            die "$name exited before answering http://$host:$port/healthz; its log ($logf):
+$(tail -n 20 "$logf" 2>/dev/null)"
+        fi
+        curl -sf --max-time 1 -o /dev/null "http://$host:$port/healthz" 2>/dev/null && break
+        sleep 0.1
+    done
+    (( i < 100 )) || die "$name did not answer http://$host:$port/healthz within 10 s; log: $logf"
+    body=$(curl -sf --max-time 2 "http://$host:$port/plaintext") \
+        || die "$name: GET /plaintext failed on $host:$port"
+    [[ "$body" == "Hello, World!" ]] || die "$name: GET /plaintext returned '$body', expected 'Hello, World!'"
+}
+
+# --------------------------------------------------------------- samplers ---
+# CPU time (utime+stime, fields 14 and 15 of /proc/PID/stat, all threads) in clock ticks.
+cpu_ticks() {
+    local stat rest f
+    stat=$(<"/proc/$1/stat") || die "cannot read /proc/$1/stat (process gone?)"
+    rest=${stat##*) }        # fields from 3 (state) on; comm may contain spaces
+    read -ra f <<<"$rest"
+    echo $(( f[11] + f[12] )) # field 14 = f[11], field 15 = f[12]
+}
+
+# Resident set size in bytes (VmRSS of /proc/PID/status).
+rss_bytes() {
+    local kb
+    kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null) || true
+    [[ -n "$kb" ]] || die "cannot read VmRSS of pid $1 (process gone?)"
+    echo $(( kb * 1024 ))
+}
+
+now_s() { date +%s.%N; }
+
+# Machine-wide CPU ticks from the aggregate line of /proc/stat, into the array
+# PSTAT = (user+nice+system, irq+softirq, steal, total). Pure bash: no child process.
+PSTAT=()
+proc_stat_ticks() {
+    local _cpu user nice system idle iowait irq softirq steal _rest
+    read -r _cpu user nice system idle iowait irq softirq steal _rest </proc/stat
+    PSTAT=("$(( user + nice + system ))" "$(( irq + softirq ))" "$steal" "$(( user + nice + system + idle + iowait + irq + softirq + steal ))")
+}
+
+# Wait (up to $1 seconds) until the machine is quiet: less than $2 percent of
+# all CPUs busy over a 1 s sample. Returns 1 (after a warning) if it never is.
+# Other people's builds and tests share this machine; measuring next to them
+# gives meaningless numbers.
+wait_quiet() {
+    local max_wait=$1 pct=$2 waited=0 a b busy logged=0
+    while :; do
+        proc_stat_ticks; a=("${PSTAT[@]}")
+        sleep 1
+        proc_stat_ticks; b=("${PSTAT[@]}")
+        busy=$(( 100 * ((b[0] - a[0]) + (b[1] - a[1]) + (b[2] - a[2])) / (b[3] - a[3] > 0 ? b[3] - a[3] : 1) ))
+        (( busy < pct )) && return 0
+        if (( waited >= max_wait )); then
+            log "warning: machine still ${busy}% busy after ${max_wait}s of waiting; measuring anyway (see other_cpu in the results)"
+            return 1
+        fi
+        if (( !logged )); then
+            log "machine is ${busy}% busy (other processes); waiting up to ${max_wait}s for it to quiet down below ${pct}%..."
+            log "  busiest: $(ps -eo pid,comm,pcpu --sort=-pcpu --no-headers | head -n 3 | awk '{printf "%s(%s) ", $2, $1}')"
+            logged=1
+        fi
+        waited=$(( waited + 1 ))
+    done
+}
+
+# Sleep that a signal interrupts at once (a foreground `sleep` would delay the trap).
+isleep() {
+    local p
+    sleep "$1" &
+    p=$!
+    track_pid "$p"
+    wait "$p" || true
+    untrack_pid "$p"
+}
+
+repo_rev() {
+    local r
+    r=$(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null) || { echo unknown; return; }
+    if [[ -n "$(git -C "$ROOT_DIR" status --porcelain --untracked-files=no -- src wire Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
+        r="$r-dirty"
+    fi
+    echo "$r"
+}
+
+ensure_python_matplotlib() {
+    python3 -c 'import matplotlib' 2>/dev/null && return 0
+    log "matplotlib missing; installing it with pip"
+    python3 -m pip install --quiet matplotlib >&2 || log "warning: pip install matplotlib failed; plots will be skipped"
+}
