@@ -22,7 +22,7 @@
 # measured. Around every run the CPU time of the client process (the shell's
 # `times`), of the cluster's processes (/proc) and of the whole machine
 # (/proc/stat) is sampled; a run during which other processes used more than
-# 5% of the machine is redone up to --retries times (kept in
+# 5% of the machine is redone up to --retries times (default 3; kept in
 # tmp/<run>/pgclient-discarded.csv). Before each run the script waits up to
 # --quiet-wait s for the machine to be < 10% busy.
 #
@@ -41,7 +41,7 @@
 #   --out DIR: write the CSV, Markdown and PNG there instead of bench/results.
 #
 # Builds bench/pgclient in release (its own target dir, bench/pgclient/target,
-# git-ignored; nice -n 10; --locked). Every run is bounded (timeout), and the
+# git-ignored; nice -n 10). Every run is bounded (timeout), and the
 # cluster and every process started are stopped at exit (also on error or
 # Ctrl-C).
 set -euo pipefail
@@ -62,7 +62,7 @@ CONC_ARG="1,16,256"
 WORKLOADS_ARG="int,orders"
 QUIET_WAIT=120
 QUIET_PCT=10
-RETRIES=2
+RETRIES=3
 NOISY_UTIL=0.05
 BUILD=1
 PLOT=1
@@ -133,8 +133,11 @@ trap 'log "terminated"; exit 143' TERM
 if (( BUILD )); then
     need_cmd cargo
     log "building pgclient-bench (release, target dir $PGB_DIR/target)"
+    # Not --locked: the lock file holds ringside's own dependencies too (a
+    # path dependency), so it has to follow the root Cargo.toml when that
+    # gains or loses a crate; the external crates stay at their locked versions.
     CARGO_TARGET_DIR="$PGB_DIR/target" nice -n 10 \
-        cargo build --release --locked --manifest-path "$PGB_DIR/Cargo.toml" >&2 \
+        cargo build --release --manifest-path "$PGB_DIR/Cargo.toml" >&2 \
         || die "pgclient-bench build failed"
 fi
 [[ -x "$PGB_BIN" ]] || die "no pgclient-bench binary at $PGB_BIN (drop --no-build)"

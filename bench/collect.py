@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Builds bench/RESULTS.md from the scenario summaries in bench/results/.
+
+    python3 bench/collect.py
+
+The header states machine, kernel, commit and date; then comes the
+hand-kept assessment of the targets (bench/targets.md, if present), then
+every scenario's Markdown summary (each names the command that produced it)
+with its plot.
+"""
+import os
+import platform
+import subprocess
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+ORDER = [
+    ("http", "GET /plaintext: ringside vs hyper"),
+    ("idle", "Idle keep-alive connections: memory"),
+    ("pgclient", "PostgreSQL client: ringside vs tokio-postgres"),
+    ("orders", "GET /orders: ringside vs threaded vs tokio"),
+    ("far", "GET /orders with a far-away database"),
+    ("upload", "CSV upload: POST /contacts vs psql \\copy"),
+    ("spread", "Accept spread over cores"),
+]
+
+
+def sh(*cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main():
+    out = ["# ringside benchmark results", ""]
+    out.append(
+        f"- Machine: {os.cpu_count()} CPUs ({cpu_model()}), "
+        f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB RAM"
+    )
+    out.append(f"- Kernel: Linux {platform.release()}")
+    out.append(f"- Commit: {sh('git', '-C', HERE, 'rev-parse', '--short', 'HEAD')}")
+    out.append(f"- Collected: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    out.append("- Reproduce everything: `bench/run` (about 30 min); one scenario: `bench/run --only NAME`.")
+    out.append("  The pinning protocol and each script's options are in `bench/README.md`.")
+    out.append("")
+    targets = os.path.join(HERE, "targets.md")
+    if os.path.exists(targets):
+        out.append(open(targets).read().rstrip())
+        out.append("")
+    for name, title in ORDER:
+        md = os.path.join(RESULTS, f"{name}.md")
+        if not os.path.exists(md):
+            continue
+        out.append(f"## {title}")
+        out.append("")
+        body = open(md).read().strip().splitlines()
+        # Demote the scenario's own headings below ours.
+        out.extend(("#" + l if l.startswith("#") else l) for l in body)
+        png = os.path.join(RESULTS, f"{name}.png")
+        if os.path.exists(png):
+            out += ["", f"![{title}](results/{name}.png)"]
+        out.append("")
+    with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
+        f.write("\n".join(out) + "\n")
+    print("wrote bench/RESULTS.md")
+
+
+if __name__ == "__main__":
+    main()
