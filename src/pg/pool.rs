@@ -62,7 +62,9 @@ pub struct Pool {
     addrs: Vec<SocketAddr>,
     settings: PoolSettings,
     members: RefCell<Vec<Member>>,
-    waiters: RefCell<VecDeque<Waker>>,
+    waiters: RefCell<VecDeque<Rc<Waiter>>>,
+    /// Waiters still waiting (the queue may hold ones that gave up).
+    waiting: Cell<usize>,
     stats: RefCell<PoolStats>,
     closed: Cell<bool>,
     /// The last connection error, for a clear message while none is up.
@@ -88,6 +90,7 @@ impl Pool {
             ),
             settings,
             waiters: RefCell::new(VecDeque::new()),
+            waiting: Cell::new(0),
             stats: RefCell::new(PoolStats::default()),
             closed: Cell::new(false),
             last_error: RefCell::new(None),
@@ -113,7 +116,7 @@ impl Pool {
             .filter_map(|m| m.conn.as_ref())
             .map(|c| c.in_flight())
             .sum();
-        s.waiting = self.waiters.borrow().len();
+        s.waiting = self.waiting.get();
         s
     }
 
@@ -220,29 +223,30 @@ impl Pool {
     }
 
     /// Picks a connection with room (the least loaded), or waits for one.
+    /// First come, first served: while anyone waits, a newcomer queues
+    /// behind them rather than taking the slot a waiter was woken for.
     async fn acquire(&self, exclusive: bool) -> Result<(usize, Rc<PgConn>), QueryError> {
-        if let Some(found) = self.try_acquire(exclusive) {
-            return Ok(found);
+        if self.waiting.get() == 0 {
+            if let Some(found) = self.try_acquire(exclusive) {
+                return Ok(found);
+            }
         }
-        if self.waiters.borrow().len() >= self.settings.max_waiters {
+        if self.waiting.get() >= self.settings.max_waiters {
             self.stats.borrow_mut().busy += 1;
             return Err(QueryError::Busy);
         }
         let deadline = Instant::now() + self.settings.wait_timeout;
+        let mut front = false;
         loop {
-            let woke = monoio::time::timeout_at(
-                deadline,
-                WaitTurn {
-                    pool: self,
-                    queued: false,
-                },
-            )
-            .await;
+            let woke = monoio::time::timeout_at(deadline, WaitTurn::new(self, front)).await;
             if let Some(found) = self.try_acquire(exclusive) {
                 // Pass the turn on: there may be more room.
                 self.wake_one();
                 return Ok(found);
             }
+            // Woken but beaten to it (or woken for a broken connection):
+            // keep the place at the head of the queue.
+            front = true;
             if woke.is_err() || self.closed.get() {
                 self.stats.borrow_mut().busy += 1;
                 return Err(match self.ready_count() {
@@ -294,14 +298,20 @@ impl Pool {
     }
 
     fn wake_one(&self) {
-        if let Some(w) = self.waiters.borrow_mut().pop_front() {
-            w.wake();
+        loop {
+            let Some(w) = self.waiters.borrow_mut().pop_front() else {
+                return;
+            };
+            if w.give_turn() {
+                return;
+            }
         }
     }
 
     fn wake_waiters(&self) {
-        for w in self.waiters.borrow_mut().drain(..) {
-            w.wake();
+        let all: Vec<Rc<Waiter>> = self.waiters.borrow_mut().drain(..).collect();
+        for w in all {
+            w.give_turn();
         }
     }
 
@@ -319,21 +329,85 @@ impl Pool {
     }
 }
 
-/// Registers as a waiter until woken once.
+/// One caller waiting for a slot.
+struct Waiter {
+    waker: RefCell<Option<Waker>>,
+    /// Set when it is its turn; cleared (with the waker) when it gave up.
+    turn: Cell<bool>,
+    gone: Cell<bool>,
+}
+
+impl Waiter {
+    /// Wakes it; false if it already gave up (the turn goes to the next).
+    fn give_turn(&self) -> bool {
+        if self.gone.get() {
+            return false;
+        }
+        self.turn.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+        true
+    }
+}
+
+/// A place in the pool's queue, held until woken once; dropping it (a
+/// timeout, a caller gone) leaves the queue.
 struct WaitTurn<'a> {
     pool: &'a Pool,
-    queued: bool,
+    front: bool,
+    waiter: Option<Rc<Waiter>>,
+}
+
+impl<'a> WaitTurn<'a> {
+    fn new(pool: &'a Pool, front: bool) -> Self {
+        WaitTurn {
+            pool,
+            front,
+            waiter: None,
+        }
+    }
 }
 
 impl Future for WaitTurn<'_> {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.queued {
-            return Poll::Ready(());
+        match &self.waiter {
+            Some(w) if w.turn.get() => Poll::Ready(()),
+            Some(w) => {
+                *w.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            None => {
+                let w = Rc::new(Waiter {
+                    waker: RefCell::new(Some(cx.waker().clone())),
+                    turn: Cell::new(false),
+                    gone: Cell::new(false),
+                });
+                let mut q = self.pool.waiters.borrow_mut();
+                if self.front {
+                    q.push_front(w.clone());
+                } else {
+                    q.push_back(w.clone());
+                }
+                drop(q);
+                self.pool.waiting.set(self.pool.waiting.get() + 1);
+                self.waiter = Some(w);
+                Poll::Pending
+            }
         }
-        self.pool.waiters.borrow_mut().push_back(cx.waker().clone());
-        self.queued = true;
-        Poll::Pending
+    }
+}
+
+impl Drop for WaitTurn<'_> {
+    fn drop(&mut self) {
+        if let Some(w) = self.waiter.take() {
+            self.pool.waiting.set(self.pool.waiting.get() - 1);
+            if !w.turn.get() {
+                w.gone.set(true);
+                w.waker.borrow_mut().take();
+            }
+        }
     }
 }
 
