@@ -172,16 +172,7 @@ fn serve(config: Config) -> ExitCode {
 /// Runs a command-line database task on a runtime of its own.
 fn with_db<T>(task: impl AsyncFnOnce(&PgConn) -> Result<T, String>) -> Result<T, String> {
     let cfg = PgConfig::from_env(|k| std::env::var(k).ok())?;
-    let addrs = match &cfg.host {
-        ringside::pg::PgHost::Tcp(h) => {
-            use std::net::ToSocketAddrs;
-            (h.as_str(), cfg.port)
-                .to_socket_addrs()
-                .map_err(|e| format!("cannot resolve {h}: {e}"))?
-                .collect()
-        }
-        ringside::pg::PgHost::Unix(_) => Vec::new(),
-    };
+    let addrs = cfg.resolve()?;
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build()

@@ -49,16 +49,7 @@ impl Database {
     }
 
     pub fn new(pg: PgConfig, config: &Config) -> Result<Database, String> {
-        let addrs = match &pg.host {
-            crate::pg::PgHost::Tcp(h) => {
-                use std::net::ToSocketAddrs;
-                (h.as_str(), pg.port)
-                    .to_socket_addrs()
-                    .map_err(|e| format!("cannot resolve database host {h}: {e}"))?
-                    .collect()
-            }
-            crate::pg::PgHost::Unix(_) => Vec::new(),
-        };
+        let addrs = pg.resolve()?;
         Ok(Database {
             config: pg,
             addrs,

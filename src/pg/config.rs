@@ -76,6 +76,21 @@ impl PgConfig {
         }
     }
 
+    /// The addresses of a TCP host (none for a unix socket). This looks the
+    /// name up, which blocks: call it at start-up, never on a core.
+    pub fn resolve(&self) -> Result<Vec<std::net::SocketAddr>, String> {
+        match &self.host {
+            PgHost::Tcp(h) => {
+                use std::net::ToSocketAddrs;
+                Ok((h.as_str(), self.port)
+                    .to_socket_addrs()
+                    .map_err(|e| format!("cannot resolve database host {h}: {e}"))?
+                    .collect())
+            }
+            PgHost::Unix(_) => Ok(Vec::new()),
+        }
+    }
+
     /// Reads `DATABASE_URL` (if set) over PGHOST, PGPORT, PGUSER, PGPASSWORD,
     /// PGDATABASE, PGAPPNAME, over defaults (localhost:5432, user and
     /// database from the login name). `env` is the environment lookup.

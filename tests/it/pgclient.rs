@@ -1,7 +1,7 @@
 //! The PostgreSQL client against a real server over real sockets.
 
 use std::future::Future;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -24,10 +24,7 @@ fn config(url: &str) -> PgConfig {
 }
 
 fn addrs(cfg: &PgConfig) -> Vec<SocketAddr> {
-    match &cfg.host {
-        ringside::pg::PgHost::Tcp(h) => (h.as_str(), cfg.port).to_socket_addrs().unwrap().collect(),
-        ringside::pg::PgHost::Unix(_) => Vec::new(),
-    }
+    cfg.resolve().unwrap()
 }
 
 async fn connect(url: &str) -> Result<Rc<PgConn>, QueryError> {
