@@ -292,13 +292,15 @@ pub(super) async fn serve<S: Service>(http: Rc<HttpCore<S>>, mut stream: TcpStre
         let mut in_grace = false;
         let woke = loop {
             let (deadline, ends_on_drain) = match first_head_by {
-                Some(_) if in_grace => unreachable!("no grace before the first request"),
+                // A connection accepted just before the drain gets the same
+                // grace for its first request.
+                Some(deadline) if in_grace => (deadline.min(idle_since + DRAIN_IDLE_GRACE), false),
                 Some(deadline) => (deadline, true),
                 None if in_grace => (idle_since + DRAIN_IDLE_GRACE, false),
                 None => (idle_since + http.shared.settings.keepalive_timeout, true),
             };
             let woke = wait_readable(&stream, slot.0, slot.1, deadline, ends_on_drain).await;
-            if woke == Wake::Drained && first_head_by.is_none() && !in_grace {
+            if woke == Wake::Drained && !in_grace {
                 // Draining: a connection that was busy a moment ago may
                 // have its next request on the way, and closing now would
                 // race it. Take that request (answered with `Connection:
@@ -310,7 +312,7 @@ pub(super) async fn serve<S: Service>(http: Rc<HttpCore<S>>, mut stream: TcpStre
         };
         match woke {
             Wake::Readable => {}
-            Wake::TimedOut if first_head_by.is_some() => {
+            Wake::TimedOut if first_head_by.is_some() && !in_grace => {
                 return Box::pin(answer_and_close(
                     &http.shared,
                     &mut stream,

@@ -396,10 +396,22 @@ impl CoreStart {
         }));
 
         let max_open = self.config.max_connections_per_core;
-        loop {
+        let mut draining = false;
+        while !draining {
+            // The accept is cancelled the safe way when the drain starts:
+            // the cancel is submitted and the accept still awaited, so a
+            // connection the kernel handed over meanwhile is served, not
+            // dropped with the cancelled operation.
+            let canceller = monoio::io::Canceller::new();
+            let accept = listener.cancelable_accept(canceller.handle());
+            let mut accept = std::pin::pin!(accept);
             let accepted = monoio::select! {
-                r = listener.accept() => r,
-                _ = ctx.drain.wait() => break,
+                r = &mut accept => r,
+                _ = ctx.drain.wait() => {
+                    draining = true;
+                    let _ = canceller.cancel();
+                    (&mut accept).await
+                }
             };
             match accepted {
                 Ok((stream, _peer)) => {
@@ -418,6 +430,9 @@ impl CoreStart {
                             _guard: guard,
                         });
                     }
+                }
+                Err(e) if draining || e.raw_os_error() == Some(libc::ECANCELED) => {
+                    let _ = e;
                 }
                 Err(e) if is_resource_exhaustion(&e) => {
                     // Out of file descriptors or memory: back off instead of
