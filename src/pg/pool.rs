@@ -385,6 +385,12 @@ impl Future for WaitTurn<'_> {
                     gone: Cell::new(false),
                 });
                 let mut q = self.pool.waiters.borrow_mut();
+                // Places left by waiters that gave up are dropped lazily;
+                // bound them here too, so timeouts without any wake-up
+                // cannot grow the queue.
+                if q.len() >= 2 * self.pool.settings.max_waiters.max(16) {
+                    q.retain(|w| !w.gone.get());
+                }
                 if self.front {
                     q.push_front(w.clone());
                 } else {
