@@ -21,6 +21,7 @@ ORDER = [
     ("pgclient", "PostgreSQL client: ringside vs tokio-postgres"),
     ("orders", "GET /orders: ringside vs threaded vs tokio"),
     ("far", "GET /orders with a far-away database"),
+    ("scale", "Connection scale: idle connections beside an /orders load"),
     ("upload", "CSV upload: POST /contacts vs psql \\copy"),
     ("spread", "Accept spread over cores"),
 ]

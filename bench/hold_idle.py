@@ -2,7 +2,7 @@
 """Hold N idle HTTP/1.1 keep-alive connections to a server (stdlib only).
 
     hold_idle.py --port 18080 [--host 127.0.0.1] [--conns 10000] [--batch 500]
-                 [--path /plaintext] [--max-hold 600]
+                 [--path /plaintext] [--max-hold 600] [--source 127.0.0.2]
 
 Opens the connections in batches (so the server's listen backlog is never the
 bottleneck); on each one it sends one full `GET PATH` request and reads the
@@ -16,6 +16,10 @@ and holds them until SIGUSR1, SIGTERM or SIGINT (or --max-hold seconds),
 then checks which ones the server closed meanwhile, closes them all and prints
 
     DONE opened=N failed=F closed_by_server=C unexpected_data=U held_s=SECONDS
+
+--source binds every connection to that local address: one address has about
+28,000 ephemeral ports, so holders of more connections than that (on machines
+whose open-files limit allows) each take their own 127.0.0.x.
 
 Progress and errors go to stderr. Only loopback (127.0.0.0/8, ::1) targets are
 accepted. Exit status: 0 if at least one connection was held, 1 otherwise.
@@ -34,9 +38,12 @@ def eprint(*a):
     print("hold_idle:", *a, file=sys.stderr, flush=True)
 
 
-async def open_one(host, port, request, timeout):
+async def open_one(host, port, request, timeout, source):
     """Open a connection, do one request/response; return (reader, writer)."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    local = (source, 0) if source else None
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, port, local_addr=local), timeout
+    )
     try:
         writer.write(request)
         await asyncio.wait_for(writer.drain(), timeout)
@@ -80,7 +87,7 @@ async def main(args):
             break
         n = min(args.batch, args.conns - start)
         results = await asyncio.gather(
-            *(open_one(args.host, args.port, request, args.timeout) for _ in range(n)),
+            *(open_one(args.host, args.port, request, args.timeout, args.source) for _ in range(n)),
             return_exceptions=True,
         )
         for r in results:
@@ -136,6 +143,7 @@ def parse_args():
     ap.add_argument("--path", default="/plaintext")
     ap.add_argument("--timeout", type=float, default=10.0, help="per-step timeout of one connection (s)")
     ap.add_argument("--max-hold", type=float, default=600.0, help="hold at most this long (s)")
+    ap.add_argument("--source", default=None, help="local address to bind (loopback only)")
     a = ap.parse_args()
     try:
         ip = ipaddress.ip_address(a.host)
@@ -143,6 +151,13 @@ def parse_args():
         ap.error(f"--host must be an IP address, got {a.host!r}")
     if not ip.is_loopback:
         ap.error(f"--host must be a loopback address (127.0.0.0/8 or ::1), got {a.host}")
+    if a.source is not None:
+        try:
+            src = ipaddress.ip_address(a.source)
+        except ValueError:
+            ap.error(f"--source must be an IP address, got {a.source!r}")
+        if not src.is_loopback:
+            ap.error(f"--source must be a loopback address, got {a.source}")
     if a.conns < 1 or a.batch < 1:
         ap.error("--conns and --batch must be positive")
     return a

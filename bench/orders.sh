@@ -29,15 +29,35 @@
 # PROXY_CPUS (default 1, beside wrk: it stands for the network, not for the
 # server's core); its CPU time is recorded too.
 #
+# --scale: the connection-scale scenario. Per round and server: start it,
+# measure /orders at --conns (256) alone, then for each --idle level (default
+# "10000 max") open that many idle keep-alive connections with
+# bench/hold_idle.py (one GET /plaintext each, then silent; on WRK_CPUS),
+# measure /orders again while they are held, let them go, and sample the
+# server's RSS: at its start (after the run without idle connections), with
+# the idle connections open (before the load), under load, and --after s
+# (5) after they closed. "max" is what the server's open-files limit (read
+# from /proc/PID/limits) leaves after the active connections, the database
+# pool and 64 spare; the script logs the limit and the count it used. Every
+# server is told to accept that many (ringside --max-connections-per-core,
+# threaded --max-threads; tokio has no limit). A holder keeps at most
+# 25,000 connections (or its own open-files limit) from its own source
+# address 127.0.0.2, .3, ..., so limits of 100,000+ are spread over
+# several addresses and ephemeral-port ranges.
+#
 # Output: bench/results/orders.csv and orders.md (far.csv and far.md with
-# --far), replaced only when a run completes; logs in bench/results/tmp/.
+# --far, scale.csv and scale.md with --scale), replaced only when a run
+# completes; logs in bench/results/tmp/.
 #
 # Usage: bench/orders.sh [--servers ringside,threaded,tokio] [--conns "16 256 1024"]
 #                        [--rounds N] [--duration SECS] [--warmup SECS] [--quick]
 #                        [--far] [--delay-ms MS] [--db-pool-size N] [--orders N]
+#                        [--scale] [--idle "10000 max"] [--after SECS]
 #                        [--quiet-wait SECS] [--retries N] [--port BASE] [--no-build]
+#                        [--out DIR] (results directory, default bench/results)
 #   --quick: 1 round, 3 s runs, 1 s warm-up, 256 connections (1000 with --far),
-#            no retries, --quiet-wait 30: a sanity check, not a measurement.
+#            no retries, --quiet-wait 30: a sanity check, not a measurement;
+#            with --scale: 5 s runs, one idle level of 5,000.
 #
 # The machine is shared: before each server start the script waits up to
 # --quiet-wait s (300) for less than 10% of the CPUs to be busy, and every row
@@ -66,6 +86,9 @@ DURATION=10
 WARMUP=2
 QUICK=0
 FAR=0
+SCALE=0
+IDLE_ARG=""
+AFTER=5
 DELAY_MS=10
 POOL=8
 ORDERS=1000
@@ -93,6 +116,9 @@ while (( $# )); do
         --warmup) WARMUP=${2:?}; shift ;;
         --quick) QUICK=1 ;;
         --far) FAR=1 ;;
+        --scale) SCALE=1 ;;
+        --idle) IDLE_ARG=${2:?}; shift ;;
+        --after) AFTER=${2:?}; shift ;;
         --delay-ms) DELAY_MS=${2:?}; shift ;;
         --db-pool-size) POOL=${2:?}; shift ;;
         --orders) ORDERS=${2:?}; shift ;;
@@ -100,23 +126,28 @@ while (( $# )); do
         --retries) RETRIES=${2:?}; shift ;;
         --port) PORT_BASE=${2:?}; shift ;;
         --no-build) BUILD=0 ;;
+        --out) OUT_DIR=${2:?}; shift ;;
         -h | --help) usage 0 ;;
         *) echo "unknown argument: $1" >&2; usage 2 ;;
     esac
     shift
 done
 
+(( FAR && SCALE )) && die "--far and --scale are separate scenarios"
 if (( QUICK )); then
     ROUNDS=1 DURATION=3 WARMUP=1
+    if (( SCALE )); then DURATION=5; IDLE_ARG=${IDLE_ARG:-5000}; fi
     QUIET_WAIT=${QUIET_WAIT:-30}
     RETRIES=${RETRIES:-0}
     if (( FAR )); then CONNS_ARG=${CONNS_ARG:-1000}; else CONNS_ARG=${CONNS_ARG:-256}; fi
 fi
 QUIET_WAIT=${QUIET_WAIT:-300}
 RETRIES=${RETRIES:-2}
-if (( FAR )); then CONNS_ARG=${CONNS_ARG:-1000}; else CONNS_ARG=${CONNS_ARG:-16 256 1024}; fi
+if (( FAR )); then CONNS_ARG=${CONNS_ARG:-1000}; elif (( SCALE )); then CONNS_ARG=${CONNS_ARG:-256}; else CONNS_ARG=${CONNS_ARG:-16 256 1024}; fi
 read -ra CONNS <<<"${CONNS_ARG//,/ }"
-if (( FAR )); then SCENARIO=far; else SCENARIO=orders; fi
+IDLE_ARG=${IDLE_ARG:-10000 max}
+read -ra IDLE_LEVELS <<<"${IDLE_ARG//,/ }"
+if (( FAR )); then SCENARIO=far; elif (( SCALE )); then SCENARIO=scale; else SCENARIO=orders; fi
 
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]] && (( $1 > 0 )); }
 is_uint "$ROUNDS" || die "--rounds must be a positive integer"
@@ -129,6 +160,11 @@ is_uint "$POOL" || die "--db-pool-size must be a positive integer"
 is_uint "$ORDERS" || die "--orders must be a positive integer"
 is_uint "$PORT_BASE" || die "--port must be a port number"
 (( ${#CONNS[@]} > 0 )) || die "--conns is empty"
+[[ "$AFTER" =~ ^[0-9]+$ ]] || die "--after must be a non-negative integer (seconds)"
+for i in "${IDLE_LEVELS[@]}"; do
+    [[ "$i" == max ]] || is_uint "$i" || die "--idle takes positive integers or 'max', got '$i'"
+done
+(( !SCALE || ${#CONNS[@]} == 1 )) || die "--scale drives one connection count (--conns N)"
 for c in "${CONNS[@]}"; do is_uint "$c" || die "--conns takes positive integers, got '$c'"; done
 (( POOL <= 40 )) || die "--db-pool-size $POOL does not fit the test cluster's max_connections (50)"
 
@@ -141,8 +177,9 @@ done
 check_machine
 need_cmd psql "apt-get install postgresql-client"
 raise_nofile
+NOFILE=$(ulimit -n)
 for c in "${CONNS[@]}"; do
-    (( c + 200 < $(ulimit -n) )) || die "--conns $c does not fit the open-files limit $(ulimit -n)"
+    (( c + 200 < NOFILE )) || die "--conns $c does not fit the open-files limit $NOFILE"
 done
 if ! command -v wrk >/dev/null 2>&1; then
     log "wrk missing; installing it with apt-get"
@@ -320,15 +357,20 @@ parse_wrk() {
 SERVER_PID=""
 start_orders_server() { # name port log
     local name=$1 port=$2 logf=$3 rcores=$SERVER_CPUS i code
+    local -a cap_ringside=() cap_threaded=()
     port_in_use "$HOST" "$port" && die "port $HOST:$port is already in use"
     if [[ "$rcores" =~ ^[0-9]+$ ]]; then rcores="$rcores-$rcores"; fi # ringside: a bare number is a COUNT
+    if (( SCALE )); then # let the open-files limit, not a connection cap, be the bound
+        cap_ringside=(--max-connections-per-core "$NOFILE")
+        cap_threaded=(--max-threads "$NOFILE")
+    fi
     case $name in
         ringside)
             DATABASE_URL="$SERVER_URL" taskset -c "$SERVER_CPUS" "$RINGSIDE_BIN" serve --listen "$HOST:$port" \
-                --cores "$rcores" --db-pool-size "$POOL" >"$logf" 2>&1 & ;;
+                --cores "$rcores" --db-pool-size "$POOL" ${cap_ringside[@]+"${cap_ringside[@]}"} >"$logf" 2>&1 & ;;
         threaded)
             DATABASE_URL="$SERVER_URL" taskset -c "$SERVER_CPUS" "$THREADED_BIN" --listen "$HOST:$port" \
-                --db-pool-size "$POOL" >"$logf" 2>&1 & ;;
+                --db-pool-size "$POOL" ${cap_threaded[@]+"${cap_threaded[@]}"} >"$logf" 2>&1 & ;;
         tokio)
             DATABASE_URL="$SERVER_URL" taskset -c "$SERVER_CPUS" "$TOKIO_BIN" --listen "$HOST:$port" \
                 --threads "$(cpu_count "$SERVER_CPUS")" --db-pool-size "$POOL" >"$logf" 2>&1 & ;;
@@ -353,8 +395,11 @@ start_orders_server() { # name port log
     fi
 }
 
-echo "timestamp,scenario,round,server,connections,duration_s,requests,non2xx,socket_errors,errors,rps,ok_rps,p50_ms,p99_ms,max_ms,server_cpu_s,server_cpu_util,server_cpu_s_per_10k_req,pg_cpu_s,pg_cpu_s_per_10k_req,proxy_cpu_s,wrk_cpu_s,wrk_cpu_util,other_cpu_s,other_cpu_util,server_cpus,wrk_cpus,pg_cpus,db_pool_size,delay_ms,rev" \
-    | tee "$DISCARDED_CSV" >"$CSV"
+HEADER="timestamp,scenario,round,server,connections,duration_s,requests,non2xx,socket_errors,errors,rps,ok_rps,p50_ms,p99_ms,max_ms,server_cpu_s,server_cpu_util,server_cpu_s_per_10k_req,pg_cpu_s,pg_cpu_s_per_10k_req,proxy_cpu_s,wrk_cpu_s,wrk_cpu_util,other_cpu_s,other_cpu_util,server_cpus,wrk_cpus,pg_cpus,db_pool_size,delay_ms,rev"
+if (( SCALE )); then
+    HEADER+=",nofile_limit,idle_requested,idle_open,idle_failed,idle_closed_by_server,idle_open_s,rss_start_kib,rss_idle_kib,rss_loaded_kib,rss_after_kib,bytes_per_idle,kept,outcome"
+fi
+echo "$HEADER" | tee "$DISCARDED_CSV" >"$CSV"
 
 ROW=""
 NOISY=0
@@ -408,7 +453,136 @@ TOTAL=$(( ROUNDS * ${#CONNS[@]} * ${#SERVERS[@]} ))
 log "plan ($SCENARIO): servers=${SERVERS[*]} conns=${CONNS[*]} rounds=$ROUNDS duration=${DURATION}s warmup=${WARMUP}s pool=$POOL$( (( FAR )) && echo " delay=${DELAY_MS}ms each way")"
 log "      server on CPU(s) $SERVER_CPUS, PostgreSQL on $PG_CPUS, wrk -t1 on $WRK_CPUS; ~$(( TOTAL * (DURATION + WARMUP + 3) )) s without quiet waits; logs -> $TMP_DIR"
 
+# ----------------------------------------------------------- idle holders ---
+HOLD_PY="$BENCH_DIR/hold_idle.py"
+HOLDER_MAX=25000 # per holder (one source address): well inside its ~28,000 ephemeral ports
+HOLDER_PIDS=()
+HOLDER_OUTS=()
+IDLE_OPEN=0 IDLE_FAILED=0 IDLE_OPEN_S=0 IDLE_CLOSED=0
+
+# start_holders COUNT PORT TAG: open COUNT idle connections from as many holder
+# processes as the per-process open-files limit needs, each from its own
+# 127.0.0.x; wait until all report READY. Sets IDLE_OPEN IDLE_FAILED IDLE_OPEN_S.
+start_holders() {
+    local want=$1 port=$2 tag=$3 per n i=0 out pid line deadline
+    per=$(( NOFILE - 100 < HOLDER_MAX ? NOFILE - 100 : HOLDER_MAX ))
+    HOLDER_PIDS=() HOLDER_OUTS=()
+    while (( want > 0 )); do
+        n=$(( want < per ? want : per ))
+        out="$TMP_DIR/holder-$tag-$i.out"
+        taskset -c "$WRK_CPUS" python3 "$HOLD_PY" --host "$HOST" --port "$port" --conns "$n" \
+            --source "127.0.0.$(( 2 + i ))" --max-hold 300 >"$out" 2>"$out.err" &
+        pid=$!
+        track_pid "$pid"
+        HOLDER_PIDS+=("$pid") HOLDER_OUTS+=("$out")
+        want=$(( want - n )) i=$(( i + 1 ))
+    done
+    IDLE_OPEN=0 IDLE_FAILED=0 IDLE_OPEN_S=0
+    for i in "${!HOLDER_PIDS[@]}"; do
+        deadline=$(( SECONDS + 180 ))
+        until grep -q '^READY ' "${HOLDER_OUTS[$i]}" 2>/dev/null; do
+            kill -0 "${HOLDER_PIDS[$i]}" 2>/dev/null \
+                || die "idle holder $i exited before it was ready: $(tail -n 5 "${HOLDER_OUTS[$i]}.err")"
+            (( SECONDS < deadline )) || die "idle holder $i not ready after 180 s (see ${HOLDER_OUTS[$i]}.err)"
+            isleep 0.5
+        done
+        line=$(grep -m1 '^READY ' "${HOLDER_OUTS[$i]}")
+        [[ $line =~ opened=([0-9]+)\ failed=([0-9]+)\ open_s=([0-9.]+) ]] || die "unexpected holder output: $line"
+        IDLE_OPEN=$(( IDLE_OPEN + BASH_REMATCH[1] )) IDLE_FAILED=$(( IDLE_FAILED + BASH_REMATCH[2] ))
+        IDLE_OPEN_S=$(awk -v a="$IDLE_OPEN_S" -v b="${BASH_REMATCH[3]}" 'BEGIN { print (b > a) ? b : a }')
+    done
+}
+
+# stop_holders: let every holder close its connections and exit (60 s max).
+# Sets IDLE_CLOSED: idle connections the server had closed meanwhile.
+stop_holders() {
+    local i pid line deadline
+    IDLE_CLOSED=0
+    for pid in "${HOLDER_PIDS[@]}"; do kill -USR1 "$pid" 2>/dev/null || true; done
+    for i in "${!HOLDER_PIDS[@]}"; do
+        pid=${HOLDER_PIDS[$i]} deadline=$(( SECONDS + 60 ))
+        until grep -q '^DONE ' "${HOLDER_OUTS[$i]}" 2>/dev/null || (( SECONDS >= deadline )); do
+            kill -0 "$pid" 2>/dev/null || break
+            isleep 0.2
+        done
+        stop_pid "$pid"
+        line=$(grep -m1 '^DONE ' "${HOLDER_OUTS[$i]}" || true)
+        if [[ $line =~ closed_by_server=([0-9]+) ]]; then IDLE_CLOSED=$(( IDLE_CLOSED + BASH_REMATCH[1] )); fi
+    done
+    HOLDER_PIDS=()
+}
+
+rss_kib() { echo $(( $(rss_bytes "$1") / 1024 )); }
+
+# scale_round ROUND SERVER: one server's whole connection-scale measurement.
+scale_round() {
+    local round=$1 server=$2 conns=${CONNS[0]} limit room level n url base_rps ok_rps
+    local rss_start rss_idle rss_loaded rss_after per_idle kept why
+    pick_port "$HOST" "$port"; port=$NEXT_PORT
+    url="http://$HOST:$port/orders"
+    if (( QUIET_WAIT > 0 )); then wait_quiet "$QUIET_WAIT" "$QUIET_PCT" || true; fi
+    log "round $round/$ROUNDS: $server, $conns active connections, idle levels ${IDLE_LEVELS[*]}, port $port"
+    start_orders_server "$server" "$port" "$TMP_DIR/server-r$round-$server.log"
+    limit=$(awk '/^Max open files/ { print $4 }' "/proc/$SERVER_PID/limits")
+    room=$(( limit - conns - POOL - 64 ))
+    log "  $server: open-files limit $limit (soft); room for $room idle connections beside $conns active, $POOL database and 64 spare"
+    if (( WARMUP > 0 )); then
+        run_wrk "$TMP_DIR/warmup-r$round-$server.txt" "$conns" "$WARMUP" "$url"
+        (( WRK_RC == 0 )) || die "warm-up wrk failed (status $WRK_RC)"
+    fi
+    attempt=idle0
+    NOISY=0
+    measure "$round" "$server" "$conns" "$url"
+    isleep 1
+    rss_start=$(rss_kib "$SERVER_PID")
+    base_rps=$(cut -d, -f12 <<<"$ROW")
+    echo "$ROW,$limit,0,0,0,0,0,$rss_start,$rss_start,$rss_start,$rss_start,,1.000,ok" >>"$CSV"
+    for level in "${IDLE_LEVELS[@]}"; do
+        if [[ "$level" == max ]]; then n=$room; else n=$level; fi
+        if (( n > room )); then
+            log "  $n idle connections do not fit the open-files limit $limit; using $room"
+            n=$room
+        fi
+        log "  opening $n idle connections ($(( (n + HOLDER_MAX - 1) / HOLDER_MAX )) holder(s), from 127.0.0.2 on)"
+        start_holders "$n" "$port" "r$round-$server-i$level"
+        isleep 2
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            # A baseline may not survive this; that is a result, reported as such.
+            why=$(grep -m1 -iE 'cannot allocate|resource temporarily|failed to' "$TMP_DIR/server-r$round-$server.log" \
+                || grep -m1 -iE 'error|panick|abort' "$TMP_DIR/server-r$round-$server.log" || true)
+            why=$(tr -d ',"' <<<"$why" | cut -c1-160)
+            log "  $server died while $n idle connections were opened ($IDLE_OPEN opened): ${why:-see its log}"
+            stop_holders
+            echo "$(date -Iseconds),$SCENARIO,$round,$server,$conns,$DURATION$(printf ',%.0s' {1..25}),$limit,$n,$IDLE_OPEN,$IDLE_FAILED,,$IDLE_OPEN_S,$rss_start,,,,,,\"died: ${why:-see its log}\"" >>"$CSV"
+            stop_pid "$SERVER_PID"
+            port=$(( port + 1 ))
+            return 0
+        fi
+        rss_idle=$(rss_kib "$SERVER_PID")
+        log "  $IDLE_OPEN idle open ($IDLE_FAILED failed) in ${IDLE_OPEN_S}s; RSS $(( rss_start / 1024 )) -> $(( rss_idle / 1024 )) MiB"
+        attempt=idle$level
+        measure "$round" "$server" "$conns" "$url"
+        rss_loaded=$(rss_kib "$SERVER_PID")
+        stop_holders
+        isleep "$AFTER"
+        rss_after=$(rss_kib "$SERVER_PID")
+        ok_rps=$(cut -d, -f12 <<<"$ROW")
+        per_idle=$(awk -v a="$rss_start" -v b="$rss_idle" -v n="$IDLE_OPEN" 'BEGIN { if (n > 0) printf "%.0f", (b - a) * 1024 / n }')
+        kept=$(awk -v a="$ok_rps" -v b="$base_rps" 'BEGIN { if (b > 0) printf "%.3f", a / b }')
+        log "  with them: kept $kept of the throughput; $per_idle B per idle connection; RSS after they closed $(( rss_after / 1024 )) MiB (start $(( rss_start / 1024 )) MiB); $IDLE_CLOSED closed by the server meanwhile"
+        echo "$ROW,$limit,$n,$IDLE_OPEN,$IDLE_FAILED,$IDLE_CLOSED,$IDLE_OPEN_S,$rss_start,$rss_idle,$rss_loaded,$rss_after,$per_idle,$kept,ok" >>"$CSV"
+    done
+    stop_pid "$SERVER_PID"
+    port=$(( port + 1 ))
+    sleep 1
+}
+
 port=$PORT_BASE
+if (( SCALE )); then
+    for round in $(seq 1 "$ROUNDS"); do
+        for server in "${SERVERS[@]}"; do scale_round "$round" "$server"; done
+    done
+else
 for round in $(seq 1 "$ROUNDS"); do
     for conns in "${CONNS[@]}"; do
         for server in "${SERVERS[@]}"; do
@@ -438,8 +612,15 @@ for round in $(seq 1 "$ROUNDS"); do
         done
     done
 done
+fi
 
 # ---------------------------------------------------------------- summary ---
+if (( SCALE )); then
+    ensure_python_matplotlib
+    python3 "$BENCH_DIR/scale_report.py" "$CSV" "$TMP_DIR/$SCENARIO.md" "$TMP_DIR/$SCENARIO.png" "$NOISY_UTIL" \
+        || die "scale_report.py failed"
+    cp "$TMP_DIR/$SCENARIO.png" "$OUT_DIR/$SCENARIO.png" 2>/dev/null || log "warning: no plot (matplotlib missing?)"
+else
 python3 - "$CSV" "$TMP_DIR/$SCENARIO.md" "$SCENARIO" "$NOISY_UTIL" <<'PY'
 import csv, statistics, sys
 src, dst, scenario, noisy_util = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
@@ -509,6 +690,7 @@ if scenario == "far" and proxy:
     out += ["", f"Delay proxy CPU per run: median {fmt(med(proxy), 2)} s (on CPU(s) shared with wrk)."]
 open(dst, "w").write("\n".join(out) + "\n")
 PY
+fi
 cp "$CSV" "$FINAL_CSV"
 cp "$TMP_DIR/$SCENARIO.md" "$FINAL_MD"
 log "wrote $FINAL_CSV and $FINAL_MD"
