@@ -138,16 +138,6 @@ WRK_TIMEOUT=$((DURATION + 30))
 
 echo "timestamp,round,server,cores,server_cpus,wrk_cpus,wrk_threads,connections,pipeline_depth,duration_s,requests,rps,p50_ms,p99_ms,socket_errors,non2xx,server_cpu_s,server_cpu_util,cpu_s_per_100k_req,wrk_cpu_s,wrk_cpu_util,other_cpu_s,other_cpu_util,steal_s,machine_idle,rev" | tee "$DISCARDED_CSV" >"$CSV"
 
-# Convert a wrk time ("497.00us", "1.05ms", "2.00s", "1.00m") to milliseconds.
-wrk_time_ms() {
-    awk -v t="$1" 'BEGIN {
-        if (match(t, /^[0-9.]+/) == 0) { print "NA"; exit }
-        v = substr(t, 1, RLENGTH); u = substr(t, RLENGTH + 1)
-        f = (u == "us") ? 0.001 : (u == "ms") ? 1 : (u == "s") ? 1000 : (u == "m") ? 60000 : (u == "h") ? 3600000 : -1
-        if (f < 0) { print "NA"; exit }
-        printf "%.3f", v * f }'
-}
-
 # run_wrk LOG CPUS THREADS DURATION WRK-ARGS... (the URL and any script args)
 # Runs wrk pinned and time-bounded, in the background so that a signal to this
 # script is handled at once (the trap kills it). Sets WRK_RC and WRK_CPU_S:
@@ -155,18 +145,6 @@ wrk_time_ms() {
 # line (only wrk and its `timeout` wrapper are reaped in between).
 WRK_RC=0
 WRK_CPU_S=0
-# CHILDREN_MS = user+sys milliseconds of this shell's reaped children. Pure bash
-# (no subshell, no child process), so it must not be called inside $(...).
-CHILDREN_MS=0
-children_ms() {
-    local u s
-    times >"$TIMES_FILE" # a builtin with a redirection runs in this shell, not a subshell
-    { read -r _ _; read -r u s; } <"$TIMES_FILE"
-    [[ "$u" =~ ^([0-9]+)m([0-9]+)\.([0-9]{3})s$ ]] || die "unexpected 'times' output: $u"
-    CHILDREN_MS=$(( 10#${BASH_REMATCH[1]} * 60000 + 10#${BASH_REMATCH[2]} * 1000 + 10#${BASH_REMATCH[3]} ))
-    [[ "$s" =~ ^([0-9]+)m([0-9]+)\.([0-9]{3})s$ ]] || die "unexpected 'times' output: $s"
-    CHILDREN_MS=$(( CHILDREN_MS + 10#${BASH_REMATCH[1]} * 60000 + 10#${BASH_REMATCH[2]} * 1000 + 10#${BASH_REMATCH[3]} ))
-}
 run_wrk() {
     local logf=$1 cpus=$2 threads=$3 dur=$4 pid before after
     shift 4

@@ -299,3 +299,43 @@ ensure_python_matplotlib() {
     log "matplotlib missing; installing it with pip"
     python3 -m pip install --quiet matplotlib >&2 || log "warning: pip install matplotlib failed; plots will be skipped"
 }
+
+# ------------------------------------------------------- wrk and PostgreSQL ---
+# Convert a wrk time ("497.00us", "1.05ms", "2.00s", "1.00m") to milliseconds.
+wrk_time_ms() {
+    awk -v t="$1" 'BEGIN {
+        if (match(t, /^[0-9.]+/) == 0) { print "NA"; exit }
+        v = substr(t, 1, RLENGTH); u = substr(t, RLENGTH + 1)
+        f = (u == "us") ? 0.001 : (u == "ms") ? 1 : (u == "s") ? 1000 : (u == "m") ? 60000 : (u == "h") ? 3600000 : -1
+        if (f < 0) { print "NA"; exit }
+        printf "%.3f", v * f }'
+}
+
+# CHILDREN_MS = user+sys milliseconds of this shell's reaped children (from the
+# `times` builtin, written to $TIMES_FILE). Pure bash (no subshell, no child
+# process), so it must not be called inside $(...): the difference around a
+# wrk run is wrk's CPU time.
+CHILDREN_MS=0
+children_ms() {
+    local u s
+    times >"$TIMES_FILE" # a builtin with a redirection runs in this shell, not a subshell
+    { read -r _ _; read -r u s; } <"$TIMES_FILE"
+    [[ "$u" =~ ^([0-9]+)m([0-9]+)\.([0-9]{3})s$ ]] || die "unexpected 'times' output: $u"
+    CHILDREN_MS=$(( 10#${BASH_REMATCH[1]} * 60000 + 10#${BASH_REMATCH[2]} * 1000 + 10#${BASH_REMATCH[3]} ))
+    [[ "$s" =~ ^([0-9]+)m([0-9]+)\.([0-9]{3})s$ ]] || die "unexpected 'times' output: $s"
+    CHILDREN_MS=$(( CHILDREN_MS + 10#${BASH_REMATCH[1]} * 60000 + 10#${BASH_REMATCH[2]} * 1000 + 10#${BASH_REMATCH[3]} ))
+}
+
+# pg_ticks POSTMASTER_PID: CPU ticks of a PostgreSQL cluster: the postmaster's
+# own and its reaped children's (exited backends), plus its live children's.
+pg_ticks() {
+    local pm=$1 total=0 p stat rest f
+    for p in "$pm" $(pgrep -P "$pm" 2>/dev/null || true); do
+        stat=$(<"/proc/$p/stat") 2>/dev/null || continue
+        rest=${stat##*) }
+        read -ra f <<<"$rest"
+        total=$(( total + f[11] + f[12] ))
+        [[ $p == "$pm" ]] && total=$(( total + f[13] + f[14] ))
+    done
+    echo "$total"
+}

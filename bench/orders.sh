@@ -286,29 +286,6 @@ if (( FAR )); then
 fi
 
 # --------------------------------------------------------------- samplers ---
-# CPU ticks of PostgreSQL: the postmaster and every child (backends included).
-pg_ticks() {
-    local total=0 p stat rest f
-    for p in "$PG_PID" $(pgrep -P "$PG_PID" 2>/dev/null || true); do
-        stat=$(<"/proc/$p/stat") 2>/dev/null || continue
-        rest=${stat##*) }
-        read -ra f <<<"$rest"
-        total=$(( total + f[11] + f[12] ))
-    done
-    echo "$total"
-}
-
-CHILDREN_MS=0
-children_ms() {
-    local u s
-    times >"$TIMES_FILE"
-    { read -r _ _; read -r u s; } <"$TIMES_FILE"
-    [[ "$u" =~ ^([0-9]+)m([0-9]+)\.([0-9]{3})s$ ]] || die "unexpected 'times' output: $u"
-    CHILDREN_MS=$(( 10#${BASH_REMATCH[1]} * 60000 + 10#${BASH_REMATCH[2]} * 1000 + 10#${BASH_REMATCH[3]} ))
-    [[ "$s" =~ ^([0-9]+)m([0-9]+)\.([0-9]{3})s$ ]] || die "unexpected 'times' output: $s"
-    CHILDREN_MS=$(( CHILDREN_MS + 10#${BASH_REMATCH[1]} * 60000 + 10#${BASH_REMATCH[2]} * 1000 + 10#${BASH_REMATCH[3]} ))
-}
-
 # run_wrk LOG CONNS DURATION URL: pinned, bounded, in the background so that a
 # signal is handled at once. Sets WRK_RC and WRK_CPU_S (from the shell's `times`).
 WRK_RC=0
@@ -325,16 +302,6 @@ run_wrk() {
     untrack_pid "$pid"
     children_ms
     WRK_CPU_S=$(awk -v d=$(( CHILDREN_MS - before )) 'BEGIN { printf "%.3f", d / 1000 }')
-}
-
-# wrk time ("497.00us", "1.05ms", "2.00s", "1.00m") -> milliseconds.
-wrk_time_ms() {
-    awk -v t="$1" 'BEGIN {
-        if (match(t, /^[0-9.]+/) == 0) { print "NA"; exit }
-        v = substr(t, 1, RLENGTH); u = substr(t, RLENGTH + 1)
-        f = (u == "us") ? 0.001 : (u == "ms") ? 1 : (u == "s") ? 1000 : (u == "m") ? 60000 : (u == "h") ? 3600000 : -1
-        if (f < 0) { print "NA"; exit }
-        printf "%.3f", v * f }'
 }
 
 # parse_wrk LOG -> "requests elapsed_s rps p50_ms p99_ms max_ms socket_errors non2xx"
@@ -409,13 +376,13 @@ measure() { # round server conns url
     local c0 c1 g0 g1 x0=0 x1=0 t0 t1 parsed requests elapsed rps p50 p99 max sockerr non2xx
     local -a m0 m1
     proc_stat_ticks; m0=("${PSTAT[@]}")
-    c0=$(cpu_ticks "$SERVER_PID"); g0=$(pg_ticks)
+    c0=$(cpu_ticks "$SERVER_PID"); g0=$(pg_ticks "$PG_PID")
     if [[ -n "$PROXY_PID" ]]; then x0=$(cpu_ticks "$PROXY_PID"); fi
     t0=$(now_s)
     run_wrk "$logf" "$conns" "$DURATION" "$url"
     t1=$(now_s)
     kill -0 "$SERVER_PID" 2>/dev/null || die "$server died during the run; see $TMP_DIR"
-    c1=$(cpu_ticks "$SERVER_PID"); g1=$(pg_ticks)
+    c1=$(cpu_ticks "$SERVER_PID"); g1=$(pg_ticks "$PG_PID")
     if [[ -n "$PROXY_PID" ]]; then x1=$(cpu_ticks "$PROXY_PID"); fi
     proc_stat_ticks; m1=("${PSTAT[@]}")
     (( WRK_RC == 0 )) || die "wrk exited with status $WRK_RC (124 = timed out); output in $logf:

@@ -172,31 +172,6 @@ URL="postgres://ringside_trust@127.0.0.1:$PG_PORT/ringside_test"
 log "cluster up: $PG_VERSION, port $PG_PORT, postmaster $PM_PID pinned to CPU $PG_CPUS; client on CPU $CLIENT_CPUS"
 
 # ----------------------------------------------------------- samplers ---
-CHILDREN_MS=0
-children_ms() { # user+sys ms of this shell's reaped children; pure bash (no subshell)
-    local u s
-    times >"$TIMES_FILE"
-    { read -r _ _; read -r u s; } <"$TIMES_FILE"
-    [[ "$u" =~ ^([0-9]+)m([0-9]+)\.([0-9]{3})s$ ]] || die "unexpected 'times' output: $u"
-    CHILDREN_MS=$(( 10#${BASH_REMATCH[1]} * 60000 + 10#${BASH_REMATCH[2]} * 1000 + 10#${BASH_REMATCH[3]} ))
-    [[ "$s" =~ ^([0-9]+)m([0-9]+)\.([0-9]{3})s$ ]] || die "unexpected 'times' output: $s"
-    CHILDREN_MS=$(( CHILDREN_MS + 10#${BASH_REMATCH[1]} * 60000 + 10#${BASH_REMATCH[2]} * 1000 + 10#${BASH_REMATCH[3]} ))
-}
-
-# CPU ticks of the cluster: the postmaster's own and its reaped children's
-# (exited backends), plus its live children's.
-pg_ticks() {
-    local total=0 p stat rest f
-    for p in "$PM_PID" $(pgrep -P "$PM_PID" || true); do
-        stat=$(<"/proc/$p/stat") 2>/dev/null || continue
-        rest=${stat##*) }
-        read -ra f <<<"$rest"
-        total=$(( total + f[11] + f[12] ))
-        [[ $p == "$PM_PID" ]] && total=$(( total + f[13] + f[14] ))
-    done
-    echo "$total"
-}
-
 # ---------------------------------------------------------------- run ---
 echo "timestamp,round,client,workload,n,queries,seconds,qps,p50_us,p99_us,client_cpu_pct,client_cpu_s,pg_cpu_s,wall_s,other_cpu_s,other_util,rev" |
     tee "$DISCARDED_CSV" >"$CSV"
@@ -210,7 +185,7 @@ run_one() { # round client workload n attempt
     local -a m0 m1
     children_ms; before=$CHILDREN_MS
     proc_stat_ticks; m0=("${PSTAT[@]}")
-    g0=$(pg_ticks)
+    g0=$(pg_ticks "$PM_PID")
     t0=$(now_s)
     timeout -k 5 "$RUN_TIMEOUT" taskset -c "$CLIENT_CPUS" "$PGB_BIN" --client "$client" \
         --workload "$workload" --concurrency "$n" --duration "$DURATION" --warmup "$WARMUP" \
@@ -223,7 +198,7 @@ run_one() { # round client workload n attempt
     # Let the backend of the closed connection exit and be reaped (its CPU
     # time moves to the postmaster's cutime).
     sleep 0.3
-    g1=$(pg_ticks)
+    g1=$(pg_ticks "$PM_PID")
     proc_stat_ticks; m1=("${PSTAT[@]}")
     children_ms; after=$CHILDREN_MS
     (( rc == 0 )) || die "pgclient-bench $client $workload N=$n failed (status $rc; 124 = timed out):
