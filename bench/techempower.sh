@@ -1,0 +1,367 @@
+#!/usr/bin/env bash
+# bench/techempower.sh: the TechEmpower Framework Benchmarks test types, with
+# ringside's TechEmpower binary (examples/techempower.rs) held against the
+# published Rust implementations run on the same machine, same layout.
+#
+# The published implementations live in TechEmpower/FrameworkBenchmarks
+# (frameworks/Rust/<name>). This repository does not vendor or rebuild them:
+# build each as its own dockerfile says, and pass the binaries:
+#
+#   bench/techempower.sh --peer xitca-web=/path/xitca-web --peer may-minihttp=/path/may-minihttp
+#
+# Every peer must serve the TFB URLs on port 8080 (their default) and read the
+# TFB database: host tfb-database, port 5432, user benchmarkdbuser, password
+# benchmarkdbpass, database hello_world. The script provides exactly that: a
+# throwaway PostgreSQL cluster (scripts/pg-test-cluster) moved to port 5432
+# (it must be free) with the role, the database and the standard `world`
+# (10,000 rows) and `fortune` (12 rows) tables (`techempower setup`), and,
+# when peers are given, a "127.0.0.1 tfb-database" line in /etc/hosts if
+# none resolves (it says so; the line stays, as a hosts entry for a benchmark
+# machine). Without --peer only ringside is measured.
+#
+# Layout (the issue's, for database scenarios on 2 cores): each server and
+# PostgreSQL on CPU 0 (taskset -c 0; the servers size their worker count from
+# the CPUs they may run on, so each runs one worker: ringside --cores 0-0),
+# wrk -t1 on CPU 1.
+#
+# Tests (--tests, default "db fortunes plaintext json queries updates"), the
+# TFB URLs and wrk settings (-H Host/Accept/Connection keep-alive headers,
+# --timeout 8): db = /db, fortunes = /fortunes, json = /json, queries =
+# /queries?queries=20, updates = /updates?queries=20, all at --conns (256);
+# plaintext = /plaintext with 16 requests pipelined per write
+# (bench/pipeline.lua), at 256 connections too.
+#
+# Protocol: for each round, for each server (A B C A B C ...): start it fresh,
+# check every test's response (status 200, Server and Date headers, the body's
+# shape: /db a JSON object with id and randomNumber, /fortunes the 13 rows
+# with the one added at request time and <script> escaped, ...), then for
+# each test a --warmup s unrecorded wrk run and a --duration s recorded one,
+# sampling the server's and PostgreSQL's CPU time and wrk's. Per run: req/s,
+# p50/p99/max latency, errors (non-2xx + socket errors), server CPU-seconds
+# per 10,000 requests, wrk's CPU use (a wrk near 1.0 of its core is the
+# bottleneck, as for pipelined plaintext).
+#
+# Output: bench/results/techempower.csv, techempower.md (medians, min–max,
+# ratio to the best peer per test) and techempower.png; logs in
+# bench/results/tmp/. Replaced only when a run completes.
+#
+# Usage: bench/techempower.sh [--peer NAME=BINARY]... [--tests "db fortunes ..."]
+#                             [--rounds N] [--duration SECS] [--warmup SECS]
+#                             [--conns N] [--db-pool-size N] [--quick]
+#                             [--quiet-wait SECS] [--no-build] [--out DIR]
+#   --quick: 1 round, 5 s runs, 1 s warm-up, tests db fortunes plaintext.
+set -euo pipefail
+
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
+
+TE_BIN="${CARGO_TARGET_DIR:-$ROOT_DIR/target}/release/examples/techempower"
+PEERS=()
+TESTS_ARG=""
+ROUNDS=3
+DURATION=10
+WARMUP=3
+CONNS=256
+POOL=""
+QUICK=0
+QUIET_WAIT=300
+QUIET_PCT=10
+NOISY_UTIL=0.05
+BUILD=1
+OUT_DIR="$BENCH_DIR/results"
+SERVER_CPUS=${SERVER_CPUS:-0}
+PG_CPUS=${PG_CPUS:-0}
+WRK_CPUS=${WRK_CPUS:-1}
+PEER_PORT=8080
+PG_TFB_PORT=5432
+
+while (( $# )); do
+    case $1 in
+        --peer) PEERS+=("${2:?}"); shift ;;
+        --tests) TESTS_ARG=${2:?}; shift ;;
+        --rounds) ROUNDS=${2:?}; shift ;;
+        --duration) DURATION=${2:?}; shift ;;
+        --warmup) WARMUP=${2:?}; shift ;;
+        --conns) CONNS=${2:?}; shift ;;
+        --db-pool-size) POOL=${2:?}; shift ;;
+        --quick) QUICK=1 ;;
+        --quiet-wait) QUIET_WAIT=${2:?}; shift ;;
+        --no-build) BUILD=0 ;;
+        --out) OUT_DIR=${2:?}; shift ;;
+        -h | --help) usage 0 ;;
+        *) echo "unknown argument: $1" >&2; usage 2 ;;
+    esac
+    shift
+done
+if (( QUICK )); then
+    ROUNDS=1 DURATION=5 WARMUP=1
+    TESTS_ARG=${TESTS_ARG:-db fortunes plaintext}
+fi
+TESTS_ARG=${TESTS_ARG:-db fortunes plaintext json queries updates}
+read -ra TESTS <<<"${TESTS_ARG//,/ }"
+
+is_uint() { [[ "$1" =~ ^[0-9]+$ ]] && (( $1 > 0 )); }
+is_uint "$ROUNDS" || die "--rounds must be a positive integer"
+is_uint "$DURATION" || die "--duration must be a positive integer (seconds)"
+[[ "$WARMUP" =~ ^[0-9]+$ ]] || die "--warmup must be a non-negative integer (seconds)"
+is_uint "$CONNS" || die "--conns must be a positive integer"
+[[ -z "$POOL" ]] || is_uint "$POOL" || die "--db-pool-size must be a positive integer"
+for t in "${TESTS[@]}"; do
+    case $t in db | fortunes | plaintext | json | queries | updates) ;; *) die "unknown test '$t'" ;; esac
+done
+declare -A PEER_BIN=()
+SERVERS=(ringside)
+for p in ${PEERS[@]+"${PEERS[@]}"}; do
+    name=${p%%=*} bin=${p#*=}
+    [[ "$name" =~ ^[A-Za-z0-9._-]+$ && "$name" != ringside && "$name" != "$p" ]] || die "--peer takes NAME=BINARY, got '$p'"
+    [[ -x "$bin" ]] || die "--peer $name: $bin is not an executable file"
+    PEER_BIN[$name]=$bin
+    SERVERS+=("$name")
+done
+
+check_machine
+need_cmd psql "apt-get install postgresql-client"
+need_cmd curl
+raise_nofile
+if ! command -v wrk >/dev/null 2>&1; then
+    log "wrk missing; installing it with apt-get"
+    apt-get install -y wrk >&2 || { apt-get update >&2 && apt-get install -y wrk >&2; } || die "could not install wrk"
+fi
+port_in_use 127.0.0.1 "$PG_TFB_PORT" && die "port $PG_TFB_PORT is in use: the TFB database must be on it (stop what holds it)"
+if (( ${#SERVERS[@]} > 1 )); then
+    port_in_use 127.0.0.1 "$PEER_PORT" && die "port $PEER_PORT is in use: the peers listen on it"
+    if ! getent hosts tfb-database >/dev/null; then
+        [[ -w /etc/hosts ]] || die "tfb-database does not resolve; add '127.0.0.1 tfb-database' to /etc/hosts"
+        echo "127.0.0.1 tfb-database" >>/etc/hosts
+        log "added '127.0.0.1 tfb-database' to /etc/hosts (the peers connect to that host)"
+    fi
+fi
+
+# ---------------------------------------------------------------- cleanup ---
+PG_DIR=""
+te_cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${TRACKED_PIDS[@]}"; do stop_pid "$pid"; done
+    if [[ -n "$PG_DIR" ]]; then
+        "$ROOT_DIR/scripts/pg-test-cluster" stop "$PG_DIR" >/dev/null 2>&1 \
+            || log "warning: could not stop the cluster in $PG_DIR"
+    fi
+    exit "$rc"
+}
+trap te_cleanup EXIT
+trap 'log "interrupted"; exit 130' INT
+trap 'log "terminated"; exit 143' TERM
+
+if (( BUILD )); then
+    need_cmd cargo
+    log "building examples/techempower (release)"
+    (cd "$ROOT_DIR" && timeout 1800 nice -n 10 cargo build --release --locked --example techempower >&2) \
+        || die "techempower build failed"
+fi
+[[ -x "$TE_BIN" ]] || die "no binary at $TE_BIN (drop --no-build)"
+
+RUN_ID="techempower-$(date +%Y%m%d-%H%M%S)"
+TMP_DIR="$OUT_DIR/tmp/$RUN_ID"
+mkdir -p "$TMP_DIR"
+TIMES_FILE="$TMP_DIR/.times"
+CSV="$TMP_DIR/techempower.csv"
+REV=$(repo_rev)
+
+# ------------------------------------------------------------- PostgreSQL ---
+PG_DIR="/tmp/ringside-tfb-$$"
+log "starting a throwaway PostgreSQL cluster in $PG_DIR"
+PG_ENV=$("$ROOT_DIR/scripts/pg-test-cluster" start "$PG_DIR") || die "could not start PostgreSQL"
+pg_env() { sed -n "s/^$1=//p" <<<"$PG_ENV"; }
+PGDATA_DIR=$(pg_env RINGSIDE_PG_DATA)
+PG_BINDIR=$(pg_env RINGSIDE_PG_BINDIR)
+as_postgres() { if (( EUID == 0 )); then runuser -u postgres -- "$@"; else "$@"; fi; }
+# The TFB setup: port 5432, md5 passwords for benchmarkdbuser, room for the
+# peers' connections (TFB's own configuration allows 2,000).
+psql -X -q -v ON_ERROR_STOP=1 -h "$PG_DIR" -p "$(pg_env PGPORT)" -U postgres -d postgres >&2 <<SQL || die "TFB role/database setup failed"
+ALTER SYSTEM SET port = $PG_TFB_PORT;
+ALTER SYSTEM SET max_connections = 200;
+SET password_encryption = 'md5';
+CREATE ROLE benchmarkdbuser LOGIN PASSWORD 'benchmarkdbpass';
+CREATE DATABASE hello_world OWNER benchmarkdbuser;
+SQL
+printf 'host hello_world benchmarkdbuser 127.0.0.1/32 md5\n' >>"$PGDATA_DIR/pg_hba.conf"
+as_postgres "$PG_BINDIR/pg_ctl" -D "$PGDATA_DIR" -l "$PG_DIR/server.log" -w -t 60 restart >/dev/null \
+    || die "PostgreSQL did not restart on port $PG_TFB_PORT (see $PG_DIR/server.log)"
+PG_PID=$(head -n 1 "$PGDATA_DIR/postmaster.pid")
+for p in "$PG_PID" $(pgrep -P "$PG_PID" || true); do
+    taskset -a -p -c "$PG_CPUS" "$p" >/dev/null || die "cannot pin PostgreSQL process $p"
+done
+TFB_URL="postgres://benchmarkdbuser:benchmarkdbpass@127.0.0.1:$PG_TFB_PORT/hello_world?sslmode=disable"
+DATABASE_URL="$TFB_URL" "$TE_BIN" setup >&2 || die "techempower setup (world, fortune) failed"
+log "PostgreSQL $PG_PID on 127.0.0.1:$PG_TFB_PORT (hello_world: world 10,000 rows, fortune 12), pinned to CPU(s) $PG_CPUS"
+
+# ---------------------------------------------------------------- servers ---
+SERVER_PID=""
+SERVER_PORT=""
+start_te_server() { # name log
+    local name=$1 logf=$2 rcores=$SERVER_CPUS i
+    [[ "$rcores" =~ ^[0-9]+$ ]] && rcores="$rcores-$rcores" # ringside: a bare number is a COUNT
+    if [[ $name == ringside ]]; then
+        pick_port 127.0.0.1 18680; SERVER_PORT=$NEXT_PORT
+        local -a pool=()
+        [[ -n "$POOL" ]] && pool=(--db-pool-size "$POOL")
+        DATABASE_URL="$TFB_URL" taskset -c "$SERVER_CPUS" "$TE_BIN" serve --listen "127.0.0.1:$SERVER_PORT" \
+            --cores "$rcores" ${pool[@]+"${pool[@]}"} >"$logf" 2>&1 &
+    else
+        SERVER_PORT=$PEER_PORT
+        port_in_use 127.0.0.1 "$SERVER_PORT" && die "port $SERVER_PORT is still in use"
+        (cd "$TMP_DIR" && exec taskset -c "$SERVER_CPUS" "${PEER_BIN[$name]}") >"$logf" 2>&1 &
+    fi
+    SERVER_PID=$!
+    track_pid "$SERVER_PID"
+    for i in $(seq 1 150); do
+        kill -0 "$SERVER_PID" 2>/dev/null || die "$name exited at start; its log ($logf):
+$(tail -n 20 "$logf")"
+        [[ "$(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$SERVER_PORT/db" || true)" == 200 ]] && break
+        sleep 0.2
+    done
+    (( i < 150 )) || die "$name did not answer /db with 200 within 30 s; log: $logf"
+}
+
+test_path() {
+    case $1 in
+        db) echo /db ;;
+        fortunes) echo /fortunes ;;
+        plaintext) echo /plaintext ;;
+        json) echo /json ;;
+        queries) echo "/queries?queries=20" ;;
+        updates) echo "/updates?queries=20" ;;
+    esac
+}
+
+# Check every test's answer against the TFB rules before measuring.
+verify_server() { # name
+    python3 - "$1" "$SERVER_PORT" "${TESTS[@]}" <<'PY' || die "$1 does not answer the TFB tests correctly (see above)"
+import http.client, json, sys
+name, port, tests = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+paths = {"db": "/db", "fortunes": "/fortunes", "plaintext": "/plaintext", "json": "/json",
+         "queries": "/queries?queries=20", "updates": "/updates?queries=20"}
+bad = []
+for t in tests:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request("GET", paths[t])
+    r = c.getresponse()
+    body = r.read()
+    h = {k.lower(): v for k, v in r.getheaders()}
+    if r.status != 200:
+        bad.append(f"{t}: status {r.status}")
+        continue
+    if "server" not in h or "date" not in h:
+        bad.append(f"{t}: Server or Date header missing")
+    try:
+        if t == "plaintext":
+            assert body == b"Hello, World!", body[:40]
+        elif t == "json":
+            assert json.loads(body) == {"message": "Hello, World!"}
+        elif t == "db":
+            w = json.loads(body)
+            assert set(w) == {"id", "randomNumber"} and 1 <= w["id"] <= 10000, w
+        elif t in ("queries", "updates"):
+            ws = json.loads(body)
+            assert len(ws) == 20 and all(set(w) == {"id", "randomNumber"} for w in ws), ws[:2]
+        elif t == "fortunes":
+            text = body.decode("utf-8")
+            assert text.count("<tr>") == 14, "expected 12 fortunes + 1 added + header row"
+            assert "Additional fortune added at request time." in text
+            assert "&lt;script&gt;" in text and "フレームワークのベンチマーク" in text
+            assert "text/html" in h.get("content-type", "")
+    except (AssertionError, ValueError) as e:
+        bad.append(f"{t}: {e}")
+for b in bad:
+    print(f"techempower.sh: {name}: {b}", file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
+}
+
+WRK_RC=0
+WRK_CPU_S=0
+WRK_TIMEOUT=$(( DURATION + 30 ))
+run_wrk() { # log test duration
+    local logf=$1 t=$2 dur=$3 url pid before
+    local -a extra=()
+    url="http://127.0.0.1:$SERVER_PORT$(test_path "$t")"
+    [[ $t == plaintext ]] && extra=(-s "$BENCH_DIR/pipeline.lua")
+    children_ms; before=$CHILDREN_MS
+    timeout -k 5 "$WRK_TIMEOUT" taskset -c "$WRK_CPUS" wrk -t1 -c"$CONNS" -d"${dur}s" --timeout 8 --latency \
+        -H 'Host: tfb-server' -H 'Accept: */*' -H 'Connection: keep-alive' ${extra[@]+"${extra[@]}"} "$url" \
+        $([[ $t == plaintext ]] && echo -- 16) >"$logf" 2>&1 &
+    pid=$!
+    track_pid "$pid"
+    WRK_RC=0
+    wait "$pid" || WRK_RC=$?
+    untrack_pid "$pid"
+    children_ms
+    WRK_CPU_S=$(awk -v d=$(( CHILDREN_MS - before )) 'BEGIN { printf "%.3f", d / 1000 }')
+}
+
+echo "timestamp,round,server,test,connections,pipeline_depth,duration_s,requests,rps,ok_rps,p50_ms,p99_ms,max_ms,non2xx,socket_errors,server_cpu_s,server_cpu_util,server_cpu_s_per_10k_req,pg_cpu_s,wrk_cpu_util,other_cpu_util,rev" >"$CSV"
+
+measure() { # round server test
+    local round=$1 server=$2 t=$3 logf c0 c1 g0 g1 t0 t1 requests rps p50 p99 max sockerr non2xx row
+    local -a m0 m1
+    logf="$TMP_DIR/wrk-r$round-$server-$t.txt"
+    proc_stat_ticks; m0=("${PSTAT[@]}")
+    c0=$(cpu_ticks "$SERVER_PID"); g0=$(pg_ticks "$PG_PID"); t0=$(now_s)
+    run_wrk "$logf" "$t" "$DURATION"
+    t1=$(now_s); c1=$(cpu_ticks "$SERVER_PID"); g1=$(pg_ticks "$PG_PID")
+    proc_stat_ticks; m1=("${PSTAT[@]}")
+    (( WRK_RC == 0 )) || die "wrk failed (status $WRK_RC): $(tail -n 5 "$logf")"
+    requests=$(awk '/ requests in / { print $1; exit }' "$logf")
+    rps=$(awk '/^Requests\/sec:/ { print $2; exit }' "$logf")
+    p50=$(wrk_time_ms "$(awk '$1 == "50%" { print $2; exit }' "$logf")")
+    p99=$(wrk_time_ms "$(awk '$1 == "99%" { print $2; exit }' "$logf")")
+    max=$(wrk_time_ms "$(awk '$1 == "Latency" && NF >= 4 { print $4; exit }' "$logf")")
+    sockerr=$(awk '/Socket errors:/ { n = 0; for (i = 1; i < NF; i++) if ($i ~ /^(connect|read|write|timeout)$/) n += $(i + 1) + 0; print n; exit }' "$logf")
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF; exit }' "$logf")
+    [[ -n "$requests" && -n "$rps" ]] && (( requests > 0 )) || die "no request completed; see $logf"
+    row=$(awk -v ts="$(date -Iseconds)" -v round="$round" -v server="$server" -v t="$t" -v conns="$CONNS" \
+        -v depth="$([[ $t == plaintext ]] && echo 16 || echo 1)" -v dur="$DURATION" -v n="$requests" -v rps="$rps" \
+        -v p50="$p50" -v p99="$p99" -v max="$max" -v nx="${non2xx:-0}" -v se="${sockerr:-0}" \
+        -v c0="$c0" -v c1="$c1" -v g0="$g0" -v g1="$g1" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" \
+        -v w="$WRK_CPU_S" -v us=$(( m1[0] - m0[0] )) -v ncpu="$(nproc --all)" -v scores="$(cpu_count "$SERVER_CPUS")" \
+        -v rev="$REV" 'BEGIN {
+            cpu = (c1 - c0) / hz; pg = (g1 - g0) / hz; wall = t1 - t0
+            other = us / hz - cpu - pg - w; if (other < 0) other = 0
+            ok = n - nx; if (ok < 0) ok = 0
+            printf "%s,%d,%s,%s,%d,%d,%d,%d,%.2f,%.2f,%s,%s,%s,%d,%d,%.2f,%.3f,%.4f,%.2f,%.3f,%.3f,%s\n",
+                ts, round, server, t, conns, depth, dur, n, rps, rps * ok / n, p50, p99, max, nx, se,
+                cpu, cpu / (wall * scores), cpu / n * 10000, pg, w / wall, other / (wall * ncpu), rev }')
+    echo "$row" >>"$CSV"
+    local f
+    IFS=',' read -ra f <<<"$row"
+    log "  $server $t: $(printf '%.0f' "${f[9]}") ok req/s, p99 ${p99} ms, errors $(( ${non2xx:-0} + ${sockerr:-0} )), server CPU ${f[17]} s/10k (util ${f[16]}), wrk util ${f[19]}, other ${f[20]}"
+}
+
+log "plan: servers ${SERVERS[*]}; tests ${TESTS[*]}; $ROUNDS round(s), ${DURATION}s runs (+${WARMUP}s warm-up), $CONNS connections"
+log "      servers and PostgreSQL on CPU(s) $SERVER_CPUS/$PG_CPUS, wrk -t1 on $WRK_CPUS; logs -> $TMP_DIR"
+for round in $(seq 1 "$ROUNDS"); do
+    for server in "${SERVERS[@]}"; do
+        if (( QUIET_WAIT > 0 )); then wait_quiet "$QUIET_WAIT" "$QUIET_PCT" || true; fi
+        log "round $round/$ROUNDS: $server"
+        start_te_server "$server" "$TMP_DIR/server-r$round-$server.log"
+        verify_server "$server"
+        for t in "${TESTS[@]}"; do
+            if (( WARMUP > 0 )); then run_wrk "$TMP_DIR/warmup-r$round-$server-$t.txt" "$t" "$WARMUP"; fi
+            measure "$round" "$server" "$t"
+        done
+        stop_pid "$SERVER_PID"
+        sleep 1
+    done
+done
+
+ensure_python_matplotlib
+python3 "$BENCH_DIR/techempower_report.py" "$CSV" "$TMP_DIR/techempower.md" "$TMP_DIR/techempower.png" "$NOISY_UTIL" \
+    || die "techempower_report.py failed"
+cp "$CSV" "$OUT_DIR/techempower.csv"
+cp "$TMP_DIR/techempower.md" "$OUT_DIR/techempower.md"
+[[ -f "$TMP_DIR/techempower.png" ]] && cp "$TMP_DIR/techempower.png" "$OUT_DIR/techempower.png"
+log "wrote $OUT_DIR/techempower.csv and techempower.md"
+cat "$OUT_DIR/techempower.md"

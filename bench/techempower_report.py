@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Summarize a TechEmpower run (bench/techempower.sh).
+
+    techempower_report.py TECHEMPOWER.csv OUT.md OUT.png NOISY_UTIL
+
+Per test and server: successful req/s (median, min - max over the rounds),
+p99, errors, server CPU-seconds per 10,000 requests, wrk's CPU use; then per
+test the ratio of ringside to the best peer (by median req/s). The plot has
+one panel per test, one bar per server with its min - max as an error bar.
+"""
+
+import csv
+import statistics
+import sys
+
+TITLES = {
+    "db": "/db",
+    "fortunes": "/fortunes",
+    "plaintext": "/plaintext, 16 pipelined",
+    "json": "/json",
+    "queries": "/queries?queries=20",
+    "updates": "/updates?queries=20",
+}
+
+
+def num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def med(vals):
+    v = [x for x in vals if x is not None]
+    return statistics.median(v) if v else None
+
+
+def fmt(x, d=0):
+    return "NA" if x is None else f"{x:,.{d}f}"
+
+
+def rng(vals, d=0):
+    v = [x for x in vals if x is not None]
+    if not v:
+        return "NA"
+    if len(v) == 1:
+        return fmt(v[0], d)
+    return f"{fmt(med(v), d)} ({fmt(min(v), d)} – {fmt(max(v), d)})"
+
+
+def main(src, dst_md, dst_png, noisy_util):
+    rows = list(csv.DictReader(open(src)))
+    if not rows:
+        sys.exit("techempower_report: no rows")
+    servers = list(dict.fromkeys(r["server"] for r in rows))
+    tests = list(dict.fromkeys(r["test"] for r in rows))
+    g = {}
+    for r in rows:
+        g.setdefault((r["test"], r["server"]), []).append(r)
+    first = rows[0]
+    out = [
+        "# TechEmpower test types: ringside vs published Rust implementations",
+        "",
+        f"Every server and PostgreSQL on CPU 0, wrk -t1 on CPU 1; {first['connections']} connections, "
+        f"{first['duration_s']} s per run; rev {first['rev']}. Median over the rounds (min – max). "
+        "ok req/s counts 2xx responses; CPU/10k = server CPU-seconds per 10,000 requests; "
+        "wrk util = wrk's share of its own core (near 1.0: wrk is the bottleneck).",
+        "",
+        "| test | server | ok req/s | p99 ms | errors | server CPU s/10k | server util | wrk util | runs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for t in tests:
+        for s in servers:
+            rs = g.get((t, s), [])
+            if not rs:
+                continue
+            col = lambda k: [num(r[k]) for r in rs]
+            errors = [num(r["non2xx"]) + num(r["socket_errors"]) for r in rs]
+            out.append(
+                f"| {TITLES.get(t, t)} | {s} | {rng(col('ok_rps'))} | {rng(col('p99_ms'), 1)} | {fmt(med(errors))} | "
+                f"{fmt(med(col('server_cpu_s_per_10k_req')), 3)} | {fmt(med(col('server_cpu_util')), 2)} | "
+                f"{fmt(med(col('wrk_cpu_util')), 2)} | {len(rs)} |"
+            )
+    peers = [s for s in servers if s != "ringside"]
+    if peers and "ringside" in servers:
+        out += ["", "Ratio ringside / best peer (by median ok req/s; CPU per request: lower is better for ringside):", "",
+                "| test | best peer | req/s ratio | CPU/10k ratio |", "|---|---|---:|---:|"]
+        for t in tests:
+            meds = {s: med([num(r["ok_rps"]) for r in g.get((t, s), [])]) for s in servers}
+            cands = [p for p in peers if meds.get(p)]
+            if not cands or not meds.get("ringside"):
+                continue
+            best = max(cands, key=lambda p: meds[p])
+            cpu = {s: med([num(r["server_cpu_s_per_10k_req"]) for r in g.get((t, s), [])]) for s in ("ringside", best)}
+            cpu_ratio = cpu["ringside"] / cpu[best] if cpu["ringside"] and cpu[best] else None
+            out.append(f"| {TITLES.get(t, t)} | {best} | {meds['ringside'] / meds[best]:.2f} | {fmt(cpu_ratio, 2)} |")
+    noisy = [r for r in rows if (num(r["other_cpu_util"]) or 0) > noisy_util]
+    if noisy:
+        out += ["", f"**Warning:** {len(noisy)} of {len(rows)} runs had other processes using more than "
+                f"{noisy_util:.0%} of the machine (other_cpu_util in the CSV); their figures are suspect."]
+    open(dst_md, "w").write("\n".join(out) + "\n")
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, len(tests), figsize=(3.2 * len(tests) + 1, 4), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, t in zip(axes[0], tests):
+        vals, lo, hi, names = [], [], [], []
+        for s in servers:
+            v = [num(r["ok_rps"]) for r in g.get((t, s), []) if num(r["ok_rps"]) is not None]
+            if not v:
+                continue
+            m = statistics.median(v)
+            names.append(s)
+            vals.append(m / 1000)
+            lo.append((m - min(v)) / 1000)
+            hi.append((max(v) - m) / 1000)
+        ax.bar(range(len(vals)), vals, yerr=[lo, hi], capsize=3,
+               color=[colors[servers.index(s) % len(colors)] for s in names])
+        ax.set_xticks(range(len(vals)))
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(TITLES.get(t, t), fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("thousand ok req/s (1 server core)")
+    fig.tight_layout()
+    fig.savefig(dst_png, dpi=110)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 5:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]))
