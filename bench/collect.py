@@ -24,6 +24,7 @@ ORDER = [
     ("scale", "Connection scale: idle connections beside an /orders load"),
     ("upload", "CSV upload: POST /contacts vs psql \\copy"),
     ("spread", "Accept spread over cores"),
+    ("techempower", "TechEmpower test types: against published Rust implementations"),
 ]
 
 

@@ -15,6 +15,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -358,6 +359,7 @@ impl CoreStart {
             }
         };
         let handler = make_handler(ctx.clone(), &self.config);
+        let listener_fd = listener.as_raw_fd();
 
         // The one cross-core message a core receives: stop. A small task
         // turns it into the core-local drain event.
@@ -413,22 +415,38 @@ impl CoreStart {
                     (&mut accept).await
                 }
             };
+            let admit = |stream: TcpStream| {
+                ctx.accepted.set(ctx.accepted.get() + 1);
+                let _ = stream.set_nodelay(true);
+                let guard = OpenGuard::new(&ctx);
+                if ctx.open_connections.get() > max_open {
+                    ctx.shed.set(ctx.shed.get() + 1);
+                    monoio::spawn(Guarded {
+                        fut: handler.refuse(stream),
+                        _guard: guard,
+                    });
+                } else {
+                    monoio::spawn(Guarded {
+                        fut: handler.serve(stream),
+                        _guard: guard,
+                    });
+                }
+            };
             match accepted {
                 Ok((stream, _peer)) => {
-                    ctx.accepted.set(ctx.accepted.get() + 1);
-                    let _ = stream.set_nodelay(true);
-                    let guard = OpenGuard::new(&ctx);
-                    if ctx.open_connections.get() > max_open {
-                        ctx.shed.set(ctx.shed.get() + 1);
-                        monoio::spawn(Guarded {
-                            fut: handler.refuse(stream),
-                            _guard: guard,
-                        });
-                    } else {
-                        monoio::spawn(Guarded {
-                            fut: handler.serve(stream),
-                            _guard: guard,
-                        });
+                    admit(stream);
+                    // One accept operation hands over one connection, and the
+                    // next is only submitted on the next turn of a busy loop:
+                    // 1,000 clients connecting at once would wait seconds for
+                    // their first answer. Take what else the backlog holds now
+                    // with plain non-blocking accepts, a bounded burst.
+                    if !draining {
+                        for _ in 0..ACCEPT_BURST {
+                            match accept_ready(listener_fd, ctx.driver) {
+                                Some(stream) => admit(stream),
+                                None => break,
+                            }
+                        }
                     }
                 }
                 Err(e) if draining || e.raw_os_error() == Some(libc::ECANCELED) => {
@@ -458,6 +476,40 @@ impl CoreStart {
             cut_at_deadline: ctx.open_connections.get(),
         }
     }
+}
+
+/// Most connections taken from the backlog by plain `accept4` after each
+/// accept operation completes (see the accept loop).
+const ACCEPT_BURST: usize = 64;
+
+/// Takes one connection already waiting in the listener's backlog, without
+/// waiting: the listener is non-blocking (see `listener::bind`), so this
+/// returns `None` at once when the backlog is empty, or on any error (the
+/// next accept operation sees and handles it).
+fn accept_ready(listener_fd: RawFd, driver: IoDriver) -> Option<TcpStream> {
+    // Sockets for the epoll driver must be non-blocking; io_uring wants them
+    // blocking (it would hand EAGAIN back for a non-blocking one instead of
+    // waiting), as its own accept operation makes them.
+    let flags = match driver {
+        IoDriver::Uring => libc::SOCK_CLOEXEC,
+        IoDriver::Epoll => libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+    };
+    // SAFETY: a plain accept4 on a listening socket this core owns; null
+    // address pointers are allowed.
+    let fd = unsafe {
+        libc::accept4(
+            listener_fd,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            flags,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    TcpStream::from_std(std_stream).ok()
 }
 
 /// Gives freed memory back to the kernel once a burst is over.
