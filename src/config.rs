@@ -252,8 +252,11 @@ pub static SETTINGS: &[Setting] = &[
     setting!("db-pipeline-depth", "RINGSIDE_DB_PIPELINE_DEPTH", "64",
         "queries in flight at once on one connection (pipelining)",
         |c, v| c.db_pipeline_depth = parse_int(v, 1, 100_000)? as usize),
-    setting!("db-max-waiters", "RINGSIDE_DB_MAX_WAITERS", "1024",
-        "requests per core that may wait for a database slot; beyond, 503",
+    // As many as a core's connections by default: the wait timeout is what
+    // sheds load (a client told 503 only after waiting is paced by it), while
+    // an early 503 invites an instant retry; lower it to shed sooner.
+    setting!("db-max-waiters", "RINGSIDE_DB_MAX_WAITERS", "16384",
+        "requests per core that may wait for a database slot; beyond, 503 at once",
         |c, v| c.db_max_waiters = parse_int(v, 0, 10_000_000)? as usize),
     setting!("db-wait-timeout", "RINGSIDE_DB_WAIT_TIMEOUT", "1s",
         "longest wait for a database slot (503 with Retry-After past it)",
