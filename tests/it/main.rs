@@ -8,3 +8,4 @@ mod ops;
 mod pgclient;
 mod pgfix;
 mod runtime;
+mod techempower;
