@@ -30,6 +30,7 @@ import asyncio
 import ipaddress
 import resource
 import signal
+import socket
 import sys
 import time
 
@@ -38,12 +39,34 @@ def eprint(*a):
     print("hold_idle:", *a, file=sys.stderr, flush=True)
 
 
+# Linux's IP_BIND_ADDRESS_NO_PORT (not in every Python's socket module).
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+async def connect_from(host, port, source):
+    """A socket bound to `source` and connected to host:port. The port is
+    chosen at connect time (IP_BIND_ADDRESS_NO_PORT), per destination: a
+    plain bind(source, 0) would reserve ports for every destination, and
+    19,000 of them starve everyone else's connects (wrk's included)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock)
+
+
 async def open_one(host, port, request, timeout, source):
     """Open a connection, do one request/response; return (reader, writer)."""
-    local = (source, 0) if source else None
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, port, local_addr=local), timeout
-    )
+    if source:
+        opening = connect_from(host, port, source)
+    else:
+        opening = asyncio.open_connection(host, port)
+    reader, writer = await asyncio.wait_for(opening, timeout)
     try:
         writer.write(request)
         await asyncio.wait_for(writer.drain(), timeout)

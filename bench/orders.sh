@@ -36,7 +36,8 @@
 # measure /orders again while they are held, let them go, and sample the
 # server's RSS: at its start (after the run without idle connections), with
 # the idle connections open (before the load), under load, and --after s
-# (5) after they closed. "max" is what the server's open-files limit (read
+# (5) after they closed. Bytes per idle connection = (RSS with them open -
+# RSS just before they were opened) / connections open. "max" is what the server's open-files limit (read
 # from /proc/PID/limits) leaves after the active connections, the database
 # pool and 64 spare; the script logs the limit and the count it used. Every
 # server is told to accept that many (ringside --max-connections-per-core,
@@ -364,7 +365,7 @@ start_orders_server() { # name port log
 
 HEADER="timestamp,scenario,round,server,connections,duration_s,requests,non2xx,socket_errors,errors,rps,ok_rps,p50_ms,p99_ms,max_ms,server_cpu_s,server_cpu_util,server_cpu_s_per_10k_req,pg_cpu_s,pg_cpu_s_per_10k_req,proxy_cpu_s,wrk_cpu_s,wrk_cpu_util,other_cpu_s,other_cpu_util,server_cpus,wrk_cpus,pg_cpus,db_pool_size,delay_ms,rev"
 if (( SCALE )); then
-    HEADER+=",nofile_limit,idle_requested,idle_open,idle_failed,idle_closed_by_server,idle_open_s,rss_start_kib,rss_idle_kib,rss_loaded_kib,rss_after_kib,bytes_per_idle,kept,outcome"
+    HEADER+=",nofile_limit,idle_requested,idle_open,idle_failed,idle_closed_by_server,idle_open_s,rss_start_kib,rss_before_kib,rss_idle_kib,rss_loaded_kib,rss_after_kib,bytes_per_idle,kept,outcome"
 fi
 echo "$HEADER" | tee "$DISCARDED_CSV" >"$CSV"
 
@@ -484,7 +485,7 @@ rss_kib() { echo $(( $(rss_bytes "$1") / 1024 )); }
 # scale_round ROUND SERVER: one server's whole connection-scale measurement.
 scale_round() {
     local round=$1 server=$2 conns=${CONNS[0]} limit room level n url base_rps ok_rps
-    local rss_start rss_idle rss_loaded rss_after per_idle kept why
+    local rss_start rss_before rss_idle rss_loaded rss_after per_idle kept why
     pick_port "$HOST" "$port"; port=$NEXT_PORT
     url="http://$HOST:$port/orders"
     if (( QUIET_WAIT > 0 )); then wait_quiet "$QUIET_WAIT" "$QUIET_PCT" || true; fi
@@ -503,13 +504,14 @@ scale_round() {
     isleep 1
     rss_start=$(rss_kib "$SERVER_PID")
     base_rps=$(cut -d, -f12 <<<"$ROW")
-    echo "$ROW,$limit,0,0,0,0,0,$rss_start,$rss_start,$rss_start,$rss_start,,1.000,ok" >>"$CSV"
+    echo "$ROW,$limit,0,0,0,0,0,$rss_start,$rss_start,$rss_start,$rss_start,$rss_start,,1.000,ok" >>"$CSV"
     for level in "${IDLE_LEVELS[@]}"; do
         if [[ "$level" == max ]]; then n=$room; else n=$level; fi
         if (( n > room )); then
             log "  $n idle connections do not fit the open-files limit $limit; using $room"
             n=$room
         fi
+        rss_before=$(rss_kib "$SERVER_PID") # the previous level's connections are gone by now
         log "  opening $n idle connections ($(( (n + HOLDER_MAX - 1) / HOLDER_MAX )) holder(s), from 127.0.0.2 on)"
         start_holders "$n" "$port" "r$round-$server-i$level"
         isleep 2
@@ -520,13 +522,13 @@ scale_round() {
             why=$(tr -d ',"' <<<"$why" | cut -c1-160)
             log "  $server died while $n idle connections were opened ($IDLE_OPEN opened): ${why:-see its log}"
             stop_holders
-            echo "$(date -Iseconds),$SCENARIO,$round,$server,$conns,$DURATION$(printf ',%.0s' {1..25}),$limit,$n,$IDLE_OPEN,$IDLE_FAILED,,$IDLE_OPEN_S,$rss_start,,,,,,\"died: ${why:-see its log}\"" >>"$CSV"
+            echo "$(date -Iseconds),$SCENARIO,$round,$server,$conns,$DURATION$(printf ',%.0s' {1..25}),$limit,$n,$IDLE_OPEN,$IDLE_FAILED,,$IDLE_OPEN_S,$rss_start,$rss_before,,,,,,\"died: ${why:-see its log}\"" >>"$CSV"
             stop_pid "$SERVER_PID"
             port=$(( port + 1 ))
             return 0
         fi
         rss_idle=$(rss_kib "$SERVER_PID")
-        log "  $IDLE_OPEN idle open ($IDLE_FAILED failed) in ${IDLE_OPEN_S}s; RSS $(( rss_start / 1024 )) -> $(( rss_idle / 1024 )) MiB"
+        log "  $IDLE_OPEN idle open ($IDLE_FAILED failed) in ${IDLE_OPEN_S}s; RSS $(( rss_before / 1024 )) -> $(( rss_idle / 1024 )) MiB"
         attempt=idle$level
         measure "$round" "$server" "$conns" "$url"
         rss_loaded=$(rss_kib "$SERVER_PID")
@@ -534,10 +536,10 @@ scale_round() {
         isleep "$AFTER"
         rss_after=$(rss_kib "$SERVER_PID")
         ok_rps=$(cut -d, -f12 <<<"$ROW")
-        per_idle=$(awk -v a="$rss_start" -v b="$rss_idle" -v n="$IDLE_OPEN" 'BEGIN { if (n > 0) printf "%.0f", (b - a) * 1024 / n }')
+        per_idle=$(awk -v a="$rss_before" -v b="$rss_idle" -v n="$IDLE_OPEN" 'BEGIN { if (n > 0) printf "%.0f", (b - a) * 1024 / n }')
         kept=$(awk -v a="$ok_rps" -v b="$base_rps" 'BEGIN { if (b > 0) printf "%.3f", a / b }')
         log "  with them: kept $kept of the throughput; $per_idle B per idle connection; RSS after they closed $(( rss_after / 1024 )) MiB (start $(( rss_start / 1024 )) MiB); $IDLE_CLOSED closed by the server meanwhile"
-        echo "$ROW,$limit,$n,$IDLE_OPEN,$IDLE_FAILED,$IDLE_CLOSED,$IDLE_OPEN_S,$rss_start,$rss_idle,$rss_loaded,$rss_after,$per_idle,$kept,ok" >>"$CSV"
+        echo "$ROW,$limit,$n,$IDLE_OPEN,$IDLE_FAILED,$IDLE_CLOSED,$IDLE_OPEN_S,$rss_start,$rss_before,$rss_idle,$rss_loaded,$rss_after,$per_idle,$kept,ok" >>"$CSV"
     done
     stop_pid "$SERVER_PID"
     port=$(( port + 1 ))

@@ -47,6 +47,18 @@ def main(src, dst_md, dst_png, noisy_util):
     if not rows:
         sys.exit("scale_report: no rows")
     servers = list(dict.fromkeys(r["server"] for r in rows))
+    # RSS just before each level's idle connections were opened: the
+    # server's start for the first level, the previous level's "after" next.
+    prev_after = {}
+    for r in rows:
+        key = (r["server"], r["round"])
+        if int(r["idle_requested"]) == 0:
+            prev_after[key] = num(r["rss_start_kib"])
+            continue
+        before = num(r.get("rss_before_kib")) if r.get("rss_before_kib") else prev_after.get(key)
+        if before is not None and num(r["rss_idle_kib"]) is not None and num(r["idle_open"]):
+            r["bytes_per_idle"] = (num(r["rss_idle_kib"]) - before) * 1024 / num(r["idle_open"])
+        prev_after[key] = num(r["rss_after_kib"])
     levels = {}
     for r in rows:
         levels.setdefault(r["server"], {}).setdefault(int(r["idle_requested"]), []).append(r)
@@ -60,7 +72,7 @@ def main(src, dst_md, dst_png, noisy_util):
         "Each server runs once per round: /orders alone (idle 0), then with each idle level held. "
         "kept = 2xx req/s with the idle connections / 2xx req/s without them, same server, same round. "
         "RSS start = after the run without idle connections; after = 5 s after the idle connections closed. "
-        "B/idle = (RSS with them open, before the load − RSS start) / idle connections open.",
+        "B/idle = (RSS with them open, before the load − RSS just before they were opened) / idle connections open.",
         "",
         "| server | idle open | failed | 2xx req/s | kept | p99 ms | errors | RSS start MiB | RSS idle MiB | B/idle | RSS after MiB | after vs start | runs |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -92,6 +104,7 @@ def main(src, dst_md, dst_png, noisy_util):
             )
     if died:
         out += ["", "Servers that did not survive a level:", ""] + died
+    all_rows = rows
     rows = [r for r in rows if r.get("outcome", "ok") == "ok"]
     noisy = [r for r in rows if (num(r["other_cpu_util"]) or 0) > noisy_util]
     if noisy:
@@ -117,6 +130,12 @@ def main(src, dst_md, dst_png, noisy_util):
         ax1.plot(xs[1:], after[1:], marker="x", linestyle=":", color=line.get_color(), label=f"{s}: after close")
         kept = [med([num(r["kept"]) for r in rs]) for _, rs in pts]
         ax2.plot(xs, [k * 100 if k is not None else None for k in kept], marker="o", label=s)
+    for s in servers:
+        dead = [r for r in all_rows if r["server"] == s and r.get("outcome", "ok") != "ok"]
+        if dead:
+            x = med([num(r["idle_open"]) for r in dead])
+            ax2.annotate(f"{s} died near {x:,.0f}", xy=(x, 90), xytext=(x * 0.55, 82),
+                         arrowprops={"arrowstyle": "->"}, fontsize=8)
     ax1.set_xlabel("idle keep-alive connections")
     ax1.set_ylabel("server RSS (MiB)")
     ax1.set_yscale("log")

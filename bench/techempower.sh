@@ -47,7 +47,12 @@
 # ratio to the best peer per test) and techempower.png; logs in
 # bench/results/tmp/. Replaced only when a run completes.
 #
+# --variant NAME="FLAGS" adds ringside run with extra flags as one more
+# server (e.g. --variant ringside-pool1="--db-pool-size 1"), to show what a
+# setting does beside the default.
+#
 # Usage: bench/techempower.sh [--peer NAME=BINARY]... [--peer-port NAME=PORT]...
+#                             [--variant NAME="FLAGS"]...
 #                             [--tests "db fortunes ..."]
 #                             [--rounds N] [--duration SECS] [--warmup SECS]
 #                             [--conns N] [--db-pool-size N] [--quick]
@@ -63,6 +68,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}
 TE_BIN="${CARGO_TARGET_DIR:-$ROOT_DIR/target}/release/examples/techempower"
 PEERS=()
 PEER_PORTS=()
+VARIANTS=()
 TESTS_ARG=""
 ROUNDS=3
 DURATION=10
@@ -85,6 +91,7 @@ while (( $# )); do
     case $1 in
         --peer) PEERS+=("${2:?}"); shift ;;
         --peer-port) PEER_PORTS+=("${2:?}"); shift ;;
+        --variant) VARIANTS+=("${2:?}"); shift ;;
         --tests) TESTS_ARG=${2:?}; shift ;;
         --rounds) ROUNDS=${2:?}; shift ;;
         --duration) DURATION=${2:?}; shift ;;
@@ -116,8 +123,14 @@ is_uint "$CONNS" || die "--conns must be a positive integer"
 for t in "${TESTS[@]}"; do
     case $t in db | fortunes | plaintext | json | queries | updates) ;; *) die "unknown test '$t'" ;; esac
 done
-declare -A PEER_BIN=() PEER_PORT_OF=()
+declare -A PEER_BIN=() PEER_PORT_OF=() VARIANT_FLAGS=()
 SERVERS=(ringside)
+for v in ${VARIANTS[@]+"${VARIANTS[@]}"}; do
+    name=${v%%=*}
+    [[ "$name" =~ ^ringside-[A-Za-z0-9._-]+$ && "$name" != "$v" ]] || die "--variant takes ringside-NAME=\"FLAGS\", got '$v'"
+    VARIANT_FLAGS[$name]=${v#*=}
+    SERVERS+=("$name")
+done
 for p in ${PEERS[@]+"${PEERS[@]}"}; do
     name=${p%%=*} bin=${p#*=}
     [[ "$name" =~ ^[A-Za-z0-9._-]+$ && "$name" != ringside && "$name" != "$p" ]] || die "--peer takes NAME=BINARY, got '$p'"
@@ -219,12 +232,14 @@ SERVER_PORT=""
 start_te_server() { # name log
     local name=$1 logf=$2 rcores=$SERVER_CPUS i
     [[ "$rcores" =~ ^[0-9]+$ ]] && rcores="$rcores-$rcores" # ringside: a bare number is a COUNT
-    if [[ $name == ringside ]]; then
+    if [[ $name == ringside || -n "${VARIANT_FLAGS[$name]:-}" ]]; then
         pick_port 127.0.0.1 18680; SERVER_PORT=$NEXT_PORT
-        local -a pool=()
-        [[ -n "$POOL" ]] && pool=(--db-pool-size "$POOL")
+        local -a extra=()
+        [[ -n "$POOL" ]] && extra=(--db-pool-size "$POOL")
+        # shellcheck disable=SC2206 # the variant's flags are split on purpose
+        [[ $name != ringside ]] && extra+=(${VARIANT_FLAGS[$name]})
         DATABASE_URL="$TFB_URL" taskset -c "$SERVER_CPUS" "$TE_BIN" serve --listen "127.0.0.1:$SERVER_PORT" \
-            --cores "$rcores" ${pool[@]+"${pool[@]}"} >"$logf" 2>&1 &
+            --cores "$rcores" ${extra[@]+"${extra[@]}"} >"$logf" 2>&1 &
     else
         SERVER_PORT=${PEER_PORT_OF[$name]}
         port_in_use 127.0.0.1 "$SERVER_PORT" && die "port $SERVER_PORT is still in use"
@@ -368,7 +383,7 @@ for round in $(seq 1 "$ROUNDS"); do
         log "round $round/$ROUNDS: $server"
         start_te_server "$server" "$TMP_DIR/server-r$round-$server.log"
         read -ra served <<<"$(verify_server "$server")"
-        [[ $server != ringside || ${#served[@]} == "${#TESTS[@]}" ]] || die "ringside fails the TFB rules (see above)"
+        [[ $server != ringside* || ${#served[@]} == "${#TESTS[@]}" ]] || die "$server fails the TFB rules (see above)"
         for t in ${served[@]+"${served[@]}"}; do
             if (( WARMUP > 0 )); then run_wrk "$TMP_DIR/warmup-r$round-$server-$t.txt" "$t" "$WARMUP"; fi
             measure "$round" "$server" "$t"
