@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Builds bench/RESULTS.md from the scenario summaries in bench/results/.
 
-    python3 bench/collect.py
+    python3 bench/collect.py [RESULTS_DIR]
+
+With a results directory other than bench/results (e.g. bench/run --quick's
+bench/results/quick), RESULTS.md is written there and the targets are left
+out: they judge the published figures, not a check run.
 
 The header states machine, kernel, commit and date; then comes the
 hand-kept assessment of the targets (bench/targets.md, if present), then
@@ -11,6 +15,7 @@ with its plot.
 import os
 import platform
 import subprocess
+import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -45,7 +50,8 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
-def main():
+def main(results=RESULTS):
+    published = os.path.abspath(results) == RESULTS
     out = ["# ringside benchmark results", ""]
     out.append(
         f"- Machine: {os.cpu_count()} CPUs ({cpu_model()}), "
@@ -58,11 +64,11 @@ def main():
     out.append("  The pinning protocol and each script's options are in `bench/README.md`.")
     out.append("")
     targets = os.path.join(HERE, "targets.md")
-    if os.path.exists(targets):
+    if published and os.path.exists(targets):
         out.append(open(targets).read().rstrip())
         out.append("")
     for name, title in ORDER:
-        md = os.path.join(RESULTS, f"{name}.md")
+        md = os.path.join(results, f"{name}.md")
         if not os.path.exists(md):
             continue
         out.append(f"## {title}")
@@ -70,14 +76,16 @@ def main():
         body = open(md).read().strip().splitlines()
         # Demote the scenario's own headings below ours.
         out.extend(("#" + l if l.startswith("#") else l) for l in body)
-        png = os.path.join(RESULTS, f"{name}.png")
+        png = os.path.join(results, f"{name}.png")
         if os.path.exists(png):
-            out += ["", f"![{title}](results/{name}.png)"]
+            rel = f"results/{name}.png" if published else f"{name}.png"
+            out += ["", f"![{title}]({rel})"]
         out.append("")
-    with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
+    dest = os.path.join(HERE, "RESULTS.md") if published else os.path.join(results, "RESULTS.md")
+    with open(dest, "w") as f:
         f.write("\n".join(out) + "\n")
-    print("wrote bench/RESULTS.md")
+    print(f"wrote {dest}")
 
 
 if __name__ == "__main__":
-    main()
+    main(os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else RESULTS)

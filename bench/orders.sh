@@ -58,7 +58,7 @@
 #                        [--out DIR] (results directory, default bench/results)
 #   --quick: 1 round, 3 s runs, 1 s warm-up, 256 connections (1000 with --far),
 #            no retries, --quiet-wait 30: a sanity check, not a measurement;
-#            with --scale: 5 s runs, one idle level of 5,000.
+#            with --scale: 4 s runs, one idle level of 5,000, --after 3.
 #
 # The machine is shared: before each server start the script waits up to
 # --quiet-wait s (300) for less than 10% of the CPUs to be busy, and every row
@@ -137,7 +137,7 @@ done
 (( FAR && SCALE )) && die "--far and --scale are separate scenarios"
 if (( QUICK )); then
     ROUNDS=1 DURATION=3 WARMUP=1
-    if (( SCALE )); then DURATION=5; IDLE_ARG=${IDLE_ARG:-5000}; fi
+    if (( SCALE )); then DURATION=4; AFTER=3; IDLE_ARG=${IDLE_ARG:-5000}; fi
     QUIET_WAIT=${QUIET_WAIT:-30}
     RETRIES=${RETRIES:-0}
     if (( FAR )); then CONNS_ARG=${CONNS_ARG:-1000}; else CONNS_ARG=${CONNS_ARG:-256}; fi

@@ -37,7 +37,7 @@
 #                          [--quiet-wait SECS] [--retries N] [--no-build] [--no-plot]
 #                          [--out DIR]
 #
-#   --quick: 1 round, --duration 3, --warmup 1.  Defaults: 3 rounds, 5 s, 1 s.
+#   --quick: 1 round, --duration 2, --warmup 1.  Defaults: 3 rounds, 5 s, 1 s.
 #   --out DIR: write the CSV, Markdown and PNG there instead of bench/results.
 #
 # Builds bench/pgclient in release (its own target dir, bench/pgclient/target,
@@ -76,7 +76,7 @@ while (( $# )); do
         --rounds) ROUNDS=${2:?}; shift ;;
         --duration) DURATION=${2:?}; shift ;;
         --warmup) WARMUP=${2:?}; shift ;;
-        --quick) ROUNDS=1; DURATION=3; WARMUP=1 ;;
+        --quick) ROUNDS=1; DURATION=2; WARMUP=1 ;;
         --concurrency) CONC_ARG=${2:?}; shift ;;
         --workloads) WORKLOADS_ARG=${2:?}; shift ;;
         --quiet-wait) QUIET_WAIT=${2:?}; shift ;;

@@ -12,7 +12,7 @@ import statistics
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RES = os.path.join(HERE, "results")
+RES = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "results")
 
 try:
     import matplotlib

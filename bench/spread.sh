@@ -1,29 +1,31 @@
 #!/usr/bin/env bash
 # Accept spread: how SO_REUSEPORT hashes new connections over the cores.
 #
-#   bench/spread.sh [--connections N] [--rounds R] [--quick]
+#   bench/spread.sh [--connections N] [--rounds R] [--quick] [--out DIR]
 #
 # Starts ringside on all CPUs (2 here), opens N short connections (one
 # request each, from many source ports), and reads the per-core accept
 # counters from /metrics. Reports per-core counts and the imbalance
-# (largest share / even share) per round, in results/spread.csv|md|png.
+# (largest share / even share) per round, in results/spread.csv|md|png
+# (--out: another results directory).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 install_cleanup_trap
 
-conns=20000 rounds=3
+conns=20000 rounds=3 out=$BENCH_DIR/results
 while (($#)); do
     case $1 in
         --connections) conns=$2; shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
         --quick) conns=5000; rounds=1; shift ;;
+        --out) out=$2; shift 2 ;;
         *) die "unknown option $1" ;;
     esac
 done
 check_machine
 (cd "$ROOT_DIR" && nice -n 10 cargo build --release --locked -q)
-mkdir -p "$BENCH_DIR/results"
-csv=$BENCH_DIR/results/spread.csv
+mkdir -p "$out"
+csv=$out/spread.csv
 echo "round,core,accepted,share" >"$csv.tmp"
 port=18380
 for r in $(seq 1 "$rounds"); do
@@ -51,7 +53,7 @@ PY
       END { for (c in n) printf "%s,%s,%d,%.4f\n", r, c, n[c], n[c] / total }' >>"$csv.tmp"
 done
 mv "$csv.tmp" "$csv"
-python3 - "$csv" "$BENCH_DIR/results" <<'PY'
+python3 - "$csv" "$out" <<'PY'
 import csv, sys, statistics
 rows = list(csv.DictReader(open(sys.argv[1])))
 cores = sorted({int(r["core"]) for r in rows})
@@ -87,4 +89,4 @@ try:
 except ImportError:
     print("matplotlib missing: no spread.png", file=sys.stderr)
 PY
-cat "$BENCH_DIR/results/spread.md"
+cat "$out/spread.md"

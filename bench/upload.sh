@@ -50,10 +50,10 @@
 # Usage: bench/upload.sh [--rounds N] [--rows N] [--big-mib MIB] [--quick]
 #                        [--slow-secs S] [--skip-rate] [--skip-memory]
 #                        [--quiet-wait SECS] [--retries N] [--port BASE]
-#                        [--no-build] [--no-plot]
+#                        [--no-build] [--no-plot] [--out DIR] (default bench/results)
 #
 #   Defaults: 3 rounds, 1,000,000 rows, 1024 MiB, --slow-secs 20.
-#   --quick: 1 round, 200,000 rows, a 256 MiB big file.
+#   --quick: 1 round, 100,000 rows, a 64 MiB big file, a 10 s slowed run.
 #
 # Builds ringside in release (cargo build --release at the repository root,
 # nice -n 10). Every step is bounded (timeout); the server, the cluster and
@@ -93,7 +93,7 @@ while (( $# )); do
         --rounds) ROUNDS=${2:?}; shift ;;
         --rows) ROWS=${2:?}; shift ;;
         --big-mib) BIG_MIB=${2:?}; shift ;;
-        --quick) ROUNDS=1; ROWS=200000; BIG_MIB=256 ;;
+        --quick) ROUNDS=1; ROWS=100000; BIG_MIB=64; SLOW_SECS=10 ;;
         --slow-secs) SLOW_SECS=${2:?}; shift ;;
         --skip-rate) DO_RATE=0 ;;
         --skip-memory) DO_MEMORY=0 ;;
@@ -102,6 +102,7 @@ while (( $# )); do
         --port) PORT_BASE=${2:?}; shift ;;
         --no-build) BUILD=0 ;;
         --no-plot) PLOT=0 ;;
+        --out) OUT_DIR=${2:?}; shift ;;
         -h | --help) usage 0 ;;
         *) echo "unknown argument: $1" >&2; usage 2 ;;
     esac
