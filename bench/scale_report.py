@@ -13,33 +13,9 @@ server. Writes the PNG only if matplotlib is importable.
 """
 
 import csv
-import statistics
 import sys
 
-
-def num(v):
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
-
-
-def med(vals):
-    v = [x for x in vals if x is not None]
-    return statistics.median(v) if v else None
-
-
-def fmt(x, d=0):
-    return "NA" if x is None else f"{x:,.{d}f}"
-
-
-def rng(vals, d=0):
-    v = [x for x in vals if x is not None]
-    if not v:
-        return "NA"
-    if len(v) == 1:
-        return fmt(v[0], d)
-    return f"{fmt(med(v), d)} ({fmt(min(v), d)} – {fmt(max(v), d)})"
+from tables import fmt, med, num, rng
 
 
 def main(src, dst_md, dst_png, noisy_util):

@@ -13,6 +13,8 @@ import csv
 import statistics
 import sys
 
+from tables import fmt, med, num, rng
+
 TITLES = {
     "db": "/db",
     "fortunes": "/fortunes",
@@ -21,31 +23,6 @@ TITLES = {
     "queries": "/queries?queries=20",
     "updates": "/updates?queries=20",
 }
-
-
-def num(v):
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
-
-
-def med(vals):
-    v = [x for x in vals if x is not None]
-    return statistics.median(v) if v else None
-
-
-def fmt(x, d=0):
-    return "NA" if x is None else f"{x:,.{d}f}"
-
-
-def rng(vals, d=0):
-    v = [x for x in vals if x is not None]
-    if not v:
-        return "NA"
-    if len(v) == 1:
-        return fmt(v[0], d)
-    return f"{fmt(med(v), d)} ({fmt(min(v), d)} – {fmt(max(v), d)})"
 
 
 def main(src, dst_md, dst_png, noisy_util):
