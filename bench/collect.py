@@ -32,6 +32,19 @@ ORDER = [
     ("techempower", "TechEmpower test types: against published Rust implementations"),
 ]
 
+# The command bench/run uses for each scenario, named under its table unless
+# the scenario's own summary already names the one that produced it.
+COMMANDS = {
+    "http": "bench/http.sh",
+    "idle": "bench/idle.sh",
+    "pgclient": "bench/pgclient.sh",
+    "orders": 'bench/orders.sh --conns "16 256 1024 4096" --rounds 3 --duration 8',
+    "far": "bench/orders.sh --far --rounds 2",
+    "scale": "bench/orders.sh --scale --rounds 2",
+    "upload": "bench/upload.sh",
+    "spread": "bench/spread.sh",
+}
+
 
 def sh(*cmd):
     try:
@@ -76,6 +89,8 @@ def main(results=RESULTS):
         body = open(md).read().strip().splitlines()
         # Demote the scenario's own headings below ours.
         out.extend(("#" + l if l.startswith("#") else l) for l in body)
+        if name in COMMANDS and not any("bench/" in l for l in body):
+            out += ["", f"Command: `{COMMANDS[name]}` (as `bench/run` runs it)."]
         png = os.path.join(results, f"{name}.png")
         if os.path.exists(png):
             rel = f"results/{name}.png" if published else f"{name}.png"

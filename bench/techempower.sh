@@ -66,6 +66,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
 
 TE_BIN="${CARGO_TARGET_DIR:-$ROOT_DIR/target}/release/examples/techempower"
+ORIG_ARGS=$(printf ' %q' "$@")
 PEERS=()
 PEER_PORTS=()
 VARIANTS=()
@@ -396,6 +397,7 @@ done
 ensure_python_matplotlib
 python3 "$BENCH_DIR/techempower_report.py" "$CSV" "$TMP_DIR/techempower.md" "$TMP_DIR/techempower.png" "$NOISY_UTIL" \
     || die "techempower_report.py failed"
+printf '\nCommand: `bench/techempower.sh%s`\n' "$ORIG_ARGS" >>"$TMP_DIR/techempower.md"
 cp "$CSV" "$OUT_DIR/techempower.csv"
 cp "$TMP_DIR/techempower.md" "$OUT_DIR/techempower.md"
 [[ -f "$TMP_DIR/techempower.png" ]] && cp "$TMP_DIR/techempower.png" "$OUT_DIR/techempower.png"
