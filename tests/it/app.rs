@@ -4,7 +4,6 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,20 +17,9 @@ struct Db<'c> {
     url: String,
 }
 
-static NEXT_DB: AtomicU32 = AtomicU32::new(0);
-
 impl<'c> Db<'c> {
     fn new(cluster: &'c Cluster, orders: u64) -> Db<'c> {
-        let name = format!(
-            "app_{}_{}",
-            std::process::id(),
-            NEXT_DB.fetch_add(1, Ordering::SeqCst)
-        );
-        cluster.psql(&format!("CREATE DATABASE {name} OWNER ringside_md5"));
-        let url = format!(
-            "postgres://ringside_md5:md5pass@127.0.0.1:{}/{name}",
-            cluster.port
-        );
+        let (name, url) = cluster.new_database("app");
         let db = Db { cluster, name, url };
         db.ringside(&["migrate"]);
         if orders > 0 {

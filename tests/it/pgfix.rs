@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 pub struct Cluster {
@@ -145,6 +146,23 @@ impl Cluster {
             .status()
             .expect("pg_ctl");
         assert!(status.success(), "pg_ctl {args:?}");
+    }
+
+    /// A new, empty database owned by `ringside_md5`, named `{prefix}_{pid}_{n}`;
+    /// returns its name and a TCP URL for that user.
+    pub fn new_database(&self, prefix: &str) -> (String, String) {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        self.psql(&format!("CREATE DATABASE {name} OWNER ringside_md5"));
+        let url = format!(
+            "postgres://ringside_md5:md5pass@127.0.0.1:{}/{name}",
+            self.port
+        );
+        (name, url)
     }
 
     pub fn server_log(&self) -> String {

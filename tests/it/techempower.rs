@@ -4,12 +4,9 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::harness::{get, Response, Server};
 use crate::pgfix::shared;
-
-static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 
 /// The example's binary, built by `cargo test` (and here if it is missing,
 /// e.g. under `cargo test --test it`).
@@ -51,16 +48,7 @@ fn check_common(r: &Response, content_type: &str) {
 #[test]
 fn techempower_tests_follow_the_rules() {
     let cluster = shared();
-    let name = format!(
-        "tfb_{}_{}",
-        std::process::id(),
-        NEXT_DB.fetch_add(1, Ordering::SeqCst)
-    );
-    cluster.psql(&format!("CREATE DATABASE {name} OWNER ringside_md5"));
-    let url = format!(
-        "postgres://ringside_md5:md5pass@127.0.0.1:{}/{name}",
-        cluster.port
-    );
+    let (name, url) = cluster.new_database("tfb");
     let bin = example_binary();
     let out = Command::new(&bin)
         .arg("setup")
