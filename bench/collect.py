@@ -32,16 +32,11 @@ ORDER = [
     ("techempower", "TechEmpower test types: against published Rust implementations"),
 ]
 
-# The command bench/run uses for each scenario, named under its table unless
-# the scenario's own summary already names the one that produced it.
+# Scenarios whose summaries do not name their command: bench/run runs them
+# with their defaults. (The others write the command they ran themselves.)
 COMMANDS = {
     "http": "bench/http.sh",
     "idle": "bench/idle.sh",
-    "pgclient": "bench/pgclient.sh",
-    "orders": 'bench/orders.sh --conns "16 256 1024 4096" --rounds 3 --duration 8',
-    "far": "bench/orders.sh --far --rounds 2",
-    "scale": "bench/orders.sh --scale --rounds 2",
-    "upload": "bench/upload.sh",
     "spread": "bench/spread.sh",
 }
 

@@ -70,6 +70,7 @@ set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ORIG_ARGS=$(printf ' %q' "$@")
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
 
@@ -660,6 +661,7 @@ if scenario == "far" and proxy:
 open(dst, "w").write("\n".join(out) + "\n")
 PY
 fi
+printf '\nCommand: `bench/orders.sh%s`\n' "$ORIG_ARGS" >>"$TMP_DIR/$SCENARIO.md"
 cp "$CSV" "$FINAL_CSV"
 cp "$TMP_DIR/$SCENARIO.md" "$FINAL_MD"
 log "wrote $FINAL_CSV and $FINAL_MD"
