@@ -57,6 +57,24 @@ cleanup() {
     [[ -n "$SNAPSHOT_DIR" && -d "$SNAPSHOT_DIR" ]] && rm -rf "$SNAPSHOT_DIR"
     exit "$rc"
 }
+# Like `cleanup`, and also stops the throwaway PostgreSQL cluster in
+# $PG_DIR, if one was started (scripts/pg-test-cluster).
+PG_DIR=""
+cleanup_with_cluster() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${TRACKED_PIDS[@]}"; do stop_pid "$pid"; done
+    if [[ -n "$PG_DIR" ]]; then
+        "$ROOT_DIR/scripts/pg-test-cluster" stop "$PG_DIR" >/dev/null 2>&1 \
+            || log "warning: could not stop the cluster in $PG_DIR"
+    fi
+    exit "$rc"
+}
+install_cluster_cleanup_trap() {
+    trap cleanup_with_cluster EXIT
+    trap 'log "interrupted"; exit 130' INT
+    trap 'log "terminated"; exit 143' TERM
+}
 install_cleanup_trap() {
     trap cleanup EXIT
     trap 'log "interrupted"; exit 130' INT

@@ -193,20 +193,7 @@ fi
 need_cmd wrk
 
 # ---------------------------------------------------------------- cleanup ---
-PG_DIR=""
-orders_cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${TRACKED_PIDS[@]}"; do stop_pid "$pid"; done
-    if [[ -n "$PG_DIR" ]]; then
-        "$ROOT_DIR/scripts/pg-test-cluster" stop "$PG_DIR" >/dev/null 2>&1 \
-            || log "warning: could not stop the cluster in $PG_DIR"
-    fi
-    exit "$rc"
-}
-trap orders_cleanup EXIT
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated"; exit 143' TERM
+install_cluster_cleanup_trap # stops what this script started, the cluster in $PG_DIR too
 
 # ----------------------------------------------------------------- builds ---
 build_standalone() { # name dir bin
@@ -591,25 +578,12 @@ if (( SCALE )); then
         || die "scale_report.py failed"
     cp "$TMP_DIR/$SCENARIO.png" "$OUT_DIR/$SCENARIO.png" 2>/dev/null || log "warning: no plot (matplotlib missing?)"
 else
-python3 - "$CSV" "$TMP_DIR/$SCENARIO.md" "$SCENARIO" "$NOISY_UTIL" <<'PY'
-import csv, statistics, sys
-src, dst, scenario, noisy_util = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+python3 - "$CSV" "$TMP_DIR/$SCENARIO.md" "$SCENARIO" "$NOISY_UTIL" "$BENCH_DIR" <<'PY'
+import csv, sys
+src, dst, scenario, noisy_util, bench_dir = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5]
 rows = list(csv.DictReader(open(src)))
-def num(v):
-    try:
-        return float(v)
-    except ValueError:
-        return None
-def med(vals):
-    v = [x for x in vals if x is not None]
-    return statistics.median(v) if v else None
-def fmt(x, d=0):
-    return "NA" if x is None else f"{x:,.{d}f}"
-def rng(vals, d=0):
-    v = [x for x in vals if x is not None]
-    if not v:
-        return "NA"
-    return f"{fmt(med(v), d)} ({fmt(min(v), d)} – {fmt(max(v), d)})" if len(v) > 1 else fmt(v[0], d)
+sys.path.insert(0, bench_dir)
+from tables import fmt, med, num, rng
 servers = list(dict.fromkeys(r["server"] for r in rows))
 conns = sorted({int(r["connections"]) for r in rows})
 g = {}

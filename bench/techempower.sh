@@ -168,20 +168,7 @@ if (( ${#SERVERS[@]} > 1 )); then
 fi
 
 # ---------------------------------------------------------------- cleanup ---
-PG_DIR=""
-te_cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${TRACKED_PIDS[@]}"; do stop_pid "$pid"; done
-    if [[ -n "$PG_DIR" ]]; then
-        "$ROOT_DIR/scripts/pg-test-cluster" stop "$PG_DIR" >/dev/null 2>&1 \
-            || log "warning: could not stop the cluster in $PG_DIR"
-    fi
-    exit "$rc"
-}
-trap te_cleanup EXIT
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated"; exit 143' TERM
+install_cluster_cleanup_trap # stops what this script started, the cluster in $PG_DIR too
 
 if (( BUILD )); then
     need_cmd cargo
