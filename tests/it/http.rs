@@ -178,6 +178,12 @@ both_drivers! {
             ("GET /plaintext HTTP/1.1\r\nHost: t\r\nX-A: a\x01b\r\n\r\n", 400),
             ("GET /plaintext HTTP/1.1\r\n\r\n", 400),
             ("GET /plaintext HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            // Host must be RFC 3986 `host [ ":" port ]`.
+            ("GET /plaintext HTTP/1.1\r\nHost: exa mple\r\n\r\n", 400),
+            ("GET /plaintext HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
+            ("GET /plaintext HTTP/1.1\r\nHost: x@y\r\n\r\n", 400),
+            ("GET /plaintext HTTP/1.1\r\nHost: [::1\r\n\r\n", 400),
+            ("GET /plaintext HTTP/1.1\r\nHost: h:99999999\r\n\r\n", 400),
             ("GET /plaintext HTTP/2.0\r\nHost: t\r\n\r\n", 505),
             ("GET /plaintext HTTP/3.1\r\nHost: t\r\n\r\n", 505),
             ("GARBAGE\r\n\r\n", 400),

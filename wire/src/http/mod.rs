@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod date;
+pub mod host;
 pub mod request;
 pub mod response;
 

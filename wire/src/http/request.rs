@@ -512,6 +512,7 @@ fn analyze(req: &httparse::Request<'_, '_>, view: &[u8], len: usize) -> Result<M
     };
 
     let mut hosts = 0usize;
+    let mut host_valid = true;
     let mut content_length: Option<u64> = None;
     let mut te = TeState::default();
     let mut conn_close = false;
@@ -522,6 +523,7 @@ fn analyze(req: &httparse::Request<'_, '_>, view: &[u8], len: usize) -> Result<M
         let value = trim_ows(hdr.value);
         if name.eq_ignore_ascii_case("host") {
             hosts += 1;
+            host_valid &= super::host::is_valid_host(value);
         } else if name.eq_ignore_ascii_case("content-length") {
             for item in value.split(|&b| b == b',') {
                 let n = parse_decimal(trim_ows(item))
@@ -563,6 +565,9 @@ fn analyze(req: &httparse::Request<'_, '_>, view: &[u8], len: usize) -> Result<M
     }
     if hosts == 0 && version == Version::Http11 {
         return Err(HeadError::BadRequest("missing Host"));
+    }
+    if !host_valid {
+        return Err(HeadError::BadRequest("invalid Host"));
     }
 
     let keep_alive = match version {
@@ -982,6 +987,12 @@ mod tests {
             "repeated Host"
         );
         assert!(parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().is_some());
+        for bad_host in ["exa mple", "a/b", "x@y", "[::1", "h:99999999"] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {bad_host}\r\n\r\n");
+            assert_eq!(bad(raw.as_bytes()), "invalid Host", "{bad_host}");
+        }
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: \r\n\r\n").unwrap().is_some());
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n").unwrap().is_some());
     }
 
     #[test]
