@@ -48,7 +48,7 @@
 # bench/results/tmp/. Replaced only when a run completes.
 #
 # --variant NAME="FLAGS" adds ringside run with extra flags as one more
-# server (e.g. --variant ringside-pool1="--db-pool-size 1"), to show what a
+# server (e.g. --variant ringside-pool1="--db-pool-size 1 --max-uploads-per-core 0"), to show what a
 # setting does beside the default.
 #
 # Usage: bench/techempower.sh [--peer NAME=BINARY]... [--peer-port NAME=PORT]...

@@ -22,16 +22,19 @@ use ringside::runtime::Server;
 static WORLD: Statement = Statement {
     sql: "SELECT id, randomnumber FROM world WHERE id = $1",
     param_types: &[23],
+    read_only: true,
 };
 static FORTUNES: Statement = Statement {
     sql: "SELECT id, message FROM fortune",
     param_types: &[],
+    read_only: true,
 };
 static UPDATE: Statement = Statement {
     sql: "UPDATE world SET randomnumber = t.r FROM \
           (SELECT unnest($1::text::int[]) AS id, unnest($2::text::int[]) AS r) AS t \
           WHERE world.id = t.id",
     param_types: &[25, 25],
+    read_only: false,
 };
 
 struct Bench {
@@ -287,14 +290,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let settings = PoolSettings {
-        connections: config.db_pool_size,
-        max_in_flight: config.db_pipeline_depth,
-        max_waiters: config.db_max_waiters,
-        wait_timeout: config.db_wait_timeout,
-        query_timeout: config.db_query_timeout,
-        conn: ConnSettings::default(),
-    };
+    let settings = PoolSettings::from_config(&config);
     let make = move |core: Rc<ringside::runtime::CoreCtx>, cfg: &Config| {
         let bench = Bench {
             pool: Pool::new(pg.clone(), addrs.clone(), settings.clone()),

@@ -57,6 +57,12 @@ pub struct Config {
     pub db_query_timeout: Duration,
     pub max_upload_bytes: u64,
     pub upload_chunk_bytes: usize,
+    pub max_uploads_per_core: usize,
+    pub max_upload_waiters: usize,
+    pub upload_wait_timeout: Duration,
+    pub upload_timeout: Duration,
+    pub min_body_rate: u64,
+    pub body_rate_grace: Duration,
     pub export_batch_rows: usize,
     pub database_url: Option<String>,
     pub log_format: LogFormat,
@@ -139,6 +145,12 @@ impl Default for Config {
             db_query_timeout: Duration::ZERO,
             max_upload_bytes: 0,
             upload_chunk_bytes: 0,
+            max_uploads_per_core: 0,
+            max_upload_waiters: 0,
+            upload_wait_timeout: Duration::ZERO,
+            upload_timeout: Duration::ZERO,
+            min_body_rate: 0,
+            body_rate_grace: Duration::ZERO,
             export_batch_rows: 0,
             database_url: None,
             log_format: LogFormat::Text,
@@ -270,6 +282,29 @@ pub static SETTINGS: &[Setting] = &[
     setting!("upload-chunk-bytes", "RINGSIDE_UPLOAD_CHUNK_BYTES", "64KiB",
         "how much of an upload is read and sent to PostgreSQL at a time (bounds its memory)",
         |c, v| c.upload_chunk_bytes = parse_bytes(v, 4096, 16 << 20)? as usize),
+    // A database connection is what a slow client must never hold for
+    // long: uploads (and exports) get a few of a core's connections, the
+    // rest always serve the pipelined reads.
+    setting!("max-uploads-per-core", "RINGSIDE_MAX_UPLOADS_PER_CORE", "1",
+        "uploads (and CSV exports) per core holding a database connection at once; below --db-pool-size, so reads keep connections of their own (0: none, they answer 503)",
+        |c, v| c.max_uploads_per_core = parse_int(v, 0, 1023)? as usize),
+    setting!("max-upload-waiters", "RINGSIDE_MAX_UPLOAD_WAITERS", "64",
+        "uploads per core that may wait for one of those connections (each holds its first chunk); beyond, 503 at once",
+        |c, v| c.max_upload_waiters = parse_int(v, 0, 1_000_000)? as usize),
+    setting!("upload-wait-timeout", "RINGSIDE_UPLOAD_WAIT_TIMEOUT", "10s",
+        "longest wait of an upload for a database connection (503 with Retry-After past it)",
+        |c, v| c.upload_wait_timeout = parse_duration(v)?),
+    setting!("upload-timeout", "RINGSIDE_UPLOAD_TIMEOUT", "10m",
+        "total time an upload or export may take, from its first byte (408 for an upload past it)",
+        |c, v| c.upload_timeout = parse_duration(v)?),
+    // Kestrel's MinRequestBodyDataRate, in spirit: the time the server is
+    // not reading (a busy database) does not count against the client.
+    setting!("min-body-rate", "RINGSIDE_MIN_BODY_RATE", "1KiB",
+        "least average rate, in bytes per second of waiting for the client, at which a request body must arrive after the grace period (408 below it); 0 turns the check off",
+        |c, v| c.min_body_rate = parse_bytes(v, 0, u64::MAX)?),
+    setting!("body-rate-grace", "RINGSIDE_BODY_RATE_GRACE", "5s",
+        "how long a body may arrive slower than --min-body-rate before the rate is enforced",
+        |c, v| c.body_rate_grace = parse_duration(v)?),
     setting!("database-url", "DATABASE_URL", "",
         "PostgreSQL to use (libpq URI); empty: the PG* variables, or no database",
         |c, v| c.database_url = Some(v.to_string()).filter(|s| !s.is_empty())),
@@ -427,10 +462,20 @@ impl Config {
             ("--write-timeout", self.write_timeout),
             ("--db-wait-timeout", self.db_wait_timeout),
             ("--db-query-timeout", self.db_query_timeout),
+            ("--upload-wait-timeout", self.upload_wait_timeout),
+            ("--upload-timeout", self.upload_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError(format!("{name} must be greater than zero")));
             }
+        }
+        if self.max_uploads_per_core >= self.db_pool_size {
+            return Err(ConfigError(format!(
+                "--max-uploads-per-core ({}) must be below --db-pool-size ({}): reads need \
+                 database connections of their own (raise the pool, or lower the uploads, \
+                 0 turning uploads and exports off)",
+                self.max_uploads_per_core, self.db_pool_size
+            )));
         }
         Ok(())
     }

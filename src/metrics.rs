@@ -91,6 +91,8 @@ pub struct Snapshot {
     pub open_connections: u64,
     pub accepted: u64,
     pub shed_connections: u64,
+    pub fd_exhausted: u64,
+    pub refused_no_fd: u64,
     pub requests: Vec<[u64; 5]>,
     /// Per bucket, not cumulative.
     pub latency_buckets: Vec<u64>,
@@ -120,6 +122,8 @@ impl Snapshot {
             open_connections: core.open_connections() as u64,
             accepted: core.accepted(),
             shed_connections: core.shed(),
+            fd_exhausted: core.fd_exhausted(),
+            refused_no_fd: core.refused_no_fd(),
             requests: m
                 .requests
                 .iter()
@@ -259,7 +263,7 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
         );
     }
 
-    let per_core: [Family<Snapshot>; 8] = [
+    let per_core: [Family<Snapshot>; 10] = [
         (
             "ringside_open_connections",
             "gauge",
@@ -277,6 +281,18 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
             "counter",
             "Connections refused with 503 past the per-core limit.",
             |s| s.shed_connections,
+        ),
+        (
+            "ringside_accept_out_of_descriptors_total",
+            "counter",
+            "Accepts that failed because the process or system ran out of file descriptors.",
+            |s| s.fd_exhausted,
+        ),
+        (
+            "ringside_refused_no_descriptor_total",
+            "counter",
+            "Connections answered 503 and closed because no file descriptor was left for them.",
+            |s| s.refused_no_fd,
         ),
         (
             "ringside_db_shed_requests_total",
@@ -330,7 +346,7 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
         );
     }
 
-    let pool: [Family<PoolStats>; 8] = [
+    let pool: [Family<PoolStats>; 11] = [
         (
             "ringside_db_pool_size",
             "gauge",
@@ -372,6 +388,24 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
             "counter",
             "Queries cancelled at their deadline.",
             |p| p.timeouts,
+        ),
+        (
+            "ringside_db_pool_exclusive",
+            "gauge",
+            "Connections held by one caller (uploads, exports), at most --max-uploads-per-core.",
+            |p| p.exclusive as u64,
+        ),
+        (
+            "ringside_db_pool_exclusive_waiting",
+            "gauge",
+            "Uploads and exports waiting for a connection of their own.",
+            |p| p.exclusive_waiting as u64,
+        ),
+        (
+            "ringside_db_read_retries_total",
+            "counter",
+            "Read-only statements run again because their connection broke before the answer.",
+            |p| p.retries,
         ),
         (
             "ringside_db_busy_total",

@@ -10,6 +10,7 @@
 //! rejects, or a client that goes away rolls the whole upload back.
 
 use bytes::BytesMut;
+use monoio::time::Instant;
 use ringside_wire::csv::{CsvError, CsvValidator, Limits};
 
 use crate::http::{BodyError, Exchange, StatusCode};
@@ -45,29 +46,57 @@ pub async fn upload(app: &App, ex: &mut Exchange<'_, '_>) {
     let Some(pool) = pool_or_503(app, ex) else {
         return;
     };
-    ex.set_body_limit(app.settings.max_upload_bytes);
-    ex.set_body_read_size(app.settings.upload_chunk_bytes);
+    let settings = &app.settings;
+    ex.set_body_limit(settings.max_upload_bytes);
+    ex.set_body_read_size(settings.upload_chunk_bytes);
+    let deadline = Instant::now() + settings.upload_timeout;
+    ex.set_body_deadline(deadline);
+
+    // The first batch arrives before a database connection is taken: a
+    // client that trickles its first bytes holds nothing but its socket.
+    let mut batches = Batches::new(settings.upload_chunk_bytes);
+    let columns = match batches.fill(ex).await.and_then(|()| batches.columns()) {
+        Ok(columns) => columns,
+        Err(failure) => {
+            CoreMetrics::add(&app.metrics.imports_failed, 1);
+            return answer(app, ex, failure);
+        }
+    };
     let held = match pool.exclusive().await {
         Ok(h) => h,
-        Err(e) => return respond_db_error(app, ex, &e),
+        Err(e) => {
+            CoreMetrics::add(&app.metrics.imports_failed, 1);
+            return respond_db_error(app, ex, &e);
+        }
     };
     let mut copy = None;
-    let mut bytes = 0;
-    match run(app, ex, &held, &mut copy, &mut bytes).await {
+    let run = run(app, ex, &held, &columns, &mut batches, &mut copy);
+    // The whole upload, database waits included, ends by its deadline.
+    let outcome = match monoio::time::timeout_at(deadline, run).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure::Db(QueryError::Timeout)),
+    };
+    match outcome {
         Ok((import_id, rows)) => {
             held.release();
             CoreMetrics::add(&app.metrics.rows_imported, rows);
-            CoreMetrics::add(&app.metrics.bytes_imported, bytes);
+            CoreMetrics::add(&app.metrics.bytes_imported, batches.bytes);
             let body = format!("{{\"import_id\":{import_id},\"rows\":{rows}}}\n");
             ex.respond(StatusCode(201), b"application/json", body.as_bytes());
         }
         Err(failure) => {
             // Nothing of the upload may remain: end the COPY, roll back,
-            // and only then give the connection back.
-            if let Some(c) = copy.take() {
-                c.abort("upload rejected").await;
-            }
-            if held.simple("ROLLBACK").await.is_ok() {
+            // and only then give the connection back. Both are bounded: a
+            // database that does not acknowledge in time gets its connection
+            // closed instead, which rolls the transaction back too.
+            let query_timeout = pool.settings().query_timeout;
+            let aborted = match copy.take() {
+                Some(c) => monoio::time::timeout(query_timeout, c.abort("upload rejected"))
+                    .await
+                    .is_ok(),
+                None => true,
+            };
+            if aborted && held.simple("ROLLBACK").await.is_ok() {
                 held.release();
             }
             CoreMetrics::add(&app.metrics.imports_failed, 1);
@@ -100,16 +129,76 @@ fn is_data_error(code: &str) -> bool {
     code.starts_with("22") || code.starts_with("23")
 }
 
+/// The request body as validated CSV records, a batch at a time.
+struct Batches {
+    csv: CsvValidator,
+    /// Whole records ready for COPY (the header row is not among them).
+    out: BytesMut,
+    /// Send once this much is ready.
+    batch_bytes: usize,
+    /// Body bytes read so far.
+    bytes: u64,
+    ended: bool,
+}
+
+impl Batches {
+    fn new(batch_bytes: usize) -> Self {
+        Batches {
+            csv: CsvValidator::new(Limits::default()),
+            out: BytesMut::with_capacity(batch_bytes + Limits::DEFAULT_MAX_RECORD_BYTES),
+            batch_bytes,
+            bytes: 0,
+            ended: false,
+        }
+    }
+
+    /// Reads until a batch of whole records is ready or the body ended.
+    async fn fill(&mut self, ex: &mut Exchange<'_, '_>) -> Result<(), Failure> {
+        while !self.ended && self.out.len() < self.batch_bytes {
+            match ex.body_chunk().await {
+                Ok(Some(data)) => {
+                    self.bytes += data.len() as u64;
+                    self.csv.push(&data, &mut self.out).map_err(Failure::Csv)?;
+                }
+                Ok(None) => {
+                    self.csv.finish(&mut self.out).map_err(Failure::Csv)?;
+                    self.ended = true;
+                }
+                Err(e) => return Err(Failure::Body(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The COPY column list, once the header row arrived (after `fill`, it
+    /// has, unless the body was empty).
+    fn columns(&self) -> Result<String, Failure> {
+        match self.csv.header() {
+            Some(_) => check_header(&self.csv),
+            None => Err(Failure::Header(
+                "the upload is empty: a header row naming the columns is required".into(),
+            )),
+        }
+    }
+}
+
 /// The upload inside its transaction; returns the import id and row count.
 async fn run(
     app: &App,
     ex: &mut Exchange<'_, '_>,
     held: &Held,
+    columns: &str,
+    batches: &mut Batches,
     copy: &mut Option<CopyIn>,
-    bytes: &mut u64,
 ) -> Result<(i64, u64), Failure> {
+    // A backstop for a session left idle inside this transaction (between
+    // our statements there is only our own work, never a client wait).
+    let idle_limit = (app.settings.db_query_timeout * 2).as_millis().max(1000);
     let rows = held
-        .simple("BEGIN; INSERT INTO imports DEFAULT VALUES RETURNING id")
+        .simple(&format!(
+            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {idle_limit}; \
+             INSERT INTO imports DEFAULT VALUES RETURNING id"
+        ))
         .await
         .map_err(Failure::Db)?;
     let import_id: i64 = rows
@@ -129,39 +218,29 @@ async fn run(
     .await
     .map_err(Failure::Db)?;
 
-    let chunk = app.settings.upload_chunk_bytes;
-    let mut csv = CsvValidator::new(Limits::default());
-    let mut out = BytesMut::with_capacity(chunk + Limits::DEFAULT_MAX_RECORD_BYTES);
+    let sql = format!("COPY contacts ({columns}) FROM STDIN (FORMAT csv)");
+    let c = copy.insert(held.copy_in(&sql).await.map_err(Failure::Db)?);
+    let query_timeout = app.settings.db_query_timeout;
     loop {
-        let data = match ex.body_chunk().await {
-            Ok(Some(d)) => d,
-            Ok(None) => break,
-            Err(e) => return Err(Failure::Body(e)),
-        };
-        *bytes += data.len() as u64;
-        let progress = csv.push(&data, &mut out).map_err(Failure::Csv)?;
-        if progress.header_ready {
-            *copy = Some(start_copy(&csv, held).await?);
+        if !batches.out.is_empty() {
+            // Back-pressure: the next batch is read only once this one was
+            // written to PostgreSQL. A database that cannot take it within
+            // the query timeout is treated as stuck.
+            monoio::time::timeout(query_timeout, c.send(&batches.out))
+                .await
+                .map_err(|_| Failure::Db(QueryError::Timeout))?
+                .map_err(Failure::Db)?;
+            batches.out.clear();
         }
-        if out.len() >= chunk {
-            send(copy, &mut out).await?;
+        if batches.ended {
+            break;
         }
+        batches.fill(ex).await?;
     }
-    if csv.finish(&mut out).map_err(Failure::Csv)?.header_ready {
-        // A header without a final newline completes only here.
-        *copy = Some(start_copy(&csv, held).await?);
-    }
-    if copy.is_none() {
-        return Err(Failure::Header(
-            "the upload is empty: a header row naming the columns is required".into(),
-        ));
-    }
-    send(copy, &mut out).await?;
-    let rows = copy
-        .take()
-        .expect("COPY started")
-        .finish()
+    let finish = copy.take().expect("COPY started").finish();
+    let rows = monoio::time::timeout(query_timeout, finish)
         .await
+        .map_err(|_| Failure::Db(QueryError::Timeout))?
         .map_err(Failure::Db)?;
     held.simple(&format!(
         "UPDATE imports SET rows = {rows}, finished_at = now() WHERE id = {import_id}; COMMIT"
@@ -169,26 +248,6 @@ async fn run(
     .await
     .map_err(Failure::Db)?;
     Ok((import_id, rows))
-}
-
-/// Starts the COPY once the header named its columns.
-async fn start_copy(csv: &CsvValidator, held: &Held) -> Result<CopyIn, Failure> {
-    let columns = check_header(csv)?;
-    let sql = format!("COPY contacts ({columns}) FROM STDIN (FORMAT csv)");
-    held.copy_in(&sql).await.map_err(Failure::Db)
-}
-
-/// Sends the validated records gathered so far; returns once they were
-/// written to PostgreSQL.
-async fn send(copy: &mut Option<CopyIn>, out: &mut BytesMut) -> Result<(), Failure> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    if let Some(c) = copy.as_mut() {
-        c.send(out).await.map_err(Failure::Db)?;
-    }
-    out.clear();
-    Ok(())
 }
 
 /// The header must name known columns, each once, `name` among them.

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::http::{Exchange, Method, Service, StatusCode};
 use crate::metrics::{self, CoreMetrics, ScrapeRequest, Snapshot};
-use crate::pg::{ConnSettings, PgConfig, Pool, PoolSettings, QueryError};
-use crate::runtime::CoreCtx;
+use crate::pg::{PgConfig, Pool, PoolSettings, QueryError};
+use crate::runtime::{CoreCtx, LogLimit};
 
 const TEXT: &[u8] = b"text/plain; charset=utf-8";
 
@@ -53,14 +53,7 @@ impl Database {
         Ok(Database {
             config: pg,
             addrs,
-            pool: PoolSettings {
-                connections: config.db_pool_size,
-                max_in_flight: config.db_pipeline_depth,
-                max_waiters: config.db_max_waiters,
-                wait_timeout: config.db_wait_timeout,
-                query_timeout: config.db_query_timeout,
-                conn: ConnSettings::default(),
-            },
+            pool: PoolSettings::from_config(config),
         })
     }
 }
@@ -70,6 +63,9 @@ impl Database {
 pub struct AppSettings {
     pub max_upload_bytes: u64,
     pub upload_chunk_bytes: usize,
+    /// Total time an upload or export may take.
+    pub upload_timeout: Duration,
+    pub db_query_timeout: Duration,
     pub export_batch_rows: usize,
 }
 
@@ -78,6 +74,8 @@ impl AppSettings {
         AppSettings {
             max_upload_bytes: c.max_upload_bytes,
             upload_chunk_bytes: c.upload_chunk_bytes,
+            upload_timeout: c.upload_timeout,
+            db_query_timeout: c.db_query_timeout,
             export_batch_rows: c.export_batch_rows,
         }
     }
@@ -320,36 +318,6 @@ async fn echo(ex: &mut Exchange<'_, '_>) {
         .map(<[u8]>::to_vec)
         .unwrap_or_else(|| b"application/octet-stream".to_vec());
     ex.respond(StatusCode::OK, &ctype, &body);
-}
-
-/// Per-request errors are logged at most a few times a second per core;
-/// the rest are counted and the count is logged with the next line.
-#[derive(Default)]
-struct LogLimit {
-    window: std::cell::Cell<u64>,
-    in_window: std::cell::Cell<u32>,
-    suppressed: std::cell::Cell<u64>,
-}
-
-impl LogLimit {
-    const PER_SECOND: u32 = 5;
-
-    /// `Some(lines suppressed since the last one)` when a line may be logged.
-    fn admit(&self) -> Option<u64> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if self.window.get() != now {
-            self.window.set(now);
-            self.in_window.set(0);
-        }
-        if self.in_window.get() >= Self::PER_SECOND {
-            self.suppressed.set(self.suppressed.get() + 1);
-            return None;
-        }
-        self.in_window.set(self.in_window.get() + 1);
-        Some(self.suppressed.replace(0))
-    }
 }
 
 /// The value of `name` in a query string (no percent-decoding: the values

@@ -1,5 +1,7 @@
 //! GET /orders (the article's page), /orders.json, /orders/export.csv.
 
+use monoio::time::Instant;
+
 use crate::http::{Exchange, StatusCode};
 use crate::pg::{Param, QueryError, Statement};
 
@@ -13,12 +15,14 @@ pub const MAX_LIMIT: i64 = 1000;
 pub static ORDER_TITLES: Statement = Statement {
     sql: "SELECT title FROM orders ORDER BY id LIMIT $1",
     param_types: &[20],
+    read_only: true,
 };
 
 static ORDER_EXPORT: Statement = Statement {
     sql: "SELECT id, title, customer, amount_cents, currency, status, created_at \
           FROM orders ORDER BY id",
     param_types: &[],
+    read_only: true,
 };
 
 const PAGE_HEAD: &[u8] = b"<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">\
@@ -99,6 +103,9 @@ pub async fn export(app: &App, ex: &mut Exchange<'_, '_>) {
     let Some(pool) = pool_or_503(app, ex) else {
         return;
     };
+    // Held connections are few (--max-uploads-per-core): the export, like
+    // an upload, ends by its deadline however slowly the client reads.
+    let deadline = Instant::now() + app.settings.upload_timeout;
     let held = match pool.exclusive().await {
         Ok(h) => h,
         Err(e) => return respond_db_error(app, ex, &e),
@@ -116,7 +123,11 @@ pub async fn export(app: &App, ex: &mut Exchange<'_, '_>) {
     let mut started = false;
     let mut buf = Vec::with_capacity(64 << 10);
     loop {
-        let rows = match pending.rows().await {
+        if started && Instant::now() > deadline {
+            ex.abort_connection();
+            return;
+        }
+        let rows = match held.rows(pending).await {
             Ok(r) => r,
             Err(e) => {
                 if started {

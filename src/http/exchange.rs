@@ -6,6 +6,9 @@
 //! connection's write buffer, flushing only when a streamed response needs it.
 
 use std::io;
+use std::time::Duration;
+
+use monoio::time::Instant;
 
 use bytes::Bytes;
 use ringside_wire::http::response::{encode_chunk, encode_last_chunk, CONTINUE_100};
@@ -25,8 +28,11 @@ pub enum BodyError {
     Malformed(&'static str),
     /// Past the route's body limit: 413.
     TooLarge,
-    /// No body bytes within the body timeout: 408.
+    /// No body bytes within the body timeout, or the body's deadline
+    /// passed: 408.
     Timeout,
+    /// The body arrived below the minimum data rate: 408.
+    TooSlow,
     /// The client went away.
     Closed,
 }
@@ -36,7 +42,7 @@ impl BodyError {
         match self {
             BodyError::Malformed(_) => StatusCode::BAD_REQUEST,
             BodyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            BodyError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            BodyError::Timeout | BodyError::TooSlow => StatusCode::REQUEST_TIMEOUT,
             BodyError::Closed => StatusCode::BAD_REQUEST,
         }
     }
@@ -45,6 +51,7 @@ impl BodyError {
             BodyError::Malformed(m) => m,
             BodyError::TooLarge => "request body too large",
             BodyError::Timeout => "request body timed out",
+            BodyError::TooSlow => "request body arrived below the minimum data rate",
             BodyError::Closed => "connection closed during the body",
         }
     }
@@ -66,6 +73,13 @@ pub struct Exchange<'c, 'io> {
     max_body: u64,
     continue_pending: bool,
     body_error: Option<BodyError>,
+    /// The whole body must have arrived by then (a route's own deadline).
+    body_deadline: Option<Instant>,
+    /// Time spent waiting for the client's body bytes, and how many came:
+    /// the minimum data rate is checked against these, so time the handler
+    /// spends elsewhere (a busy database) is not held against the client.
+    body_wait: Duration,
+    body_received: u64,
     response: ResponseState,
     status: Option<StatusCode>,
     /// Whether the connection stays open after this exchange.
@@ -87,6 +101,9 @@ impl<'c, 'io> Exchange<'c, 'io> {
             max_body,
             continue_pending,
             body_error: None,
+            body_deadline: None,
+            body_wait: Duration::ZERO,
+            body_received: 0,
             response: ResponseState::NotStarted,
             status: None,
             keep_alive,
@@ -129,6 +146,12 @@ impl<'c, 'io> Exchange<'c, 'io> {
         }
     }
 
+    /// The whole body must have arrived by `deadline` (408 past it): a
+    /// bound in time for a route that holds something scarce while it reads.
+    pub fn set_body_deadline(&mut self, deadline: Instant) {
+        self.body_deadline = Some(deadline);
+    }
+
     /// Reads the body in pieces of up to `bytes` (for a handler that streams
     /// a large body somewhere); the read buffer grows to that size for this
     /// request only and is not pooled afterwards.
@@ -157,7 +180,10 @@ impl<'c, 'io> Exchange<'c, 'io> {
         let max_chunk = self.io.read_size;
         loop {
             match self.body.decode(&mut self.io.rbuf, max_chunk) {
-                Ok(Some(BodyEvent::Data(b))) => return Ok(Some(b)),
+                Ok(Some(BodyEvent::Data(b))) => {
+                    self.body_received += b.len() as u64;
+                    return Ok(Some(b));
+                }
                 Ok(Some(BodyEvent::End)) => return Ok(None),
                 Ok(None) => {}
                 Err(e) => {
@@ -167,13 +193,41 @@ impl<'c, 'io> Exchange<'c, 'io> {
                     }))
                 }
             }
-            let deadline = self.io.now() + self.io.settings().body_timeout;
-            match self.io.read_more(deadline).await {
+            let started = Instant::now();
+            let (deadline, cause) = self.read_deadline(started);
+            let read = self.io.read_more(deadline).await;
+            self.body_wait += started.elapsed();
+            match read {
                 Ok(()) => {}
-                Err(IoFailure::Timeout) => return Err(self.fail(BodyError::Timeout)),
+                Err(IoFailure::Timeout) => return Err(self.fail(cause)),
                 Err(_) => return Err(self.fail(BodyError::Closed)),
             }
         }
+    }
+
+    /// When the next read of the body must have completed, and what it
+    /// means if it has not: the earliest of the gap between two reads (the
+    /// body timeout), the route's deadline, and the moment the client's
+    /// average rate, over the time spent waiting for it, would fall below
+    /// the minimum (never before the grace period).
+    fn read_deadline(&self, now: Instant) -> (Instant, BodyError) {
+        let settings = self.io.settings();
+        let mut deadline = now + settings.body_timeout;
+        if let Some(d) = self.body_deadline {
+            deadline = deadline.min(d);
+        }
+        let mut cause = BodyError::Timeout;
+        if settings.min_body_rate > 0 {
+            let earned =
+                Duration::from_secs_f64(self.body_received as f64 / settings.min_body_rate as f64);
+            let allowed = earned.max(settings.body_rate_grace);
+            let by_rate = now + allowed.saturating_sub(self.body_wait);
+            if by_rate < deadline {
+                deadline = by_rate;
+                cause = BodyError::TooSlow;
+            }
+        }
+        (deadline, cause)
     }
 
     fn fail(&mut self, e: BodyError) -> BodyError {

@@ -40,6 +40,10 @@ pub struct HttpSettings {
     /// Flush queued responses once they pass this many bytes, even if more
     /// pipelined requests wait: bounds a connection's write buffer.
     pub write_high_water: usize,
+    /// Least average rate of a request body, in bytes per second spent
+    /// waiting for it, once `body_rate_grace` has passed (0: no check).
+    pub min_body_rate: u64,
+    pub body_rate_grace: Duration,
     /// A request body the handler left unread is read and dropped up to this
     /// size to keep the connection; past it the connection is closed.
     pub max_discard_bytes: u64,
@@ -58,6 +62,8 @@ impl HttpSettings {
             body_timeout: c.body_timeout,
             keepalive_timeout: c.keepalive_timeout,
             write_timeout: c.write_timeout,
+            min_body_rate: c.min_body_rate,
+            body_rate_grace: c.body_rate_grace,
             write_high_water: 64 * 1024,
             max_discard_bytes: 64 * 1024,
         }

@@ -56,6 +56,10 @@ pub struct Statement {
     pub sql: &'static str,
     /// Parameter type OIDs (0 lets the server infer).
     pub param_types: &'static [u32],
+    /// The statement only reads: the pool may run it again on another
+    /// connection when its connection breaks before the answer arrives.
+    /// Never set it on a statement that writes or has side effects.
+    pub read_only: bool,
 }
 
 /// A parameter value, sent in binary.
@@ -387,7 +391,7 @@ impl PgConn {
         encode: impl FnOnce(&mut BytesMut) -> Result<(), PgError>,
     ) -> Result<Rc<Slot>, QueryError> {
         if let Some(why) = self.broken.borrow().as_ref() {
-            return Err(QueryError::Unavailable(why.clone()));
+            return Err(QueryError::ConnectionLost(why.clone()));
         }
         let mut wbuf = self.wbuf.borrow_mut();
         let before = wbuf.len();
@@ -532,7 +536,7 @@ impl PgConn {
         *self.broken.borrow_mut() = Some(why.clone());
         let slots: Vec<Rc<Slot>> = self.slots.borrow_mut().drain(..).collect();
         for slot in slots {
-            slot.fail(QueryError::Unavailable(format!(
+            slot.fail(QueryError::ConnectionLost(format!(
                 "database connection lost: {why}"
             )));
             slot.state.set(SlotState::Done);
@@ -716,7 +720,7 @@ impl CopyIn {
 
     fn check(&self) -> Result<(), QueryError> {
         if let Some(why) = self.conn.broken.borrow().as_ref() {
-            return Err(QueryError::Unavailable(why.clone()));
+            return Err(QueryError::ConnectionLost(why.clone()));
         }
         if self.slot.state.get() == SlotState::Done {
             // The server ended the COPY (an error in the data).

@@ -9,7 +9,7 @@ pub mod pool;
 use std::fmt;
 
 pub use config::{PgConfig, PgHost};
-pub use conn::{ConnSettings, CopyIn, Param, PgConn, Rows, Statement};
+pub use conn::{ConnSettings, CopyIn, Param, Pending, PgConn, Rows, Statement};
 pub use pool::{Held, Pool, PoolSettings, PoolStats};
 pub use ringside_wire::pg::{Column, PgError, Row};
 
@@ -24,6 +24,10 @@ pub enum QueryError {
     Timeout,
     /// No connection to the database (down, restarting, refused).
     Unavailable(String),
+    /// The connection broke before the request's answer arrived (the
+    /// backend was terminated, the server restarted, the network failed).
+    /// The request may or may not have run.
+    ConnectionLost(String),
     /// The result is larger than a request may buffer.
     TooLarge,
 }
@@ -34,8 +38,23 @@ impl QueryError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            QueryError::Busy | QueryError::Timeout | QueryError::Unavailable(_)
+            QueryError::Busy
+                | QueryError::Timeout
+                | QueryError::Unavailable(_)
+                | QueryError::ConnectionLost(_)
         ) || matches!(self, QueryError::Pg(PgError::Db(e)) if e.code.starts_with("57") || e.code.starts_with("08"))
+    }
+
+    /// Whether the request failed because its connection ended (rather
+    /// than because of the statement): then a read-only statement may be
+    /// run again on another connection. A backend that is terminated sends
+    /// a FATAL error before it closes, so that counts too.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            QueryError::ConnectionLost(_) => true,
+            QueryError::Pg(PgError::Db(e)) => e.severity == "FATAL" || e.severity == "PANIC",
+            _ => false,
+        }
     }
 
     pub fn sqlstate(&self) -> Option<&str> {
@@ -52,7 +71,7 @@ impl fmt::Display for QueryError {
             QueryError::Pg(e) => write!(f, "{e}"),
             QueryError::Busy => f.write_str("database pool busy"),
             QueryError::Timeout => f.write_str("database query timed out"),
-            QueryError::Unavailable(why) => f.write_str(why),
+            QueryError::Unavailable(why) | QueryError::ConnectionLost(why) => f.write_str(why),
             QueryError::TooLarge => f.write_str("database result too large"),
         }
     }

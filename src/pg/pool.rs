@@ -5,9 +5,17 @@
 //! requests at once, and the pool sends each query to the least loaded
 //! healthy connection. When every connection is full, callers wait in a
 //! bounded queue for a bounded time, then get `Busy` (503 upstream).
-//! A broken connection is replaced by its supervisor with exponential
-//! backoff; a connection whose query passed its deadline gets a
+//! A broken connection is replaced by its supervisor with jittered
+//! exponential backoff; a connection whose query passed its deadline gets a
 //! CancelRequest and no new queries until it answers again.
+//!
+//! Two kinds of callers, two queues. Pipelined queries share connections;
+//! a caller that needs a connection to itself (a transaction, a COPY) takes
+//! one of at most `max_exclusive` members, waiting in its own queue, so that
+//! the rest of the pool always serves the pipelined reads: a few slow
+//! uploads can never hold every connection, and a read never queues behind
+//! one. A read-only statement whose connection broke before it was answered
+//! is run again on another connection.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -21,7 +29,7 @@ use std::time::Duration;
 use monoio::time::Instant;
 
 use super::config::PgConfig;
-use super::conn::{ConnSettings, CopyIn, Param, PgConn, Rows, Statement};
+use super::conn::{ConnSettings, CopyIn, Param, Pending, PgConn, Rows, Statement};
 use super::QueryError;
 
 /// The pool's settings (per core).
@@ -32,7 +40,47 @@ pub struct PoolSettings {
     pub max_waiters: usize,
     pub wait_timeout: Duration,
     pub query_timeout: Duration,
+    /// Members that may be held exclusively at once; must be below
+    /// `connections`, so that pipelined queries keep members of their own.
+    pub max_exclusive: usize,
+    /// Callers that may wait for an exclusive member; beyond, `Busy` at once.
+    pub max_exclusive_waiters: usize,
+    /// Longest wait for an exclusive member (then `Busy`).
+    pub exclusive_wait_timeout: Duration,
     pub conn: ConnSettings,
+}
+
+impl PoolSettings {
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        PoolSettings {
+            connections: c.db_pool_size,
+            max_in_flight: c.db_pipeline_depth,
+            max_waiters: c.db_max_waiters,
+            wait_timeout: c.db_wait_timeout,
+            query_timeout: c.db_query_timeout,
+            max_exclusive: c.max_uploads_per_core,
+            max_exclusive_waiters: c.max_upload_waiters,
+            exclusive_wait_timeout: c.upload_wait_timeout,
+            conn: ConnSettings::default(),
+        }
+    }
+}
+
+impl Default for PoolSettings {
+    /// The server's defaults (`ringside --help` lists them).
+    fn default() -> Self {
+        PoolSettings {
+            connections: 4,
+            max_in_flight: 64,
+            max_waiters: 16384,
+            wait_timeout: Duration::from_secs(1),
+            query_timeout: Duration::from_secs(5),
+            max_exclusive: 1,
+            max_exclusive_waiters: 64,
+            exclusive_wait_timeout: Duration::from_secs(10),
+            conn: ConnSettings::default(),
+        }
+    }
 }
 
 /// Counters for metrics.
@@ -46,11 +94,17 @@ pub struct PoolStats {
     pub reconnects: u64,
     pub timeouts: u64,
     pub busy: u64,
+    /// Members held exclusively (or being emptied for an exclusive caller).
+    pub exclusive: usize,
+    pub exclusive_waiting: usize,
+    /// Read-only statements run again after their connection broke.
+    pub retries: u64,
 }
 
 struct Member {
     conn: Option<Rc<PgConn>>,
-    /// Held by one caller (a transaction, a COPY): no pipelined queries.
+    /// Held by one caller (a transaction, a COPY), or being emptied of its
+    /// pipelined queries for one: no new pipelined queries.
     exclusive: bool,
     /// Set when a query on it passed its deadline; cleared when the
     /// connection answers again.
@@ -62,9 +116,15 @@ pub struct Pool {
     addrs: Vec<SocketAddr>,
     settings: PoolSettings,
     members: RefCell<Vec<Member>>,
-    waiters: RefCell<VecDeque<Rc<Waiter>>>,
-    /// Waiters still waiting (the queue may hold ones that gave up).
-    waiting: Cell<usize>,
+    /// Callers waiting for room for a pipelined query.
+    readers: WaitQueue,
+    /// Callers waiting for an exclusive member.
+    exclusives: WaitQueue,
+    /// Exclusive claims granted and not yet given back.
+    exclusive_claims: Cell<usize>,
+    /// Exclusive callers waiting for their member to finish the queries it
+    /// still carries (at most `max_exclusive`).
+    progress_waiters: RefCell<Vec<Waker>>,
     stats: RefCell<PoolStats>,
     closed: Cell<bool>,
     /// The last connection error, for a clear message while none is up.
@@ -88,9 +148,11 @@ impl Pool {
                     })
                     .collect(),
             ),
+            readers: WaitQueue::new(settings.max_waiters),
+            exclusives: WaitQueue::new(settings.max_exclusive_waiters),
+            exclusive_claims: Cell::new(0),
+            progress_waiters: RefCell::new(Vec::new()),
             settings,
-            waiters: RefCell::new(VecDeque::new()),
-            waiting: Cell::new(0),
             stats: RefCell::new(PoolStats::default()),
             closed: Cell::new(false),
             last_error: RefCell::new(None),
@@ -116,7 +178,9 @@ impl Pool {
             .filter_map(|m| m.conn.as_ref())
             .map(|c| c.in_flight())
             .sum();
-        s.waiting = self.waiting.get();
+        s.waiting = self.readers.waiting.get();
+        s.exclusive = members.iter().filter(|m| m.exclusive).count();
+        s.exclusive_waiting = self.exclusives.waiting.get();
         s
     }
 
@@ -128,24 +192,48 @@ impl Pool {
                 c.close("pool closed");
             }
         }
-        self.wake_waiters();
+        self.wake_all();
     }
 
     /// Runs a prepared statement on the least loaded connection, bounded by
-    /// the query timeout.
+    /// the query timeout. A read-only statement whose connection broke
+    /// before its answer arrived is run again on another connection (at
+    /// most [`READ_RETRIES`] times); anything else fails with the error.
     pub async fn query(
         &self,
         stmt: &'static Statement,
         params: &[Param<'_>],
     ) -> Result<Rows, QueryError> {
-        let (index, conn) = self.acquire(false).await?;
-        let pending = conn.start_query(stmt, params, "", 0);
-        let result = match pending {
-            Ok(p) => self.with_deadline(index, &conn, p.rows()).await,
-            Err(e) => Err(e),
+        let mut retries = 0;
+        let result = loop {
+            let result = self.query_once(stmt, params).await;
+            match result {
+                Err(e) if stmt.read_only && e.is_connection_lost() && retries < READ_RETRIES => {
+                    retries += 1;
+                    self.stats.borrow_mut().retries += 1;
+                    // A backend terminated with its siblings (a restart, an
+                    // operator's pg_terminate_backend) closes them all at
+                    // once: a short pause lets this core's readers notice
+                    // the others before the retry picks one.
+                    monoio::time::sleep(RETRY_PAUSE).await;
+                }
+                r => break r,
+            }
         };
         self.note(&result);
         result
+    }
+
+    async fn query_once(
+        &self,
+        stmt: &'static Statement,
+        params: &[Param<'_>],
+    ) -> Result<Rows, QueryError> {
+        let (index, conn) = self.acquire().await?;
+        match conn.start_query(stmt, params, "", 0) {
+            Ok(p) => self.with_deadline(index, &conn, p.rows()).await,
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs the same statement with each parameter set, all pipelined on
@@ -155,7 +243,7 @@ impl Pool {
         stmt: &'static Statement,
         params: &[&[Param<'_>]],
     ) -> Result<Vec<Rows>, QueryError> {
-        let (index, conn) = self.acquire(false).await?;
+        let (index, conn) = self.acquire().await?;
         let pending = params
             .iter()
             .map(|p| conn.start_query(stmt, p, "", 0))
@@ -178,15 +266,117 @@ impl Pool {
     }
 
     /// Holds one connection for a caller's own sequence of statements
-    /// (transactions, COPY). Waits like `query` when none is free.
+    /// (transactions, COPY). At most `max_exclusive` are held at once; a
+    /// caller beyond waits its turn in a queue of its own (bounded in count
+    /// and by `exclusive_wait_timeout`, then `Busy`), never in front of the
+    /// pipelined queries. The member it gets first finishes the pipelined
+    /// queries it carries, taking no new ones.
     pub async fn exclusive(self: &Rc<Self>) -> Result<Held, QueryError> {
-        let (index, conn) = self.acquire(true).await?;
+        let deadline = Instant::now() + self.settings.exclusive_wait_timeout;
+        let claim = self.claim_exclusive(deadline).await?;
+        let (index, conn) = match self.reserve_member(deadline).await {
+            Ok(found) => found,
+            Err(e) => {
+                self.stats.borrow_mut().busy += 1;
+                return Err(e);
+            }
+        };
         Ok(Held {
             pool: self.clone(),
             index,
             conn,
             clean: Cell::new(false),
+            _claim: claim,
         })
+    }
+
+    /// A place among the `max_exclusive`, waited for first come, first served.
+    async fn claim_exclusive(
+        self: &Rc<Self>,
+        deadline: Instant,
+    ) -> Result<ExclusiveClaim, QueryError> {
+        let free = |p: &Pool| p.exclusive_claims.get() < p.settings.max_exclusive;
+        if self.exclusives.is_empty() && free(self) {
+            return Ok(ExclusiveClaim::new(self));
+        }
+        if self.exclusives.is_full() || self.settings.max_exclusive == 0 {
+            self.stats.borrow_mut().busy += 1;
+            return Err(QueryError::Busy);
+        }
+        let mut front = false;
+        loop {
+            let woke =
+                monoio::time::timeout_at(deadline, WaitTurn::new(&self.exclusives, front)).await;
+            if free(self) && !self.closed.get() {
+                let claim = ExclusiveClaim::new(self);
+                self.exclusives.wake_one();
+                return Ok(claim);
+            }
+            front = true;
+            if woke.is_err() || self.closed.get() {
+                self.stats.borrow_mut().busy += 1;
+                return Err(QueryError::Busy);
+            }
+        }
+    }
+
+    /// Picks the least loaded healthy member, takes it out of the
+    /// pipelined rotation, and waits until the queries it carries are done.
+    async fn reserve_member(&self, deadline: Instant) -> Result<(usize, Rc<PgConn>), QueryError> {
+        let mut reserved: Option<(usize, Rc<PgConn>)> = None;
+        loop {
+            if reserved.as_ref().is_some_and(|(_, c)| c.is_broken()) {
+                let (i, _) = reserved.take().expect("checked");
+                self.members.borrow_mut()[i].exclusive = false;
+            }
+            if reserved.is_none() {
+                reserved = self.pick_for_exclusive();
+            }
+            match &reserved {
+                Some((_, c)) if c.in_flight() == 0 => {
+                    return Ok(reserved.take().expect("checked"));
+                }
+                _ => {}
+            }
+            let woke = monoio::time::timeout_at(deadline, Progress::new(self)).await;
+            if woke.is_err() || self.closed.get() {
+                if let Some((i, _)) = reserved {
+                    self.members.borrow_mut()[i].exclusive = false;
+                    self.readers.wake_one();
+                }
+                return Err(match self.ready_count() {
+                    0 => QueryError::Unavailable(self.down_reason()),
+                    _ => QueryError::Busy,
+                });
+            }
+        }
+    }
+
+    fn pick_for_exclusive(&self) -> Option<(usize, Rc<PgConn>)> {
+        let mut members = self.members.borrow_mut();
+        let (i, _) = members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !m.exclusive && m.suspect_since.is_none())
+            .filter_map(|(i, m)| {
+                m.conn
+                    .as_ref()
+                    .filter(|c| !c.is_broken())
+                    .map(|c| (i, c.in_flight()))
+            })
+            .min_by_key(|(_, load)| *load)?;
+        members[i].exclusive = true;
+        members[i].conn.clone().map(|c| (i, c))
+    }
+
+    /// Called whenever a request completes or a connection breaks or comes
+    /// up: hands the capacity on.
+    fn on_progress(&self) {
+        let waiters = std::mem::take(&mut *self.progress_waiters.borrow_mut());
+        for w in waiters {
+            w.wake();
+        }
+        self.readers.wake_one();
     }
 
     /// Waits for the response, up to the query timeout; past it the query is
@@ -225,23 +415,24 @@ impl Pool {
     /// Picks a connection with room (the least loaded), or waits for one.
     /// First come, first served: while anyone waits, a newcomer queues
     /// behind them rather than taking the slot a waiter was woken for.
-    async fn acquire(&self, exclusive: bool) -> Result<(usize, Rc<PgConn>), QueryError> {
-        if self.waiting.get() == 0 {
-            if let Some(found) = self.try_acquire(exclusive) {
+    async fn acquire(&self) -> Result<(usize, Rc<PgConn>), QueryError> {
+        if self.readers.is_empty() {
+            if let Some(found) = self.try_acquire() {
                 return Ok(found);
             }
         }
-        if self.waiting.get() >= self.settings.max_waiters {
+        if self.readers.is_full() {
             self.stats.borrow_mut().busy += 1;
             return Err(QueryError::Busy);
         }
         let deadline = Instant::now() + self.settings.wait_timeout;
         let mut front = false;
         loop {
-            let woke = monoio::time::timeout_at(deadline, WaitTurn::new(self, front)).await;
-            if let Some(found) = self.try_acquire(exclusive) {
+            let woke =
+                monoio::time::timeout_at(deadline, WaitTurn::new(&self.readers, front)).await;
+            if let Some(found) = self.try_acquire() {
                 // Pass the turn on: there may be more room.
-                self.wake_one();
+                self.readers.wake_one();
                 return Ok(found);
             }
             // Woken but beaten to it (or woken for a broken connection):
@@ -272,8 +463,8 @@ impl Pool {
         }
     }
 
-    fn try_acquire(&self, exclusive: bool) -> Option<(usize, Rc<PgConn>)> {
-        let mut members = self.members.borrow_mut();
+    fn try_acquire(&self) -> Option<(usize, Rc<PgConn>)> {
+        let members = self.members.borrow();
         let mut best: Option<(usize, usize)> = None;
         for (i, m) in members.iter().enumerate() {
             let Some(c) = &m.conn else { continue };
@@ -281,20 +472,61 @@ impl Pool {
                 continue;
             }
             let load = c.in_flight();
-            let room = if exclusive {
-                load == 0
-            } else {
-                load < self.settings.max_in_flight
-            };
-            if room && best.is_none_or(|(_, l)| load < l) {
+            if load < self.settings.max_in_flight && best.is_none_or(|(_, l)| load < l) {
                 best = Some((i, load));
             }
         }
         let (i, _) = best?;
-        if exclusive {
-            members[i].exclusive = true;
-        }
         members[i].conn.clone().map(|c| (i, c))
+    }
+
+    fn wake_all(&self) {
+        self.readers.wake_all();
+        self.exclusives.wake_all();
+        self.on_progress();
+    }
+
+    /// Returns a held connection; a caller that did not finish cleanly
+    /// (dropped mid-transaction) gets the connection closed instead, so no
+    /// half-done state reaches the next caller.
+    fn release(&self, index: usize, conn: &Rc<PgConn>, clean: bool) {
+        if !clean || conn.transaction_status() != ringside_wire::pg::TxStatus::Idle {
+            conn.close("released mid-transaction");
+        }
+        if let Some(m) = self.members.borrow_mut().get_mut(index) {
+            m.exclusive = false;
+        }
+        self.on_progress();
+    }
+}
+
+/// How often a read-only statement is run again after its connection broke.
+pub const READ_RETRIES: usize = 2;
+const RETRY_PAUSE: Duration = Duration::from_millis(2);
+
+/// Callers waiting for capacity, first come, first served, bounded in count.
+struct WaitQueue {
+    waiters: RefCell<VecDeque<Rc<Waiter>>>,
+    /// Waiters still waiting (the queue may hold ones that gave up).
+    waiting: Cell<usize>,
+    max: usize,
+}
+
+impl WaitQueue {
+    fn new(max: usize) -> Self {
+        WaitQueue {
+            waiters: RefCell::new(VecDeque::new()),
+            waiting: Cell::new(0),
+            max,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting.get() == 0
+    }
+
+    fn is_full(&self) -> bool {
+        self.waiting.get() >= self.max
     }
 
     fn wake_one(&self) {
@@ -308,24 +540,11 @@ impl Pool {
         }
     }
 
-    fn wake_waiters(&self) {
+    fn wake_all(&self) {
         let all: Vec<Rc<Waiter>> = self.waiters.borrow_mut().drain(..).collect();
         for w in all {
             w.give_turn();
         }
-    }
-
-    /// Returns a held connection; a caller that did not finish cleanly
-    /// (dropped mid-transaction) gets the connection closed instead, so no
-    /// half-done state reaches the next caller.
-    fn release(&self, index: usize, conn: &Rc<PgConn>, clean: bool) {
-        if !clean || conn.transaction_status() != ringside_wire::pg::TxStatus::Idle {
-            conn.close("released mid-transaction");
-        }
-        if let Some(m) = self.members.borrow_mut().get_mut(index) {
-            m.exclusive = false;
-        }
-        self.wake_one();
     }
 }
 
@@ -351,18 +570,18 @@ impl Waiter {
     }
 }
 
-/// A place in the pool's queue, held until woken once; dropping it (a
-/// timeout, a caller gone) leaves the queue.
+/// A place in a queue, held until woken once; dropping it (a timeout, a
+/// caller gone) leaves the queue.
 struct WaitTurn<'a> {
-    pool: &'a Pool,
+    queue: &'a WaitQueue,
     front: bool,
     waiter: Option<Rc<Waiter>>,
 }
 
 impl<'a> WaitTurn<'a> {
-    fn new(pool: &'a Pool, front: bool) -> Self {
+    fn new(queue: &'a WaitQueue, front: bool) -> Self {
         WaitTurn {
-            pool,
+            queue,
             front,
             waiter: None,
         }
@@ -384,11 +603,11 @@ impl Future for WaitTurn<'_> {
                     turn: Cell::new(false),
                     gone: Cell::new(false),
                 });
-                let mut q = self.pool.waiters.borrow_mut();
+                let mut q = self.queue.waiters.borrow_mut();
                 // Places left by waiters that gave up are dropped lazily;
                 // bound them here too, so timeouts without any wake-up
                 // cannot grow the queue.
-                if q.len() >= 2 * self.pool.settings.max_waiters.max(16) {
+                if q.len() >= 2 * self.queue.max.max(16) {
                     q.retain(|w| !w.gone.get());
                 }
                 if self.front {
@@ -397,7 +616,7 @@ impl Future for WaitTurn<'_> {
                     q.push_back(w.clone());
                 }
                 drop(q);
-                self.pool.waiting.set(self.pool.waiting.get() + 1);
+                self.queue.waiting.set(self.queue.waiting.get() + 1);
                 self.waiter = Some(w);
                 Poll::Pending
             }
@@ -408,7 +627,7 @@ impl Future for WaitTurn<'_> {
 impl Drop for WaitTurn<'_> {
     fn drop(&mut self) {
         if let Some(w) = self.waiter.take() {
-            self.pool.waiting.set(self.pool.waiting.get() - 1);
+            self.queue.waiting.set(self.queue.waiting.get() - 1);
             if !w.turn.get() {
                 w.gone.set(true);
                 w.waker.borrow_mut().take();
@@ -417,8 +636,88 @@ impl Drop for WaitTurn<'_> {
     }
 }
 
+/// Waits for the pool's next progress: a request done, a connection
+/// broken or up. Spurious wake-ups are fine: the caller looks again.
+struct Progress<'a> {
+    pool: &'a Pool,
+    registered: bool,
+}
+
+impl<'a> Progress<'a> {
+    fn new(pool: &'a Pool) -> Self {
+        Progress {
+            pool,
+            registered: false,
+        }
+    }
+}
+
+impl Future for Progress<'_> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.registered {
+            return Poll::Ready(());
+        }
+        self.registered = true;
+        self.pool
+            .progress_waiters
+            .borrow_mut()
+            .push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// One of the `max_exclusive` places, given back (and the next exclusive
+/// waiter woken) when dropped.
+struct ExclusiveClaim {
+    pool: Rc<Pool>,
+}
+
+impl ExclusiveClaim {
+    fn new(pool: &Rc<Pool>) -> Self {
+        pool.exclusive_claims.set(pool.exclusive_claims.get() + 1);
+        ExclusiveClaim { pool: pool.clone() }
+    }
+}
+
+impl Drop for ExclusiveClaim {
+    fn drop(&mut self) {
+        let claims = &self.pool.exclusive_claims;
+        claims.set(claims.get() - 1);
+        self.pool.exclusives.wake_one();
+    }
+}
+
+/// A small pseudo-random number (xorshift, seeded per core from the clock):
+/// enough to spread reconnects, no dependency for it.
+fn jitter_ms(max: u64) -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
+                | 1,
+        );
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        if max == 0 {
+            0
+        } else {
+            x % (max + 1)
+        }
+    })
+}
+
 /// Keeps one member connected: connects, waits until the connection
-/// breaks, reconnects with exponential backoff (100 ms doubling to 5 s).
+/// breaks, reconnects. Reconnects are spread: a broken connection waits a
+/// random 0–100 ms first (a server restart breaks every member of every
+/// core at once), and failed attempts back off exponentially, 100 ms
+/// doubling to 5 s, each wait jittered by up to half of itself.
 async fn supervise(pool: Weak<Pool>, index: usize) {
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
@@ -438,7 +737,7 @@ async fn supervise(pool: Weak<Pool>, index: usize) {
                 let weak = Rc::downgrade(&p);
                 conn.set_on_idle(Box::new(move || {
                     if let Some(pool) = weak.upgrade() {
-                        pool.wake_one();
+                        pool.on_progress();
                     }
                 }));
                 {
@@ -449,7 +748,7 @@ async fn supervise(pool: Weak<Pool>, index: usize) {
                         suspect_since: None,
                     };
                 }
-                p.wake_waiters();
+                p.wake_all();
                 drop(p);
                 // Wait for the connection to break, checking now and then.
                 while !conn.is_broken() {
@@ -460,18 +759,20 @@ async fn supervise(pool: Weak<Pool>, index: usize) {
                     }
                 }
                 if let Some(p) = pool.upgrade() {
-                    p.members.borrow_mut()[index].conn = None;
-                    p.wake_waiters();
+                    let mut members = p.members.borrow_mut();
+                    members[index].conn = None;
+                    members[index].exclusive = false;
+                    drop(members);
+                    p.wake_all();
                 }
+                monoio::time::sleep(Duration::from_millis(jitter_ms(100))).await;
             }
             Err(e) => {
                 *p.last_error.borrow_mut() = Some(e.to_string());
-                p.wake_waiters();
+                p.wake_all();
                 drop(p);
-                // A little jitter (from the member index) so that cores and
-                // members do not reconnect in lockstep.
-                let jitter = Duration::from_millis((index as u64 * 37) % 50);
-                monoio::time::sleep(backoff + jitter).await;
+                let spread = Duration::from_millis(jitter_ms(backoff.as_millis() as u64 / 2));
+                monoio::time::sleep(backoff + spread).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
@@ -506,7 +807,7 @@ async fn watch_suspects(pool: Weak<Pool>) {
         }
         drop(members);
         if woke {
-            p.wake_waiters();
+            p.wake_all();
         }
     }
 }
@@ -519,6 +820,8 @@ pub struct Held {
     index: usize,
     conn: Rc<PgConn>,
     clean: Cell<bool>,
+    /// Dropped after `Drop for Held` gave the member back.
+    _claim: ExclusiveClaim,
 }
 
 impl Held {
@@ -543,6 +846,17 @@ impl Held {
         params: &[Param<'_>],
     ) -> Result<Rows, QueryError> {
         let pending = self.conn.start_query(stmt, params, "", 0)?;
+        let r = self
+            .pool
+            .with_deadline(self.index, &self.conn, pending.rows())
+            .await;
+        self.pool.note(&r);
+        r
+    }
+
+    /// Waits for a request queued on the held connection (a portal's next
+    /// batch), bounded by the query timeout like every other wait.
+    pub async fn rows(&self, pending: Pending) -> Result<Rows, QueryError> {
         let r = self
             .pool
             .with_deadline(self.index, &self.conn, pending.rows())

@@ -8,7 +8,11 @@
 
 pub mod deadlines;
 pub mod event;
+mod fd_reserve;
 mod listener;
+mod log_limit;
+
+pub use log_limit::LogLimit;
 
 use std::cell::Cell;
 use std::fmt;
@@ -59,6 +63,10 @@ pub struct CoreCtx {
     open_connections: Cell<usize>,
     accepted: Cell<u64>,
     shed: Cell<u64>,
+    /// Accepts that failed for lack of file descriptors, and connections
+    /// answered 503 for that reason.
+    fd_exhausted: Cell<u64>,
+    refused_no_fd: Cell<u64>,
     /// Bytes that layers above gave back to the allocator since the last
     /// memory trim (see `housekeeping`).
     released_bytes: Cell<usize>,
@@ -76,6 +84,8 @@ impl CoreCtx {
             open_connections: Cell::new(0),
             accepted: Cell::new(0),
             shed: Cell::new(0),
+            fd_exhausted: Cell::new(0),
+            refused_no_fd: Cell::new(0),
             released_bytes: Cell::new(0),
         })
     }
@@ -91,6 +101,12 @@ impl CoreCtx {
     }
     pub fn shed(&self) -> u64 {
         self.shed.get()
+    }
+    pub fn fd_exhausted(&self) -> u64 {
+        self.fd_exhausted.get()
+    }
+    pub fn refused_no_fd(&self) -> u64 {
+        self.refused_no_fd.get()
     }
     /// Records memory given back to the allocator (freed buffers), so that
     /// the core can return it to the kernel when enough has accumulated.
@@ -347,6 +363,8 @@ impl CoreStart {
             open_connections: Cell::new(0),
             accepted: Cell::new(0),
             shed: Cell::new(0),
+            fd_exhausted: Cell::new(0),
+            refused_no_fd: Cell::new(0),
             released_bytes: Cell::new(0),
         });
         let listener = match monoio::net::TcpListener::from_std(self.listener) {
@@ -378,6 +396,7 @@ impl CoreStart {
             c.body_timeout,
             c.keepalive_timeout,
             c.write_timeout,
+            c.body_rate_grace,
         ]);
         let tick_ctx = ctx.clone();
         monoio::spawn(async move {
@@ -398,6 +417,8 @@ impl CoreStart {
         }));
 
         let max_open = self.config.max_connections_per_core;
+        let mut reserve = fd_reserve::FdReserve::new();
+        let fd_log = LogLimit::default();
         let mut draining = false;
         while !draining {
             // The accept is cancelled the safe way when the drain starts:
@@ -452,16 +473,40 @@ impl CoreStart {
                 Err(e) if draining || e.raw_os_error() == Some(libc::ECANCELED) => {
                     let _ = e;
                 }
+                Err(e) if is_out_of_descriptors(&e) => {
+                    // Waiting connections are answered 503 through the
+                    // spare descriptor rather than left hanging in the
+                    // backlog; a full burst means more wait, so go on at once.
+                    ctx.fd_exhausted.set(ctx.fd_exhausted.get() + 1);
+                    let refused = reserve.refuse_waiting(listener_fd, ACCEPT_BURST);
+                    ctx.refused_no_fd
+                        .set(ctx.refused_no_fd.get() + refused as u64);
+                    if let Some(suppressed) = fd_log.admit() {
+                        tracing::warn!(
+                            core = ctx.index,
+                            refused,
+                            suppressed,
+                            open_connections = ctx.open_connections.get(),
+                            spare_held = reserve.is_held(),
+                            "out of file descriptors ({e}): answering waiting connections \
+                             503; raise the open-files limit (LimitNOFILE=, ulimit -n) or \
+                             lower --max-connections-per-core"
+                        );
+                    }
+                    if refused < ACCEPT_BURST {
+                        monoio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
                 Err(e) if is_resource_exhaustion(&e) => {
-                    // Out of file descriptors or memory: back off instead of
-                    // spinning on the error while connections wait in the
-                    // backlog.
+                    // Out of memory or buffers: back off instead of spinning
+                    // on the error while connections wait in the backlog.
                     monoio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(_) => {}
             }
         }
         drop(listener);
+        drop(reserve);
 
         // Drain: connections see the fired event, finish what they are
         // doing and close. Wait for them up to the shutdown timeout.
@@ -590,6 +635,10 @@ impl Drop for OpenGuard {
             .open_connections
             .set(self.0.open_connections.get() - 1);
     }
+}
+
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {

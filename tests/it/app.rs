@@ -11,14 +11,14 @@ use crate::harness::{get, Server};
 use crate::pgfix::{shared, Cluster};
 
 /// A fresh database on a cluster, migrated (and seeded when asked).
-struct Db<'c> {
+pub struct Db<'c> {
     cluster: &'c Cluster,
-    name: String,
+    pub name: String,
     url: String,
 }
 
 impl<'c> Db<'c> {
-    fn new(cluster: &'c Cluster, orders: u64) -> Db<'c> {
+    pub fn new(cluster: &'c Cluster, orders: u64) -> Db<'c> {
         let (name, url) = cluster.new_database("app");
         let db = Db { cluster, name, url };
         db.ringside(&["migrate"]);
@@ -43,11 +43,11 @@ impl<'c> Db<'c> {
     }
 
     /// SQL as the superuser in this database.
-    fn sql(&self, sql: &str) -> String {
+    pub fn sql(&self, sql: &str) -> String {
         self.cluster.psql_in(&self.name, sql)
     }
 
-    fn count(&self, table: &str) -> u64 {
+    pub fn count(&self, table: &str) -> u64 {
         self.sql(&format!("SELECT count(*) FROM {table}"))
             .lines()
             .last()
@@ -56,12 +56,12 @@ impl<'c> Db<'c> {
             .unwrap()
     }
 
-    fn server(&self, extra: &[&str]) -> Server {
+    pub fn server(&self, extra: &[&str]) -> Server {
         Server::start_with_env("auto", extra, &[("DATABASE_URL", &self.url)])
     }
 }
 
-fn contacts_csv(rows: u64, bad_line: Option<u64>) -> Vec<u8> {
+pub fn contacts_csv(rows: u64, bad_line: Option<u64>) -> Vec<u8> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringside"));
     cmd.args(["gen-contacts", "--rows", &rows.to_string()]);
     if let Some(l) = bad_line {
@@ -76,7 +76,7 @@ fn post_csv(srv: &Server, body: &[u8]) -> crate::harness::Response {
     post_csv_to(srv.addr, body)
 }
 
-fn post_csv_to(addr: std::net::SocketAddr, body: &[u8]) -> crate::harness::Response {
+pub fn post_csv_to(addr: std::net::SocketAddr, body: &[u8]) -> crate::harness::Response {
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut c = crate::harness::Conn::from_parts(s, Vec::new());

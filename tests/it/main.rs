@@ -4,6 +4,7 @@
 mod app;
 mod harness;
 mod http;
+mod isolation;
 mod ops;
 mod pgclient;
 mod pgfix;

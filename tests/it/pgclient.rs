@@ -40,11 +40,11 @@ fn pool(url: &str, connections: usize, query_timeout: Duration) -> Rc<Pool> {
         a,
         PoolSettings {
             connections,
-            max_in_flight: 64,
             max_waiters: 256,
             wait_timeout: Duration::from_secs(2),
             query_timeout,
-            conn: ConnSettings::default(),
+            max_exclusive: connections - 1,
+            ..PoolSettings::default()
         },
     )
 }
@@ -52,19 +52,23 @@ fn pool(url: &str, connections: usize, query_timeout: Duration) -> Rc<Pool> {
 static SELECT_INT: Statement = Statement {
     sql: "SELECT $1::int4 AS n",
     param_types: &[0],
+    read_only: true,
 };
 static TYPES: Statement = Statement {
     sql: "SELECT 7::int2, 70000::int4, 5000000000::int8, true, 2.5::float8, 'héllo'::text, \
           '2000-01-01 00:00:01+00'::timestamptz, NULL::text",
     param_types: &[],
+    read_only: true,
 };
 static BAD_SYNTAX: Statement = Statement {
     sql: "SELEC 1",
     param_types: &[],
+    read_only: false,
 };
 static BACKEND_PID: Statement = Statement {
     sql: "SELECT pg_backend_pid()",
     param_types: &[],
+    read_only: true,
 };
 
 const USERS: [(&str, Option<&str>); 4] = [

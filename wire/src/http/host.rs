@@ -18,7 +18,10 @@ pub fn is_valid_host(value: &[u8]) -> bool {
         && match host.first() {
             Some(b'[') => is_ip_literal(host),
             // IPv4address is a subset of reg-name: one check covers both.
-            _ => host.iter().enumerate().all(|(i, &b)| is_reg_name_byte(host, i, b)),
+            _ => host
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| is_reg_name_byte(host, i, b)),
         }
 }
 
@@ -76,10 +79,7 @@ fn is_sub_delim(b: u8) -> bool {
 
 /// IP-literal = "[" ( IPv6address / IPvFuture ) "]"
 fn is_ip_literal(host: &[u8]) -> bool {
-    let Some(inner) = host
-        .strip_prefix(b"[")
-        .and_then(|h| h.strip_suffix(b"]"))
-    else {
+    let Some(inner) = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")) else {
         return false;
     };
     if let [b'v' | b'V', rest @ ..] = inner {

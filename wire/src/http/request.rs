@@ -991,8 +991,12 @@ mod tests {
             let raw = format!("GET / HTTP/1.1\r\nHost: {bad_host}\r\n\r\n");
             assert_eq!(bad(raw.as_bytes()), "invalid Host", "{bad_host}");
         }
-        assert!(parse(b"GET / HTTP/1.1\r\nHost: \r\n\r\n").unwrap().is_some());
-        assert!(parse(b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n").unwrap().is_some());
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: \r\n\r\n")
+            .unwrap()
+            .is_some());
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n")
+            .unwrap()
+            .is_some());
     }
 
     #[test]

@@ -1,0 +1,311 @@
+//! Hostile and faulty clients never take the database from everyone else:
+//! slow uploaders, a crowd of uploads, backends terminated under load, and a
+//! process out of file descriptors. Real server, real PostgreSQL, real TCP.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::app::{contacts_csv, post_csv_to, Db};
+use crate::harness::{get, Conn, Server};
+use crate::pgfix::shared;
+
+/// Reads `/orders` on one keep-alive connection until `stop`, counting
+/// answers by class; every answer must be a 200.
+fn read_orders_until(addr: SocketAddr, stop: &AtomicBool, ok: &AtomicU64) {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut c = Conn::from_parts(s, Vec::new());
+    while !stop.load(Ordering::Relaxed) {
+        let r = c.roundtrip(get("/orders?limit=20"));
+        assert_eq!(r.status, 200, "a read failed: {}", r.text());
+        ok.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Sessions of `db` that sit idle inside a transaction.
+fn idle_in_transaction(db: &Db) -> u64 {
+    db.sql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
+         AND state LIKE 'idle in transaction%'",
+        db.name
+    ))
+    .lines()
+    .last()
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// An upload that declares a large body, sends `prefix` at once, then one
+/// byte every `interval`; returns the status it was answered with.
+fn slow_upload(addr: SocketAddr, prefix: &[u8], interval: Duration) -> u16 {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut c = Conn::from_parts(s, Vec::new());
+    c.send(
+        "POST /contacts HTTP/1.1\r\nHost: t\r\nContent-Type: text/csv\r\n\
+         Content-Length: 1048576\r\n\r\n",
+    );
+    c.send_lossy(prefix);
+    let started = Instant::now();
+    let mut probe = [0u8; 1];
+    // Trickle until the server answers (it must, long before 30 s).
+    while started.elapsed() < Duration::from_secs(30) {
+        match c.s.peek(&mut probe) {
+            Ok(n) if n > 0 => break,
+            Ok(_) => break,
+            Err(_) => {}
+        }
+        c.send_lossy(b"A");
+        thread::sleep(interval);
+    }
+    c.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.read_response().status
+}
+
+#[test]
+fn slow_uploaders_are_cut_and_reads_keep_answering() {
+    let db = Db::new(shared(), 100);
+    let srv = db.server(&[
+        "--cores",
+        "1",
+        "--db-pool-size",
+        "3",
+        "--max-uploads-per-core",
+        "1",
+        "--upload-chunk-bytes",
+        "4KiB",
+        "--min-body-rate",
+        "2KiB",
+        "--body-rate-grace",
+        "1s",
+        "--upload-wait-timeout",
+        "1500ms",
+    ]);
+    // Half trickle from their first byte (they never get a connection);
+    // half send a first batch at once, so they take the upload connection
+    // (or wait for it), and then trickle.
+    let mut first_batch = b"name,email\n".to_vec();
+    while first_batch.len() < 6000 {
+        first_batch.extend_from_slice(b"Slow Loris,loris@example.com\n");
+    }
+    let stop = AtomicBool::new(false);
+    let reads = AtomicU64::new(0);
+    let addr = srv.addr;
+    let statuses: Vec<u16> = thread::scope(|s| {
+        let reader = s.spawn(|| read_orders_until(addr, &stop, &reads));
+        let uploaders: Vec<_> = (0..8)
+            .map(|i| {
+                let prefix: &[u8] = if i % 2 == 0 { b"name\nA" } else { &first_batch };
+                s.spawn(move || slow_upload(addr, prefix, Duration::from_millis(200)))
+            })
+            .collect();
+        let statuses = uploaders.into_iter().map(|h| h.join().unwrap()).collect();
+        stop.store(true, Ordering::Relaxed);
+        reader.join().unwrap();
+        statuses
+    });
+    for status in &statuses {
+        assert!(
+            *status == 408 || *status == 503,
+            "a slow upload is cut (408) or never admitted (503): {statuses:?}"
+        );
+    }
+    assert!(
+        statuses.contains(&408),
+        "the rate is enforced: {statuses:?}"
+    );
+    assert!(reads.load(Ordering::Relaxed) > 0);
+    assert_eq!(db.count("contacts"), 0, "no row of a cut upload remains");
+    assert_eq!(idle_in_transaction(&db), 0);
+    // The upload connection came back clean: a normal upload goes through.
+    let r = post_csv_to(srv.addr, b"name\nAda\n");
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(db.count("contacts"), 1);
+}
+
+#[test]
+fn fifty_parallel_uploads_are_all_or_nothing_while_reads_go_on() {
+    let db = Db::new(shared(), 100);
+    let srv = db.server(&["--upload-wait-timeout", "2s"]);
+    let rows = 5_000u64;
+    let csv = contacts_csv(rows, None);
+    let stop = AtomicBool::new(false);
+    let reads = AtomicU64::new(0);
+    let addr = srv.addr;
+    let statuses: Vec<u16> = thread::scope(|s| {
+        let readers: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| read_orders_until(addr, &stop, &reads)))
+            .collect();
+        let uploads: Vec<_> = (0..50)
+            .map(|_| {
+                let csv = &csv;
+                s.spawn(move || {
+                    let r = post_csv_to(addr, csv);
+                    match r.status {
+                        201 => assert!(r.text().contains(&format!("\"rows\":{rows}"))),
+                        503 => assert_eq!(r.header("retry-after"), Some("1")),
+                        other => panic!("upload answered {other}: {}", r.text()),
+                    }
+                    r.status
+                })
+            })
+            .collect();
+        let statuses = uploads.into_iter().map(|h| h.join().unwrap()).collect();
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
+        statuses
+    });
+    let committed = statuses.iter().filter(|s| **s == 201).count() as u64;
+    assert!(committed > 0, "{statuses:?}");
+    assert_eq!(
+        db.count("contacts"),
+        committed * rows,
+        "all or nothing each"
+    );
+    assert_eq!(db.count("imports"), committed);
+    assert!(reads.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn reads_survive_terminated_backends_and_writes_are_not_replayed() {
+    let db = Db::new(shared(), 100);
+    let srv = db.server(&[]);
+    let stop = AtomicBool::new(false);
+    let reads = AtomicU64::new(0);
+    let addr = srv.addr;
+    let csv = contacts_csv(2_000, None);
+    let mut kills = 0;
+    let statuses: Vec<u16> = thread::scope(|s| {
+        let readers: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| read_orders_until(addr, &stop, &reads)))
+            .collect();
+        let writer = s.spawn(|| {
+            let mut statuses = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let r = post_csv_to(addr, &csv);
+                assert!(
+                    r.status == 201 || r.status == 503,
+                    "a write fails cleanly: {} {}",
+                    r.status,
+                    r.text()
+                );
+                statuses.push(r.status);
+            }
+            statuses
+        });
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(6) {
+            thread::sleep(Duration::from_millis(300));
+            db.sql(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{}' AND pid <> pg_backend_pid() \
+                 AND backend_type = 'client backend'",
+                db.name
+            ));
+            kills += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
+        writer.join().unwrap()
+    });
+    assert!(kills >= 10);
+    assert!(reads.load(Ordering::Relaxed) > 100);
+    let committed = statuses.iter().filter(|s| **s == 201).count() as u64;
+    assert_eq!(
+        db.count("contacts"),
+        committed * 2_000,
+        "a write cut by a kill left nothing and was not run twice: {statuses:?}"
+    );
+    let metrics = srv.connect().roundtrip(get("/metrics")).text();
+    assert!(
+        metrics.contains("ringside_db_read_retries_total"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn out_of_descriptors_clients_get_an_answer_and_the_server_recovers() {
+    const LIMIT: u64 = 96;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringside"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--cores", "1"]);
+    // SAFETY: setrlimit in the child between fork and exec touches no
+    // state of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: LIMIT,
+                rlim_max: LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let srv = Server::spawn(cmd).expect("server starts under a low RLIMIT_NOFILE");
+    let clients: Vec<TcpStream> = (0..2 * LIMIT)
+        .map(|_| TcpStream::connect(srv.addr).expect("the backlog takes it"))
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    let (mut served, mut refused) = (0, 0);
+    for s in clients.iter() {
+        let mut c = Conn::from_parts(s.try_clone().unwrap(), Vec::new());
+        // A refused client already has its answer waiting.
+        let mut probe = [0u8; 1];
+        c.s.set_nonblocking(true).unwrap();
+        let answered = matches!(c.s.peek(&mut probe), Ok(n) if n > 0);
+        c.s.set_nonblocking(false).unwrap();
+        if answered {
+            c.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let r = c.read_response();
+            assert_eq!(r.status, 503, "{}", r.text());
+            assert_eq!(r.header("retry-after"), Some("1"));
+            refused += 1;
+            continue;
+        }
+        c.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.send_lossy(get("/plaintext"));
+        let mut head = [0u8; 12];
+        c.s.read_exact(&mut head).expect("an answer, not a hang");
+        let status = &head[9..12];
+        assert!(status == b"200" || status == b"503", "{head:?}");
+        if status == b"200" {
+            served += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    assert!(
+        served > 0 && refused > 0,
+        "{served} served, {refused} refused"
+    );
+    drop(clients);
+    thread::sleep(Duration::from_millis(500));
+    let mut c = srv.connect();
+    assert_eq!(c.roundtrip(get("/plaintext")).status, 200, "recovered");
+    let metrics = c.roundtrip(get("/metrics")).text();
+    let refused_metric: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ringside_refused_no_descriptor_total{core=\"0\"} "))
+        .expect("counted in /metrics")
+        .parse()
+        .unwrap();
+    assert!(refused_metric > 0);
+    let log = srv.log_lines().join("\n");
+    assert!(
+        log.contains("out of file descriptors"),
+        "the log says why: {log}"
+    );
+    let _ = Write::flush(&mut std::io::stdout());
+}
