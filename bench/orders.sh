@@ -235,26 +235,7 @@ REV=$(repo_rev)
 WRK_TIMEOUT=$((DURATION + 30))
 
 # ------------------------------------------------------------- PostgreSQL ---
-PG_DIR="/tmp/ringside-orders-$$"
-log "starting a throwaway PostgreSQL cluster in $PG_DIR"
-PG_ENV=$("$ROOT_DIR/scripts/pg-test-cluster" start "$PG_DIR") || die "could not start PostgreSQL (the trap removes $PG_DIR)"
-PGPORT=$(sed -n 's/^PGPORT=//p' <<<"$PG_ENV")
-PGDATA_DIR=$(sed -n 's/^RINGSIDE_PG_DATA=//p' <<<"$PG_ENV")
-[[ -n "$PGPORT" && -n "$PGDATA_DIR" ]] || die "unexpected pg-test-cluster output: $PG_ENV"
-PG_PID=$(head -n 1 "$PGDATA_DIR/postmaster.pid")
-[[ "$PG_PID" =~ ^[0-9]+$ ]] || die "cannot read the postmaster's pid from $PGDATA_DIR/postmaster.pid"
-# Pin the postmaster (all its threads) and its current children (checkpointer,
-# walwriter, ...) before any client connects: backends forked later inherit it.
-for p in "$PG_PID" $(pgrep -P "$PG_PID" || true); do
-    taskset -a -p -c "$PG_CPUS" "$p" >/dev/null || die "cannot pin PostgreSQL process $p to CPU(s) $PG_CPUS"
-done
-log "PostgreSQL $PG_PID on 127.0.0.1:$PGPORT pinned to CPU(s) $PG_CPUS"
-psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres \
-    -c "CREATE DATABASE ringside_bench OWNER ringside_trust" >&2 || die "CREATE DATABASE failed"
-DIRECT_URL="postgres://ringside_trust@127.0.0.1:$PGPORT/ringside_bench?sslmode=disable"
-DATABASE_URL="$DIRECT_URL" "$RINGSIDE_BIN" migrate >&2 || die "ringside migrate failed"
-DATABASE_URL="$DIRECT_URL" "$RINGSIDE_BIN" seed --orders "$ORDERS" >&2 || die "ringside seed failed"
-psql -X -q -h 127.0.0.1 -p "$PGPORT" -U ringside_trust -d ringside_bench -c "VACUUM ANALYZE orders" >&2 || true
+start_bench_cluster "$PG_CPUS" ringside_bench "$ORDERS"
 
 SERVER_URL=$DIRECT_URL
 PROXY_PID=""
@@ -294,20 +275,6 @@ run_wrk() {
 }
 
 # parse_wrk LOG -> "requests elapsed_s rps p50_ms p99_ms max_ms socket_errors non2xx"
-parse_wrk() {
-    local logf=$1 requests elapsed rps p50 p99 max sockerr non2xx
-    requests=$(awk '/ requests in / { print $1; exit }' "$logf")
-    elapsed=$(awk '/ requests in / { sub(/s,$/, "", $4); print $4; exit }' "$logf")
-    rps=$(awk '/^Requests\/sec:/ { print $2; exit }' "$logf")
-    p50=$(awk '$1 == "50%" { print $2; exit }' "$logf")
-    p99=$(awk '$1 == "99%" { print $2; exit }' "$logf")
-    max=$(awk '$1 == "Latency" && NF >= 4 { print $4; exit }' "$logf")
-    # "  Socket errors: connect 0, read 0, write 0, timeout 0"
-    sockerr=$(awk '/Socket errors:/ { n = 0; for (i = 1; i < NF; i++) if ($i ~ /^(connect|read|write|timeout)$/) { v = $(i + 1); sub(/,$/, "", v); n += v } print n; exit }' "$logf")
-    non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF; exit }' "$logf")
-    [[ -n "$requests" && -n "$rps" && -n "$p99" && -n "$elapsed" ]] || return 1
-    echo "$requests $elapsed $rps $(wrk_time_ms "$p50") $(wrk_time_ms "$p99") $(wrk_time_ms "${max:-NA}") ${sockerr:-0} ${non2xx:-0}"
-}
 
 # ---------------------------------------------------------------- servers ---
 SERVER_PID=""

@@ -145,7 +145,9 @@ impl Batches {
     fn new(batch_bytes: usize) -> Self {
         Batches {
             csv: CsvValidator::new(Limits::default()),
-            out: BytesMut::with_capacity(batch_bytes + Limits::DEFAULT_MAX_RECORD_BYTES),
+            // Grown as records arrive (to at most a batch and a record):
+            // a client that sends a few bytes costs a few bytes.
+            out: BytesMut::new(),
             batch_bytes,
             bytes: 0,
             ended: false,

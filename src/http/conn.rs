@@ -25,7 +25,8 @@ use ringside_wire::http::{parse_head, Framing, HttpDate, ResponseHead, StatusCod
 use super::exchange::Exchange;
 use super::{HttpCore, HttpSettings, Service};
 use crate::runtime::deadlines::{DeadlineKey, DeadlineTable, WaitEnd};
-use crate::runtime::read_append;
+use crate::runtime::{read_append, recv_now};
+use std::os::fd::AsRawFd;
 
 /// Read at least this much per read call, so a nearly full buffer is grown
 /// (within the limits) rather than read a few bytes at a time.
@@ -52,9 +53,13 @@ pub(super) struct ConnIo<'a> {
     pub(super) wbuf: BytesMut,
     shared: &'a Shared,
     deadline_key: DeadlineKey,
-    /// How much a read asks for at least; a handler streaming a large body
-    /// raises it for its request (bigger reads, fewer of them).
+    /// How much a read may ask for; a handler streaming a large body raises
+    /// it for its request (bigger reads, fewer of them).
     pub(super) read_size: usize,
+    /// Whether the last read filled all the room it was given: only then
+    /// does the next one get `read_size` bytes of room. A client that sends
+    /// little at a time (a trickle, a slow link) never costs a large buffer.
+    reads_fill: bool,
 }
 
 impl<'a> ConnIo<'a> {
@@ -64,6 +69,7 @@ impl<'a> ConnIo<'a> {
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             read_size: shared.buffers.buf_size(),
+            reads_fill: false,
             shared,
             deadline_key,
         }
@@ -122,7 +128,10 @@ impl ConnIo<'_> {
         self.shared.core.draining()
     }
 
-    fn ensure_wbuf(&mut self) {
+    /// Takes a write buffer from the pool when the connection has none: on
+    /// the first response bytes, not before (a handler that waits long, on
+    /// a slow body or the database, holds no write buffer meanwhile).
+    pub(super) fn ensure_wbuf(&mut self) {
         if self.wbuf.capacity() == 0 {
             self.wbuf = self.shared.buffers.take();
         }
@@ -143,8 +152,24 @@ impl ConnIo<'_> {
         if self.rbuf.capacity() == 0 {
             self.rbuf = self.shared.buffers.take();
         }
-        if self.rbuf.capacity() - self.rbuf.len() < MIN_READ_SPARE.min(self.read_size) {
-            self.rbuf.reserve(self.read_size);
+        let base = self.shared.buffers.buf_size();
+        let wanted = if self.reads_fill {
+            self.read_size
+        } else {
+            base.min(self.read_size)
+        };
+        if self.rbuf.capacity() - self.rbuf.len() < MIN_READ_SPARE.min(wanted) {
+            self.rbuf.reserve(wanted);
+        }
+        let room = self.rbuf.capacity() - self.rbuf.len();
+        match recv_now(self.stream.as_raw_fd(), &mut self.rbuf) {
+            Ok(Some(0)) => return Err(IoFailure::Closed),
+            Ok(Some(n)) => {
+                self.reads_fill = n == room;
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(_) => return Err(IoFailure::Error),
         }
         let buf = mem::take(&mut self.rbuf);
         let deadlines = &self.shared.core.deadlines;
@@ -153,7 +178,10 @@ impl ConnIo<'_> {
                 self.rbuf = buf;
                 match res {
                     Ok(0) => Err(IoFailure::Closed),
-                    Ok(_) => Ok(()),
+                    Ok(n) => {
+                        self.reads_fill = n == room;
+                        Ok(())
+                    }
                     Err(_) => Err(IoFailure::Error),
                 }
             }
@@ -426,7 +454,6 @@ async fn process_input<S: Service>(
             }
         };
 
-        io.ensure_wbuf();
         let mut ex = Exchange::new(&mut io, head, settings.max_body_bytes);
         http.service.call(&mut ex).await;
         ex.complete();

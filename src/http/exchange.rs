@@ -172,6 +172,7 @@ impl<'c, 'io> Exchange<'c, 'io> {
             // The client waits for this before it sends the body; whatever
             // responses precede it in the pipeline go out first, in order.
             self.continue_pending = false;
+            self.io.ensure_wbuf();
             self.io.wbuf.extend_from_slice(CONTINUE_100);
             if self.io.flush().await.is_err() {
                 return Err(self.fail(BodyError::Closed));
@@ -277,6 +278,7 @@ impl<'c, 'io> Exchange<'c, 'io> {
     ) {
         self.decide_keep_alive();
         self.status = Some(status);
+        self.io.ensure_wbuf();
         let date = self.io.date();
         ResponseHead {
             status,
