@@ -29,6 +29,8 @@ ORDER = [
     ("scale", "Connection scale: idle connections beside an /orders load"),
     ("upload", "CSV upload: POST /contacts vs psql \\copy"),
     ("spread", "Accept spread over cores"),
+    ("hostile", "Hostile clients: slowloris and slow uploads beside /orders"),
+    ("memory", "Memory after bursts, by allocator"),
     ("techempower", "TechEmpower test types: against published Rust implementations"),
 ]
 
@@ -68,7 +70,7 @@ def main(results=RESULTS):
     out.append(f"- Kernel: Linux {platform.release()}")
     out.append(f"- Commit: {sh('git', '-C', HERE, 'rev-parse', '--short', 'HEAD')}")
     out.append(f"- Collected: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    out.append("- Reproduce everything: `bench/run` (about 30 min); one scenario: `bench/run --only NAME`.")
+    out.append("- Reproduce everything: `bench/run` (about 37 min); one scenario: `bench/run --only NAME`.")
     out.append("  The pinning protocol and each script's options are in `bench/README.md`.")
     out.append("")
     targets = os.path.join(HERE, "targets.md")

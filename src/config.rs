@@ -219,7 +219,11 @@ pub static SETTINGS: &[Setting] = &[
     setting!("backlog", "RINGSIDE_BACKLOG", "4096",
         "listen backlog of each core's socket (capped by net.core.somaxconn)",
         |c, v| c.backlog = parse_int(v, 1, i32::MAX as u64)? as u32),
-    setting!("ring-entries", "RINGSIDE_RING_ENTRIES", "1024",
+    // The kernel sizes its table of pending polls (walked on every cancel,
+    // e.g. a slow client cut at its deadline) from the ring: with 10,000
+    // connections waiting, 1024 entries gave chains of ~150 and
+    // io_poll_find was a tenth of the server's time under a slowloris crowd.
+    setting!("ring-entries", "RINGSIDE_RING_ENTRIES", "4096",
         "io_uring submission queue entries per core",
         |c, v| c.ring_entries = parse_int(v, 256, 32768)? as u32),
     setting!("max-connections-per-core", "RINGSIDE_MAX_CONNECTIONS_PER_CORE", "16384",

@@ -60,6 +60,11 @@ pub(super) struct ConnIo<'a> {
     /// does the next one get `read_size` bytes of room. A client that sends
     /// little at a time (a trickle, a slow link) never costs a large buffer.
     reads_fill: bool,
+    /// Whether bytes are probably waiting: right after the connection was
+    /// reported readable, or after a read that filled its room. Only then
+    /// is a plain non-blocking recv tried before the ring's read (a recv
+    /// that finds nothing would be a wasted system call).
+    bytes_waiting: bool,
 }
 
 impl<'a> ConnIo<'a> {
@@ -70,6 +75,7 @@ impl<'a> ConnIo<'a> {
             wbuf: BytesMut::new(),
             read_size: shared.buffers.buf_size(),
             reads_fill: false,
+            bytes_waiting: true,
             shared,
             deadline_key,
         }
@@ -162,14 +168,17 @@ impl ConnIo<'_> {
             self.rbuf.reserve(wanted);
         }
         let room = self.rbuf.capacity() - self.rbuf.len();
-        match recv_now(self.stream.as_raw_fd(), &mut self.rbuf) {
-            Ok(Some(0)) => return Err(IoFailure::Closed),
-            Ok(Some(n)) => {
-                self.reads_fill = n == room;
-                return Ok(());
+        if self.bytes_waiting {
+            match recv_now(self.stream.as_raw_fd(), &mut self.rbuf) {
+                Ok(Some(0)) => return Err(IoFailure::Closed),
+                Ok(Some(n)) => {
+                    self.reads_fill = n == room;
+                    self.bytes_waiting = self.reads_fill;
+                    return Ok(());
+                }
+                Ok(None) => self.bytes_waiting = false,
+                Err(_) => return Err(IoFailure::Error),
             }
-            Ok(None) => {}
-            Err(_) => return Err(IoFailure::Error),
         }
         let buf = mem::take(&mut self.rbuf);
         let deadlines = &self.shared.core.deadlines;
@@ -180,6 +189,7 @@ impl ConnIo<'_> {
                     Ok(0) => Err(IoFailure::Closed),
                     Ok(n) => {
                         self.reads_fill = n == room;
+                        self.bytes_waiting = self.reads_fill;
                         Ok(())
                     }
                     Err(_) => Err(IoFailure::Error),
