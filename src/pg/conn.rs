@@ -995,7 +995,15 @@ fn route(conn: &PgConn, msg: Message) -> Result<(), String> {
                 }
                 _ => None,
             };
+            let fatal = matches!(&e, QueryError::Pg(PgError::Db(db)) if db.severity == "FATAL" || db.severity == "PANIC");
             slot.fail(inherited.unwrap_or(e));
+            if fatal {
+                // The backend is going away (terminated, shutting down): no
+                // ReadyForQuery follows, and its socket closes only once the
+                // process has exited. Fail everything queued now rather
+                // than when the end of the stream arrives.
+                return Err("the server ended the session (FATAL error)".into());
+            }
             if slot.state.get() == SlotState::CopyIn {
                 // The COPY is over; the sender sees it on its next send.
                 slot.wake();

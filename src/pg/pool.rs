@@ -31,6 +31,7 @@ use monoio::time::Instant;
 use super::config::PgConfig;
 use super::conn::{ConnSettings, CopyIn, Param, Pending, PgConn, Rows, Statement};
 use super::QueryError;
+use crate::runtime::LogLimit;
 
 /// The pool's settings (per core).
 #[derive(Clone, Debug)]
@@ -129,6 +130,7 @@ pub struct Pool {
     closed: Cell<bool>,
     /// The last connection error, for a clear message while none is up.
     last_error: RefCell<Option<String>>,
+    timeouts_logged: LogLimit,
 }
 
 impl Pool {
@@ -156,6 +158,7 @@ impl Pool {
             stats: RefCell::new(PoolStats::default()),
             closed: Cell::new(false),
             last_error: RefCell::new(None),
+            timeouts_logged: LogLimit::default(),
         });
         for i in 0..pool.settings.connections {
             monoio::spawn(supervise(Rc::downgrade(&pool), i));
@@ -197,24 +200,38 @@ impl Pool {
 
     /// Runs a prepared statement on the least loaded connection, bounded by
     /// the query timeout. A read-only statement whose connection broke
-    /// before its answer arrived is run again on another connection (at
-    /// most [`READ_RETRIES`] times); anything else fails with the error.
+    /// before its answer arrived is run again, each time on a connection it
+    /// has not tried yet (so at most once per member; once in the common
+    /// case of one broken connection). A restart or an operator's
+    /// `pg_terminate_backend` ends every member at once, and a single retry
+    /// would often land on another dead member whose reader had not yet
+    /// seen its end. Anything else fails with its error, and a statement
+    /// that writes is never run twice.
     pub async fn query(
         &self,
         stmt: &'static Statement,
         params: &[Param<'_>],
     ) -> Result<Rows, QueryError> {
-        let mut retries = 0;
+        let mut tried: Vec<Rc<PgConn>> = Vec::new();
         let result = loop {
-            let result = self.query_once(stmt, params).await;
+            let (index, conn) = match self.acquire(&tried).await {
+                Ok(found) => found,
+                Err(e) => break Err(e),
+            };
+            let result = match conn.start_query(stmt, params, "", 0) {
+                Ok(p) => self.with_deadline(index, &conn, p.rows()).await,
+                Err(e) => Err(e),
+            };
             match result {
-                Err(e) if stmt.read_only && e.is_connection_lost() && retries < READ_RETRIES => {
-                    retries += 1;
+                Err(e)
+                    if stmt.read_only
+                        && e.is_connection_lost()
+                        && tried.len() < self.settings.connections =>
+                {
+                    tried.push(conn);
                     self.stats.borrow_mut().retries += 1;
-                    // A backend terminated with its siblings (a restart, an
-                    // operator's pg_terminate_backend) closes them all at
-                    // once: a short pause lets this core's readers notice
-                    // the others before the retry picks one.
+                    // Let this core's readers notice the other members that
+                    // ended with this one before the retry picks one.
                     monoio::time::sleep(RETRY_PAUSE).await;
                 }
                 r => break r,
@@ -224,18 +241,6 @@ impl Pool {
         result
     }
 
-    async fn query_once(
-        &self,
-        stmt: &'static Statement,
-        params: &[Param<'_>],
-    ) -> Result<Rows, QueryError> {
-        let (index, conn) = self.acquire().await?;
-        match conn.start_query(stmt, params, "", 0) {
-            Ok(p) => self.with_deadline(index, &conn, p.rows()).await,
-            Err(e) => Err(e),
-        }
-    }
-
     /// Runs the same statement with each parameter set, all pipelined on
     /// one connection (one write, one wait), answers in order.
     pub async fn query_batch(
@@ -243,7 +248,7 @@ impl Pool {
         stmt: &'static Statement,
         params: &[&[Param<'_>]],
     ) -> Result<Vec<Rows>, QueryError> {
-        let (index, conn) = self.acquire().await?;
+        let (index, conn) = self.acquire(&[]).await?;
         let pending = params
             .iter()
             .map(|p| conn.start_query(stmt, p, "", 0))
@@ -391,8 +396,19 @@ impl Pool {
             Ok(r) => r,
             Err(_) => {
                 self.stats.borrow_mut().timeouts += 1;
+                if let Some(suppressed) = self.timeouts_logged.admit() {
+                    tracing::warn!(
+                        backend_pid = conn.session.process_id,
+                        in_flight = conn.in_flight(),
+                        broken = conn.is_broken(),
+                        suppressed,
+                        "a query passed its deadline ({:?}); cancelling it",
+                        self.settings.query_timeout
+                    );
+                }
                 if let Some(m) = self.members.borrow_mut().get_mut(index) {
-                    if m.suspect_since.is_none() {
+                    let same = m.conn.as_ref().is_some_and(|c| Rc::ptr_eq(c, conn));
+                    if same && m.suspect_since.is_none() {
                         m.suspect_since = Some(Instant::now());
                     }
                 }
@@ -415,9 +431,10 @@ impl Pool {
     /// Picks a connection with room (the least loaded), or waits for one.
     /// First come, first served: while anyone waits, a newcomer queues
     /// behind them rather than taking the slot a waiter was woken for.
-    async fn acquire(&self) -> Result<(usize, Rc<PgConn>), QueryError> {
+    /// Connections in `avoid` are not chosen (a retry's earlier attempts).
+    async fn acquire(&self, avoid: &[Rc<PgConn>]) -> Result<(usize, Rc<PgConn>), QueryError> {
         if self.readers.is_empty() {
-            if let Some(found) = self.try_acquire() {
+            if let Some(found) = self.try_acquire(avoid) {
                 return Ok(found);
             }
         }
@@ -430,7 +447,7 @@ impl Pool {
         loop {
             let woke =
                 monoio::time::timeout_at(deadline, WaitTurn::new(&self.readers, front)).await;
-            if let Some(found) = self.try_acquire() {
+            if let Some(found) = self.try_acquire(avoid) {
                 // Pass the turn on: there may be more room.
                 self.readers.wake_one();
                 return Ok(found);
@@ -463,12 +480,16 @@ impl Pool {
         }
     }
 
-    fn try_acquire(&self) -> Option<(usize, Rc<PgConn>)> {
+    fn try_acquire(&self, avoid: &[Rc<PgConn>]) -> Option<(usize, Rc<PgConn>)> {
         let members = self.members.borrow();
         let mut best: Option<(usize, usize)> = None;
         for (i, m) in members.iter().enumerate() {
             let Some(c) = &m.conn else { continue };
-            if m.exclusive || m.suspect_since.is_some() || c.is_broken() {
+            if m.exclusive
+                || m.suspect_since.is_some()
+                || c.is_broken()
+                || avoid.iter().any(|a| Rc::ptr_eq(a, c))
+            {
                 continue;
             }
             let load = c.in_flight();
@@ -500,8 +521,6 @@ impl Pool {
     }
 }
 
-/// How often a read-only statement is run again after its connection broke.
-pub const READ_RETRIES: usize = 2;
 const RETRY_PAUSE: Duration = Duration::from_millis(2);
 
 /// Callers waiting for capacity, first come, first served, bounded in count.
