@@ -137,6 +137,7 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 cp "$CSV" "$OUT_DIR/hostile.csv"
+ensure_python_matplotlib
 python3 "$BENCH_DIR/hostile_report.py" "$OUT_DIR/hostile.csv" "$OUT_DIR/hostile.md" \
     "bench/hostile.sh${ARGS:+ $ARGS}"
 cat "$OUT_DIR/hostile.md"

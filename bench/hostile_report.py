@@ -7,6 +7,7 @@ Ratios are paired by round (attacked / calm of the same round), then the
 median over rounds is taken, so a VM that drifts between rounds does not
 bias the ratio."""
 import csv
+import os
 import sys
 
 from tables import fmt, med, num, rng
@@ -64,6 +65,28 @@ def main(path, out, command):
         )
     with open(out, "w") as f:
         f.write("\n".join(lines) + "\n")
+    plot(by, os.path.join(os.path.dirname(out), "hostile.png"))
+
+
+def plot(by, png):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    runs = [r for r in ("calm", "attacked") if r in by]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.6))
+    for ax, key, label in ((a1, "rps", "/orders req/s"), (a2, "p99_ms", "/orders p99 (ms)")):
+        vals = [med([num(r[key]) for r in by[run]]) or 0 for run in runs]
+        lows = [v - min(num(r[key]) for r in by[run]) for v, run in zip(vals, runs)]
+        highs = [max(num(r[key]) for r in by[run]) - v for v, run in zip(vals, runs)]
+        ax.bar(runs, vals, yerr=[lows, highs], capsize=4, color=["#4c72b0", "#c44e52"][: len(runs)])
+        ax.set_title(label)
+    fig.suptitle("64 clients on /orders, without and with 5,000 slowloris + 5,000 slow uploads")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
 
 
 if __name__ == "__main__":

@@ -160,6 +160,7 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 cp "$CSV" "$OUT_DIR/memory.csv"
+ensure_python_matplotlib
 python3 "$BENCH_DIR/memory_report.py" "$OUT_DIR/memory.csv" "$OUT_DIR/memory.md" \
     "bench/memory.sh${ARGS:+ $ARGS}"
 cat "$OUT_DIR/memory.md"
