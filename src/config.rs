@@ -488,9 +488,19 @@ impl Config {
     pub fn help() -> String {
         let mut s = String::from(
             "ringside: a thread-per-core io_uring HTTP/1.1 server\n\n\
-             usage: ringside [serve] [--config FILE] [--flag value]...\n\
-             \x20      ringside check-config [--config FILE] [--flag value]...\n\
-             \x20      ringside migrate | seed --orders N | gen-contacts --rows N [--bad-line L]\n\n\
+             usage: ringside [COMMAND] [--config FILE] [--flag value]...\n\n\
+             Commands:\n\
+             \x20 serve          serve HTTP on every core (the default)\n\
+             \x20 check-config   print the settings in effect and where each came from; exit 2 if one is invalid\n\
+             \x20 migrate        create or upgrade the database schema (idempotent)\n\
+             \x20 seed --orders N\n\
+             \x20                fill demo orders up to N\n\
+             \x20 gen-contacts --rows N [--bad-line L]\n\
+             \x20                write an address CSV for POST /contacts to stdout (a bad record on line L)\n\
+             \x20 help, version\n\n\
+             The database comes from --database-url (DATABASE_URL) or the libpq variables\n\
+             PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE. Sizes take KiB, MiB, GiB; durations\n\
+             ms, s, m, h (a plain number is seconds).\n\n\
              Flags (each also read from its environment variable, and from the TOML file\n\
              given by --config or RINGSIDE_CONFIG, with the flag name as key):\n",
         );
@@ -565,7 +575,11 @@ fn parse_cores(v: &str) -> Result<CoreSelection, String> {
     }
     if !v.contains([',', '-']) {
         let n = parse_int(v, 1, 4096).map_err(|e| {
-            format!("{e} (a single number is a count of cores; to name CPU {v} write {v}-{v})")
+            if v.bytes().all(|b| b.is_ascii_digit()) {
+                format!("{e} (a single number is a count of cores; to name CPU {v} write {v}-{v})")
+            } else {
+                format!("{e}: expected all, a count of cores (4) or a list of CPUs (0,2-3)")
+            }
         })?;
         return Ok(CoreSelection::Count(n as usize));
     }
@@ -590,6 +604,27 @@ fn parse_cores(v: &str) -> Result<CoreSelection, String> {
 
 #[cfg(test)]
 mod tests {
+    /// The README's table names every setting with its environment
+    /// variable and default, so that it cannot fall behind `--help`.
+    #[test]
+    fn readme_lists_every_setting() {
+        let readme = include_str!("../README.md");
+        for set in super::SETTINGS {
+            let default = if set.default.is_empty() {
+                "(none)"
+            } else {
+                set.default
+            };
+            let row = format!("| `--{}` | `{}` | `{}` |", set.flag, set.env, default);
+            let row_none = format!("| `--{}` | `{}` | {} |", set.flag, set.env, default);
+            assert!(
+                readme.contains(&row) || readme.contains(&row_none),
+                "README.md lacks the row for --{} (expected it to start with {row:?})",
+                set.flag
+            );
+        }
+    }
+
     use super::*;
 
     fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {

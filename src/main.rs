@@ -33,13 +33,17 @@ fn main() -> ExitCode {
             println!("ringside {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
+        Some(other) if !other.starts_with('-') => {
+            eprintln!("ringside: unknown command {other:?} (see ringside --help)");
+            return ExitCode::from(2);
+        }
         _ => "serve",
     };
     debug_assert_eq!(command, "serve");
     let config = match Config::from_args_and_env(args, |k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("ringside: {e}");
+            eprintln!("ringside: {e} (see ringside --help)");
             return ExitCode::from(2);
         }
     };

@@ -17,8 +17,30 @@ fn ringside() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ringside"))
 }
 
-fn temp_path(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("ringside-{}-{name}", std::process::id()))
+/// A file in the temp directory, removed when dropped (a test run leaves
+/// nothing behind).
+struct TempFile(std::path::PathBuf);
+
+impl AsRef<std::path::Path> for TempFile {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempFile {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn temp_path(name: &str) -> TempFile {
+    TempFile(std::env::temp_dir().join(format!("ringside-{}-{name}", std::process::id())))
 }
 
 #[test]
@@ -343,4 +365,39 @@ fn a_restart_with_a_second_instance_drops_nothing() {
         "requests went on after the handover ({at_handover} → {ok})"
     );
     assert_eq!(new.connect().roundtrip(get("/healthz")).status, 200);
+}
+
+#[test]
+fn command_line_mistakes_point_to_help() {
+    let out = ringside().arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown command \"frobnicate\"") && err.contains("--help"),
+        "{err}"
+    );
+
+    let out = ringside()
+        .args(["check-config", "--cores", "abc"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("abc-abc"),
+        "no CPU range made of a word: {err}"
+    );
+    assert!(err.contains("a list of CPUs"), "{err}");
+
+    let help = ringside().arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    for line in [
+        "serve ",
+        "check-config ",
+        "migrate ",
+        "seed --orders",
+        "gen-contacts",
+    ] {
+        assert!(text.contains(line), "--help names {line:?}: {text}");
+    }
 }
