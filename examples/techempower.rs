@@ -13,7 +13,7 @@ use std::cell::Cell;
 use std::process::ExitCode;
 use std::rc::Rc;
 
-use ringside::app::text::html_escape;
+use ringside::app::text::{html_escape, push_int};
 use ringside::config::Config;
 use ringside::http::{Exchange, HttpCore, Service, StatusCode};
 use ringside::pg::{ConnSettings, Param, PgConfig, PgConn, Pool, PoolSettings, Rows, Statement};
@@ -86,31 +86,11 @@ fn first_world(rows: &Rows) -> Result<(i32, i32), String> {
     ))
 }
 
-/// Appends the decimal digits of `n` (no formatting machinery: this runs
-/// for every row of every response).
-fn push_int(out: &mut Vec<u8>, n: i32) {
-    let mut digits = [0u8; 11];
-    let mut i = digits.len();
-    let mut v = n.unsigned_abs();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        out.push(b'-');
-    }
-    out.extend_from_slice(&digits[i..]);
-}
-
 fn world_json(out: &mut Vec<u8>, (id, n): (i32, i32)) {
     out.extend_from_slice(b"{\"id\":");
-    push_int(out, id);
+    push_int(out, i64::from(id));
     out.extend_from_slice(b",\"randomNumber\":");
-    push_int(out, n);
+    push_int(out, i64::from(n));
     out.push(b'}');
 }
 
@@ -205,7 +185,7 @@ impl Service for Bench {
                 page.extend_from_slice(b"<!DOCTYPE html><html><head><title>Fortunes</title></head><body><table><tr><th>id</th><th>message</th></tr>");
                 for (id, msg) in fortunes {
                     page.extend_from_slice(b"<tr><td>");
-                    push_int(&mut page, id);
+                    push_int(&mut page, i64::from(id));
                     page.extend_from_slice(b"</td><td>");
                     html_escape(msg, &mut page);
                     page.extend_from_slice(b"</td></tr>");

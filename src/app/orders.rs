@@ -5,7 +5,7 @@ use monoio::time::Instant;
 use crate::http::{Exchange, StatusCode};
 use crate::pg::{Param, QueryError, Statement};
 
-use super::text::{csv_field, html_escape, json_string, rfc3339_micros};
+use super::text::{csv_field, html_escape, json_string, push_int, rfc3339_micros};
 use super::{pool_or_503, query_param, respond_db_error, App};
 
 pub const DEFAULT_LIMIT: i64 = 200;
@@ -187,7 +187,7 @@ fn render_csv_row(
     out: &mut Vec<u8>,
 ) -> Result<(), crate::pg::PgError> {
     let row = row?;
-    out.extend_from_slice(row.req_i64(cols, 0)?.to_string().as_bytes());
+    push_int(out, row.req_i64(cols, 0)?);
     out.push(b',');
     csv_field(row.req_str(cols, 1)?, out);
     out.push(b',');
@@ -195,7 +195,7 @@ fn render_csv_row(
         csv_field(c, out);
     }
     out.push(b',');
-    out.extend_from_slice(row.req_i64(cols, 3)?.to_string().as_bytes());
+    push_int(out, row.req_i64(cols, 3)?);
     out.push(b',');
     csv_field(row.req_str(cols, 4)?, out);
     out.push(b',');

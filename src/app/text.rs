@@ -1,6 +1,8 @@
 //! Escaping and formatting straight into an output buffer: no allocation
 //! per value.
 
+use ringside_wire::http::date::civil_from_days;
+
 /// Appends `s` with the five HTML-significant characters escaped.
 pub fn html_escape(s: &str, out: &mut Vec<u8>) {
     let bytes = s.as_bytes();
@@ -69,29 +71,55 @@ pub fn csv_field(s: &str, out: &mut Vec<u8>) {
 }
 
 /// Appends microseconds since the Unix epoch as RFC 3339 UTC
-/// ("2026-11-26T10:37:09.123456Z").
+/// ("2026-11-26T10:37:09.123456Z"), without formatting machinery or an
+/// allocation: it runs for every exported row.
 pub fn rfc3339_micros(micros: i64, out: &mut Vec<u8>) {
     let secs = micros.div_euclid(1_000_000);
     let frac = micros.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
     let tod = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let s = format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{frac:06}Z",
-        tod / 3600,
-        tod / 60 % 60,
-        tod % 60
-    );
-    out.extend_from_slice(s.as_bytes());
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    if year < 0 {
+        out.push(b'-');
+    }
+    push_padded(out, year.unsigned_abs(), 4);
+    out.push(b'-');
+    push_padded(out, month as u64, 2);
+    out.push(b'-');
+    push_padded(out, day as u64, 2);
+    out.push(b'T');
+    push_padded(out, (tod / 3600) as u64, 2);
+    out.push(b':');
+    push_padded(out, (tod / 60 % 60) as u64, 2);
+    out.push(b':');
+    push_padded(out, (tod % 60) as u64, 2);
+    out.push(b'.');
+    push_padded(out, frac as u64, 6);
+    out.push(b'Z');
+}
+
+/// Appends the decimal digits of `n`, without formatting machinery or an
+/// allocation (it runs for every row of a page or an export).
+pub fn push_int(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    push_padded(out, n.unsigned_abs(), 1);
+}
+
+/// The digits of `n`, zero-padded to at least `width`.
+fn push_padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = i.min(digits.len() - width.min(digits.len()));
+    out.extend_from_slice(&digits[start..]);
 }
 
 #[cfg(test)]
@@ -128,6 +156,33 @@ mod tests {
     fn csv() {
         assert_eq!(run(|o| csv_field("plain", o)), "plain");
         assert_eq!(run(|o| csv_field("a,\"b\"\nc", o)), "\"a,\"\"b\"\"\nc\"");
+    }
+
+    #[test]
+    fn integers_match_the_standard_formatting() {
+        for n in [
+            0,
+            7,
+            -7,
+            10,
+            99,
+            100,
+            -100,
+            65_535,
+            i64::MAX,
+            i64::MIN,
+            i64::MIN + 1,
+        ] {
+            assert_eq!(run(|o| push_int(o, n)), n.to_string());
+        }
+        let mut x: i64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = x >> (x & 63).unsigned_abs();
+            assert_eq!(run(|o| push_int(o, n)), n.to_string());
+        }
     }
 
     #[test]

@@ -67,8 +67,9 @@ fn put2(out: &mut [u8], n: u32) {
 }
 
 /// (year, month 1..=12, day 1..=31) of a day count since 1970-01-01, in the
-/// proleptic Gregorian calendar (Howard Hinnant's civil_from_days).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
+/// proleptic Gregorian calendar (Howard Hinnant's civil_from_days). Also
+/// used by the application's RFC 3339 timestamps: one copy of the calendar.
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097); // [0, 146096]

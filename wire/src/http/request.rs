@@ -349,7 +349,7 @@ fn skip_empty_lines(buf: &[u8]) -> Result<Option<usize>, HeadError> {
 /// start a method (e.g. TLS sent to a plain port, answered at once). Each
 /// condition stays true as bytes are appended, keeping split invariance.
 fn worth_parsing(view: &[u8], max_headers: usize) -> bool {
-    if view.first().is_some_and(|&b| !is_token(b)) {
+    if view.first().is_some_and(|&b| !is_tchar(b)) {
         return true;
     }
     let too_many = max_headers.saturating_add(2);
@@ -474,7 +474,7 @@ fn header_name_error(view: &[u8]) -> &'static str {
         if let Some(b' ' | b'\t') = line.first() {
             return "obsolete line folding";
         }
-        let name_len = line.iter().take_while(|&&b| is_token(b)).count();
+        let name_len = line.iter().take_while(|&&b| is_tchar(b)).count();
         match line.get(name_len) {
             Some(b':') if name_len > 0 => match memchr::memchr(b'\n', line) {
                 Some(i) => pos += i + 1,
@@ -625,7 +625,7 @@ impl TeState {
             } else {
                 // A coding name, maybe with parameters: "gzip;q=1".
                 let name = trim_ows(coding.split(|&b| b == b';').next().unwrap_or(&[]));
-                if name.is_empty() || !name.iter().all(|&b| is_token(b)) {
+                if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
                     self.invalid = true;
                 } else {
                     self.other = true;
@@ -715,8 +715,9 @@ fn method_from(m: &str) -> Method {
     }
 }
 
-/// tchar (RFC 9110 section 5.6.2), the same set httparse uses for names.
-fn is_token(b: u8) -> bool {
+/// tchar (RFC 9110 section 5.6.2), the same set httparse uses for names;
+/// the body decoder checks chunk extensions with it too.
+pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
