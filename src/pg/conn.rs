@@ -8,6 +8,11 @@
 //! slots. A caller that goes away leaves its slot behind: the reader still
 //! consumes that response, so the connection stays in step.
 
+#![allow(
+    unsafe_code,
+    reason = "a non-blocking send(2) and shutdown(2) on the connection's own socket"
+)]
+
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;

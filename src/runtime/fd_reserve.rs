@@ -8,6 +8,11 @@
 //! closes it and takes the spare again. Clients learn that the server is
 //! full instead of hanging.
 
+#![allow(
+    unsafe_code,
+    reason = "the spare descriptor, accept4, send and recv on raw sockets"
+)]
+
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// The answer a connection gets when no descriptor is left for it.

@@ -6,6 +6,11 @@
 //! that core. Cross-core traffic is limited to start-up (ready reports) and
 //! shutdown (one message per core).
 
+#![allow(
+    unsafe_code,
+    reason = "raw accept4 and recv on the core's own sockets, malloc_trim"
+)]
+
 pub mod deadlines;
 pub mod event;
 mod fd_reserve;

@@ -1,5 +1,7 @@
 //! Starts the real server and speaks raw HTTP/1.1 to it.
 
+#![allow(unsafe_code, reason = "signals to the server under test")]
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -2,6 +2,8 @@
 //! slow uploaders, a crowd of uploads, backends terminated under load, and a
 //! process out of file descriptors. Real server, real PostgreSQL, real TCP.
 
+#![allow(unsafe_code, reason = "setrlimit in a child before exec")]
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;

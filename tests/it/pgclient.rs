@@ -1,5 +1,10 @@
 //! The PostgreSQL client against a real server over real sockets.
 
+#![allow(
+    unsafe_code,
+    reason = "SIGSTOP and SIGCONT to a backend of the throwaway cluster"
+)]
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -355,15 +360,16 @@ fn a_stopped_backend_gives_errors_at_the_deadline() {
             .unwrap()
             .req_i32(&rows.columns, 0)
             .unwrap();
-        // SAFETY: signals to a backend of our own throwaway cluster.
-        // SAFETY: signals to a backend of our own throwaway cluster; the
-        // guard resumes it whatever happens, so the cluster can stop later.
+        // The guard resumes the backend whatever happens, so the cluster can
+        // stop later.
         struct Resume(i32);
         impl Drop for Resume {
             fn drop(&mut self) {
+                // SAFETY: kill(2) on a backend of our own throwaway cluster.
                 unsafe { libc::kill(self.0, libc::SIGCONT) };
             }
         }
+        // SAFETY: kill(2) on a backend of our own throwaway cluster.
         unsafe { libc::kill(pid, libc::SIGSTOP) };
         let _resume = Resume(pid);
         let start = Instant::now();

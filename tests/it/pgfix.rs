@@ -8,6 +8,8 @@
 //! here with a watchdog that stops it when this process ends. Tests that
 //! stop or restart the server use `Cluster::private()`, their own.
 
+#![allow(unsafe_code, reason = "a signal or uid call for the throwaway cluster")]
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -127,7 +129,9 @@ impl Cluster {
     /// Runs pg_ctl as the cluster's owner.
     pub fn pg_ctl(&self, args: &[&str]) {
         let data = self.dir.join("data");
-        let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        // SAFETY: geteuid(2) has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let mut cmd = if root {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"])
                 .arg(self.bindir.join("pg_ctl"));

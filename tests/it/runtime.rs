@@ -1,5 +1,10 @@
 //! Process-level behaviour: drivers, fallback, cores, graceful shutdown.
 
+#![allow(
+    unsafe_code,
+    reason = "tests install seccomp filters and signal handlers in child processes"
+)]
+
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::thread;

@@ -146,7 +146,7 @@ impl RequestHead {
     ///
     /// Empty lines skipped before the request line are not part of the head:
     /// `parse_head` consumes them as well, so it takes that many bytes more.
-    #[allow(clippy::len_without_is_empty)] // a head is never empty
+    #[allow(clippy::len_without_is_empty, reason = "a head is never empty")]
     pub fn len(&self) -> usize {
         self.bytes.len()
     }
