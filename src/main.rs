@@ -3,11 +3,11 @@
 use std::process::ExitCode;
 use std::thread;
 
+use ringside::app::metrics;
 use ringside::app::schema;
 use ringside::app::{App, AppSettings, Database, Scrape};
 use ringside::config::{Config, LogFormat};
 use ringside::http::HttpCore;
-use ringside::metrics;
 use ringside::pg::{ConnSettings, PgConfig, PgConn};
 use ringside::runtime::Server;
 use signal_hook::consts::{SIGINT, SIGTERM};

@@ -16,8 +16,8 @@ use ringside_wire::csv::{CsvError, CsvValidator, Limits};
 use crate::http::{BodyError, Exchange, StatusCode};
 use crate::pg::{CopyIn, Held, PgError, QueryError};
 
+use super::metrics::CoreMetrics;
 use super::{pool_or_503, respond_db_error, App};
-use crate::metrics::CoreMetrics;
 
 /// The columns an upload may name; `name` is required.
 pub const COLUMNS: [&str; 6] = ["name", "email", "street", "city", "zip", "country"];

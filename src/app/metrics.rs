@@ -12,39 +12,13 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::routes::ROUTES;
 use crate::pg::PoolStats;
-
-/// The routes counted apart; anything else is `other`.
-pub const ROUTES: [&str; 9] = [
-    "plaintext",
-    "healthz",
-    "echo",
-    "orders",
-    "export",
-    "contacts",
-    "metrics",
-    "readyz",
-    "other",
-];
 
 /// Request latency bucket bounds, in seconds.
 pub const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
-
-pub fn route_index(path: &str) -> usize {
-    match path {
-        "/plaintext" => 0,
-        "/healthz" => 1,
-        "/echo" => 2,
-        "/orders" | "/orders.json" => 3,
-        "/orders/export.csv" => 4,
-        "/contacts" => 5,
-        "/metrics" => 6,
-        "/readyz" => 7,
-        _ => 8,
-    }
-}
 
 /// A core's counters. Each is written by its own core only.
 #[derive(Default)]
@@ -221,7 +195,7 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
                         o,
                         "ringside_requests_total{{core=\"{}\",route=\"{}\",status=\"{}xx\"}} {n}",
                         s.core,
-                        ROUTES[r],
+                        ROUTES[r].label,
                         c + 1
                     );
                 }
