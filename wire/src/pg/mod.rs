@@ -11,6 +11,8 @@
 //!   freely into one buffer; a failing encoder leaves it untouched.
 //! - [`backend`]: [`next_message`] frames one server message at a time with
 //!   a length limit checked before the body is buffered.
+//! - [`pipeline`]: a pipelined connection as a value: requests in, bytes
+//!   out; backend bytes in, completions out, each tagged with its request.
 //! - [`row`]: RowDescription columns and DataRow values with getters that
 //!   check the column's type OID and format ([`types`]).
 //! - [`error`]: server errors ([`DbError`], SQLSTATE and all) and ours
@@ -26,11 +28,13 @@
 pub mod backend;
 pub mod error;
 pub mod frontend;
+pub mod pipeline;
 pub mod row;
 pub mod startup;
 pub mod types;
 
 pub use backend::{message_name, next_message, Message, TxStatus, DEFAULT_MAX_MESSAGE_LEN};
 pub use error::{DbError, PgError};
+pub use pipeline::{Event, Param, Pipeline, RequestError, RequestId, Rows};
 pub use row::{columns, Column, Row};
 pub use startup::{Session, Startup, StartupParams};
