@@ -174,7 +174,9 @@ fn serve(config: Config) -> ExitCode {
 }
 
 /// Runs a command-line database task on a runtime of its own.
-fn with_db<T>(task: impl AsyncFnOnce(&PgConn) -> Result<T, String>) -> Result<T, String> {
+fn with_db<T>(
+    task: impl AsyncFnOnce(&std::rc::Rc<PgConn>) -> Result<T, String>,
+) -> Result<T, String> {
     let cfg = PgConfig::from_env(|k| std::env::var(k).ok())?;
     let addrs = cfg.resolve()?;
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()

@@ -3,6 +3,7 @@
 //! migrate`, `seed`, `gen-contacts`), not on a serving core.
 
 use std::io::{self, Write};
+use std::rc::Rc;
 
 use crate::pg::{PgConn, QueryError};
 
@@ -46,7 +47,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
 /// Applies the migrations not applied yet, each in its own transaction,
 /// under an advisory lock (two instances starting together do not race).
 /// Returns the versions applied.
-pub async fn migrate(conn: &PgConn) -> Result<Vec<i32>, QueryError> {
+pub async fn migrate(conn: &Rc<PgConn>) -> Result<Vec<i32>, QueryError> {
     conn.simple(
         "CREATE TABLE IF NOT EXISTS ringside_schema_migrations (
             version int PRIMARY KEY,
@@ -61,7 +62,7 @@ pub async fn migrate(conn: &PgConn) -> Result<Vec<i32>, QueryError> {
     result
 }
 
-async fn apply(conn: &PgConn) -> Result<Vec<i32>, QueryError> {
+async fn apply(conn: &Rc<PgConn>) -> Result<Vec<i32>, QueryError> {
     let rows = conn
         .simple("SELECT coalesce(max(version), 0) FROM ringside_schema_migrations")
         .await?;
@@ -102,7 +103,7 @@ const TITLES: [&str; 8] = [
 
 /// Fills `orders` up to `count` rows (it adds only what is missing, so a
 /// second run changes nothing). Returns the rows added.
-pub async fn seed_orders(conn: &PgConn, count: u64) -> Result<u64, QueryError> {
+pub async fn seed_orders(conn: &Rc<PgConn>, count: u64) -> Result<u64, QueryError> {
     let rows = conn.simple("SELECT count(*) FROM orders").await?;
     let have: u64 = rows
         .iter()

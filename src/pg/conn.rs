@@ -1,12 +1,13 @@
-//! One PostgreSQL connection, pipelined, on one core.
+//! One PostgreSQL connection, pipelined, on one core: a thin driver around
+//! the sans-I/O [`Pipeline`] of `ringside_wire::pg`.
 //!
-//! Callers queue requests; a request's bytes and its response slot are
-//! queued in the same step (`enqueue`), so responses, which PostgreSQL sends
-//! in order and each of which ends at ReadyForQuery, reach the right caller
-//! by construction. A writer task sends whatever is queued in one write; a
-//! reader task frames the responses (with the sans-I/O codec) and fills the
-//! slots. A caller that goes away leaves its slot behind: the reader still
-//! consumes that response, so the connection stays in step.
+//! Callers queue requests through the pipeline, which appends their bytes to
+//! the connection's write buffer and tags each with a [`RequestId`]; a writer
+//! task sends whatever is queued in one write; a reader task feeds what the
+//! server sends to the pipeline and hands each completion to the caller
+//! waiting for that id. A caller that goes away abandons its request: the
+//! pipeline still reads its response to the end, so the connection stays in
+//! step, and keeps nothing of it.
 
 #![allow(
     unsafe_code,
@@ -14,7 +15,7 @@
 )]
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -24,13 +25,11 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BytesMut};
 use monoio::io::{AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::{TcpStream, UnixStream};
-use ringside_wire::pg::{
-    self, frontend, next_message, Column, Message, PgError, Row, Session, Startup, StartupParams,
-    TxStatus,
-};
+use ringside_wire::pg::pipeline::{self, Event, Pipeline, RequestError, RequestId};
+use ringside_wire::pg::{frontend, PgError, Session, Startup, StartupParams, TxStatus};
 
 use super::config::{PgConfig, PgHost};
 use super::QueryError;
@@ -67,134 +66,7 @@ pub struct Statement {
     pub read_only: bool,
 }
 
-/// A parameter value, sent in binary.
-#[derive(Clone, Copy, Debug)]
-pub enum Param<'a> {
-    Null,
-    Bool(bool),
-    I32(i32),
-    I64(i64),
-    Text(&'a str),
-}
-
-/// A prepared statement on one connection.
-struct Prepared {
-    name: String,
-    /// Why its Parse failed: requests pipelined behind it, which only
-    /// Bind to it, report that instead of "statement does not exist".
-    failed: RefCell<Option<QueryError>>,
-    /// Result columns, known once the first Describe answered (responses
-    /// come in order, so any later request completes after that).
-    columns: RefCell<Option<Rc<[Column]>>>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SlotState {
-    Waiting,
-    /// COPY FROM STDIN: the server waits for data.
-    CopyIn,
-    Done,
-}
-
-/// Where the response to one request is collected.
-struct Slot {
-    state: Cell<SlotState>,
-    /// DataRows: each a u32 length, then the body (value count and values).
-    rows: RefCell<BytesMut>,
-    row_count: Cell<usize>,
-    /// Columns of a simple query's result, or of a Describe.
-    columns: RefCell<Option<Rc<[Column]>>>,
-    /// The statement this request prepared (Parse + Describe), if any.
-    describes: Option<Rc<Prepared>>,
-    /// The statement this request executes, for its columns.
-    statement: Option<Rc<Prepared>>,
-    tag: RefCell<Option<String>>,
-    suspended: Cell<bool>,
-    error: RefCell<Option<QueryError>>,
-    waker: RefCell<Option<Waker>>,
-    max_bytes: usize,
-}
-
-impl Slot {
-    fn new(describes: Option<Rc<Prepared>>, statement: Option<Rc<Prepared>>, max: usize) -> Self {
-        Slot {
-            state: Cell::new(SlotState::Waiting),
-            rows: RefCell::new(BytesMut::new()),
-            row_count: Cell::new(0),
-            columns: RefCell::new(None),
-            describes,
-            statement,
-            tag: RefCell::new(None),
-            suspended: Cell::new(false),
-            error: RefCell::new(None),
-            waker: RefCell::new(None),
-            max_bytes: max,
-        }
-    }
-
-    fn wake(&self) {
-        if let Some(w) = self.waker.borrow_mut().take() {
-            w.wake();
-        }
-    }
-
-    fn fail(&self, e: QueryError) {
-        let mut err = self.error.borrow_mut();
-        if err.is_none() {
-            *err = Some(e);
-        }
-    }
-}
-
-/// The rows of one response, in one buffer.
-#[derive(Debug)]
-pub struct Rows {
-    data: BytesMut,
-    count: usize,
-    pub columns: Rc<[Column]>,
-    /// The CommandComplete tag ("SELECT 200", "COPY 10000").
-    pub tag: Option<String>,
-    /// The portal has more rows (Execute with a row limit).
-    pub suspended: bool,
-}
-
-impl Rows {
-    pub fn len(&self) -> usize {
-        self.count
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    /// The rows, in order; each decodes against `self.columns`.
-    pub fn iter(&self) -> RowIter<'_> {
-        RowIter { rest: &self.data }
-    }
-
-    /// The row count of the command tag ("INSERT 0 5" → 5).
-    pub fn affected(&self) -> Option<u64> {
-        self.tag.as_deref()?.rsplit(' ').next()?.parse().ok()
-    }
-}
-
-pub struct RowIter<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Iterator for RowIter<'a> {
-    type Item = Result<Row<'a>, PgError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.len() < 4 {
-            return None;
-        }
-        let len = u32::from_be_bytes(self.rest[..4].try_into().ok()?) as usize;
-        let body = self.rest.get(4..4 + len)?;
-        self.rest = &self.rest[4 + len..];
-        Some(Row::new(body))
-    }
-}
+pub use ringside_wire::pg::pipeline::{Param, Rows};
 
 enum Reader {
     Tcp(OwnedReadHalf<TcpStream>),
@@ -238,13 +110,12 @@ impl std::fmt::Debug for PgConn {
 /// A connected, authenticated connection.
 pub struct PgConn {
     pub session: Session,
-    settings: ConnSettings,
-    /// Request bytes not yet handed to the writer, and the slots of every
-    /// request whose response has not been read to its end.
+    /// The protocol state: requests in flight, prepared statements.
+    pipeline: RefCell<Pipeline>,
+    /// Request bytes not yet handed to the writer.
     wbuf: RefCell<BytesMut>,
-    slots: RefCell<VecDeque<Rc<Slot>>>,
-    statements: RefCell<HashMap<&'static str, Rc<Prepared>>>,
-    next_statement: Cell<u32>,
+    /// Callers waiting for their requests' completions.
+    waiting: RefCell<HashMap<RequestId, Waiting>>,
     writer_waker: RefCell<Option<Waker>>,
     /// Bytes queued so far, and bytes written so far: a COPY sender waits
     /// until what it queued was written (back-pressure).
@@ -252,10 +123,17 @@ pub struct PgConn {
     written_bytes: Cell<u64>,
     write_waiters: RefCell<Vec<Waker>>,
     broken: RefCell<Option<String>>,
-    tx_status: Cell<TxStatus>,
     fd: i32,
     /// Called whenever a request completes or the connection breaks.
     on_idle: RefCell<Option<Box<dyn Fn()>>>,
+}
+
+/// What a caller waits for.
+#[derive(Default)]
+struct Waiting {
+    waker: Option<Waker>,
+    copy_ready: bool,
+    done: Option<Result<Rows, QueryError>>,
 }
 
 impl PgConn {
@@ -348,14 +226,15 @@ impl PgConn {
                 Err(e) => return Err(unavailable(e)),
             }
         };
+        let limits = pipeline::Limits {
+            max_message_bytes: settings.max_message_bytes,
+            max_result_bytes: settings.max_result_bytes,
+        };
         let conn = Rc::new(PgConn {
-            tx_status: Cell::new(session.transaction_status),
+            pipeline: RefCell::new(Pipeline::new(limits, session.transaction_status)),
             session,
-            settings,
             wbuf: RefCell::new(BytesMut::with_capacity(4096)),
-            slots: RefCell::new(VecDeque::new()),
-            statements: RefCell::new(HashMap::new()),
-            next_statement: Cell::new(0),
+            waiting: RefCell::new(HashMap::new()),
             writer_waker: RefCell::new(None),
             queued_bytes: Cell::new(0),
             written_bytes: Cell::new(0),
@@ -381,36 +260,32 @@ impl PgConn {
 
     /// Requests sent whose responses have not ended yet.
     pub fn in_flight(&self) -> usize {
-        self.slots.borrow().len()
+        self.pipeline.borrow().in_flight()
     }
 
     pub fn transaction_status(&self) -> TxStatus {
-        self.tx_status.get()
+        self.pipeline.borrow().tx_status()
     }
 
-    /// Queues a request: its bytes, written by `encode`, and its slot, in
-    /// one step. If encoding fails nothing is queued.
+    /// Queues a request through the pipeline (its bytes into the write
+    /// buffer, in one step with its place in the response order) and a
+    /// place to wait for it.
     fn enqueue(
         &self,
-        slot: Slot,
-        encode: impl FnOnce(&mut BytesMut) -> Result<(), PgError>,
-    ) -> Result<Rc<Slot>, QueryError> {
+        queue: impl FnOnce(&mut Pipeline, &mut BytesMut) -> Result<RequestId, PgError>,
+    ) -> Result<RequestId, QueryError> {
         if let Some(why) = self.broken.borrow().as_ref() {
             return Err(QueryError::ConnectionLost(why.clone()));
         }
         let mut wbuf = self.wbuf.borrow_mut();
         let before = wbuf.len();
-        if let Err(e) = encode(&mut wbuf) {
-            wbuf.truncate(before);
-            return Err(QueryError::Pg(e));
-        }
+        let id = queue(&mut self.pipeline.borrow_mut(), &mut wbuf).map_err(QueryError::Pg)?;
         self.queued_bytes
             .set(self.queued_bytes.get() + (wbuf.len() - before) as u64);
-        let slot = Rc::new(slot);
-        self.slots.borrow_mut().push_back(slot.clone());
         drop(wbuf);
+        self.waiting.borrow_mut().insert(id, Waiting::default());
         self.wake_writer();
-        Ok(slot)
+        Ok(id)
     }
 
     fn wake_writer(&self) {
@@ -422,7 +297,7 @@ impl PgConn {
     /// Runs a prepared statement (Parse and Describe the first time on this
     /// connection) and collects its rows, binary format for every column.
     pub async fn query(
-        &self,
+        self: &Rc<Self>,
         stmt: &'static Statement,
         params: &[Param<'_>],
     ) -> Result<Rows, QueryError> {
@@ -432,95 +307,117 @@ impl PgConn {
     /// Queues a prepared statement without waiting (pipelining); await the
     /// returned response.
     pub fn start_query(
-        &self,
+        self: &Rc<Self>,
         stmt: &'static Statement,
         params: &[Param<'_>],
         portal: &str,
         max_rows: i32,
     ) -> Result<Pending, QueryError> {
-        let (prepared, is_new) = self.prepared(stmt);
-        let slot = Slot::new(
-            is_new.then(|| prepared.clone()),
-            Some(prepared.clone()),
-            self.settings.max_result_bytes,
-        );
-        let result = self.enqueue(slot, |buf| {
-            if is_new {
-                frontend::parse(&prepared.name, stmt.sql, stmt.param_types, buf)?;
-                frontend::describe_statement(&prepared.name, buf)?;
-            }
-            encode_bind(buf, portal, &prepared.name, params)?;
-            frontend::execute(portal, max_rows, buf)?;
-            frontend::sync(buf);
-            Ok(())
-        });
-        if result.is_err() && is_new {
-            self.statements.borrow_mut().remove(stmt.sql);
-        }
-        result.map(|slot| Pending { slot })
+        let id = self
+            .enqueue(|p, out| p.query(stmt.sql, stmt.param_types, params, portal, max_rows, out))?;
+        Ok(Pending::new(self, id))
     }
 
     /// Fetches up to `max_rows` more rows of a suspended portal (inside a
     /// transaction: portals end with it).
     pub fn continue_portal(
-        &self,
+        self: &Rc<Self>,
         stmt: &'static Statement,
         portal: &str,
         max_rows: i32,
     ) -> Result<Pending, QueryError> {
-        let (prepared, _) = self.prepared(stmt);
-        let slot = Slot::new(None, Some(prepared), self.settings.max_result_bytes);
-        self.enqueue(slot, |buf| {
-            frontend::execute(portal, max_rows, buf)?;
-            frontend::sync(buf);
-            Ok(())
-        })
-        .map(|slot| Pending { slot })
-    }
-
-    fn prepared(&self, stmt: &'static Statement) -> (Rc<Prepared>, bool) {
-        let mut statements = self.statements.borrow_mut();
-        if let Some(p) = statements.get(stmt.sql) {
-            return (p.clone(), false);
-        }
-        let p = Rc::new(Prepared {
-            name: format!("s{}", self.next_statement.get()),
-            failed: RefCell::new(None),
-            columns: RefCell::new(None),
-        });
-        self.next_statement.set(self.next_statement.get() + 1);
-        statements.insert(stmt.sql, p.clone());
-        (p, true)
+        let id = self.enqueue(|p, out| p.continue_portal(stmt.sql, portal, max_rows, out))?;
+        Ok(Pending::new(self, id))
     }
 
     /// Runs SQL with the simple query protocol (several statements allowed;
     /// rows come in text format).
-    pub async fn simple(&self, sql: &str) -> Result<Rows, QueryError> {
-        let slot = self.enqueue(
-            Slot::new(None, None, self.settings.max_result_bytes),
-            |buf| frontend::query(sql, buf),
-        )?;
-        SlotDone(&slot).await;
-        finish(&slot)
+    pub async fn simple(self: &Rc<Self>, sql: &str) -> Result<Rows, QueryError> {
+        let id = self.enqueue(|p, out| p.simple(sql, out))?;
+        Pending::new(self, id).rows().await
     }
 
     /// Starts `COPY ... FROM STDIN`; returns once the server asks for data.
     pub async fn copy_in(self: &Rc<Self>, sql: &str) -> Result<CopyIn, QueryError> {
-        let slot = self.enqueue(
-            Slot::new(None, None, self.settings.max_result_bytes),
-            |buf| frontend::query(sql, buf),
-        )?;
-        SlotReady(&slot).await;
-        if slot.state.get() == SlotState::Done {
-            finish(&slot)?;
-            return Err(QueryError::Pg(PgError::Protocol(
-                "COPY ended before it asked for data".into(),
-            )));
+        let id = self.enqueue(|p, out| p.simple(sql, out))?;
+        // Until the CopyIn exists, a caller that goes away abandons it.
+        let mut pending = Pending::new(self, id);
+        Ready { conn: self, id }.await;
+        match self.take_done(id) {
+            Some(Err(e)) => return Err(e),
+            Some(Ok(_)) => {
+                return Err(QueryError::Pg(PgError::Protocol(
+                    "COPY ended before it asked for data".into(),
+                )))
+            }
+            None if !self.is_waiting(id) => {
+                return Err(QueryError::ConnectionLost("COPY request lost".into()))
+            }
+            None => {}
         }
+        // From here the CopyIn owns the request.
+        pending.finished = true;
         Ok(CopyIn {
             conn: self.clone(),
-            slot,
+            id,
         })
+    }
+
+    fn is_waiting(&self, id: RequestId) -> bool {
+        self.waiting.borrow().contains_key(&id)
+    }
+
+    fn take_done(&self, id: RequestId) -> Option<Result<Rows, QueryError>> {
+        let mut waiting = self.waiting.borrow_mut();
+        let done = waiting.get_mut(&id)?.done.take()?;
+        waiting.remove(&id);
+        Some(done)
+    }
+
+    /// The caller of `id` went away.
+    fn abandon(&self, id: RequestId) {
+        self.waiting.borrow_mut().remove(&id);
+        self.pipeline.borrow_mut().abandon(id);
+    }
+
+    /// Hands the pipeline's completions to their callers.
+    fn deliver(&self) {
+        let mut any_done = false;
+        loop {
+            let Some(event) = self.pipeline.borrow_mut().next_event() else {
+                break;
+            };
+            let mut waiting = self.waiting.borrow_mut();
+            let (id, entry) = match event {
+                Event::CopyReady(id) => match waiting.get_mut(&id) {
+                    Some(w) => {
+                        w.copy_ready = true;
+                        (id, w)
+                    }
+                    None => continue,
+                },
+                Event::Done(id, result) => {
+                    any_done = true;
+                    match waiting.get_mut(&id) {
+                        Some(w) => {
+                            w.done = Some(result.map_err(request_error));
+                            (id, w)
+                        }
+                        None => continue,
+                    }
+                }
+            };
+            let _ = id;
+            if let Some(w) = entry.waker.take() {
+                w.wake();
+            }
+        }
+        if any_done {
+            for w in self.write_waiters.borrow_mut().drain(..) {
+                w.wake();
+            }
+            self.notify_idle();
+        }
     }
 
     /// Closes the socket: the reader and writer stop, requests in flight fail.
@@ -539,14 +436,32 @@ impl PgConn {
             return;
         }
         *self.broken.borrow_mut() = Some(why.clone());
-        let slots: Vec<Rc<Slot>> = self.slots.borrow_mut().drain(..).collect();
-        for slot in slots {
-            slot.fail(QueryError::ConnectionLost(format!(
-                "database connection lost: {why}"
-            )));
-            slot.state.set(SlotState::Done);
-            slot.wake();
+        // Completions the pipeline already made go to their callers first.
+        self.deliver();
+        let unanswered = self.pipeline.borrow_mut().take_unanswered(&why);
+        let mut waiting = self.waiting.borrow_mut();
+        for id in unanswered {
+            if let Some(w) = waiting.get_mut(&id) {
+                w.done = Some(Err(QueryError::ConnectionLost(format!(
+                    "database connection lost: {why}"
+                ))));
+                if let Some(waker) = w.waker.take() {
+                    waker.wake();
+                }
+            }
         }
+        // A COPY waiting for data, or anyone else still waiting, learns too.
+        for w in waiting.values_mut() {
+            if w.done.is_none() {
+                w.done = Some(Err(QueryError::ConnectionLost(format!(
+                    "database connection lost: {why}"
+                ))));
+            }
+            if let Some(waker) = w.waker.take() {
+                waker.wake();
+            }
+        }
+        drop(waiting);
         self.wake_writer();
         for w in self.write_waiters.borrow_mut().drain(..) {
             w.wake();
@@ -596,106 +511,96 @@ impl PgConn {
     }
 }
 
-fn encode_bind(
-    buf: &mut BytesMut,
-    portal: &str,
-    stmt: &str,
-    params: &[Param<'_>],
-) -> Result<(), PgError> {
-    // Values are encoded into one scratch buffer, then referenced.
-    let mut values = BytesMut::with_capacity(params.len() * 8);
-    let mut ranges = Vec::with_capacity(params.len());
-    for p in params {
-        let start = values.len();
-        match p {
-            Param::Null => {
-                ranges.push(None);
-                continue;
-            }
-            Param::Bool(v) => frontend::encode_bool(*v, &mut values),
-            Param::I32(v) => frontend::encode_i32(*v, &mut values),
-            Param::I64(v) => frontend::encode_i64(*v, &mut values),
-            Param::Text(v) => frontend::encode_text(v, &mut values),
-        }
-        ranges.push(Some(start..values.len()));
+fn request_error(e: RequestError) -> QueryError {
+    match e {
+        RequestError::Pg(e) => QueryError::Pg(e),
+        RequestError::TooLarge => QueryError::TooLarge,
     }
-    let slices: Vec<Option<&[u8]>> = ranges
-        .iter()
-        .map(|r| r.as_ref().map(|r| &values[r.clone()]))
-        .collect();
-    frontend::bind(
-        portal,
-        stmt,
-        &slices,
-        &[pg::types::BINARY_FORMAT],
-        &[pg::types::BINARY_FORMAT],
-        buf,
-    )
 }
 
-/// Turns a completed slot into rows or its error.
-fn finish(slot: &Slot) -> Result<Rows, QueryError> {
-    if let Some(e) = slot.error.borrow_mut().take() {
-        return Err(e);
-    }
-    let columns = match &slot.statement {
-        Some(p) => p.columns.borrow().clone(),
-        None => slot.columns.borrow().clone(),
-    }
-    .unwrap_or_else(|| Rc::from(Vec::new()));
-    Ok(Rows {
-        data: std::mem::take(&mut *slot.rows.borrow_mut()),
-        count: slot.row_count.get(),
-        columns,
-        tag: slot.tag.borrow_mut().take(),
-        suspended: slot.suspended.get(),
-    })
-}
-
-/// A queued request's response.
+/// A queued request's response; dropping it before the end abandons the
+/// request (its response is still read, and dropped).
 pub struct Pending {
-    slot: Rc<Slot>,
+    conn: Rc<PgConn>,
+    id: RequestId,
+    finished: bool,
 }
 
 impl Pending {
-    pub async fn rows(self) -> Result<Rows, QueryError> {
-        SlotDone(&self.slot).await;
-        finish(&self.slot)
+    fn new(conn: &Rc<PgConn>, id: RequestId) -> Self {
+        Pending {
+            conn: conn.clone(),
+            id,
+            finished: false,
+        }
+    }
+
+    pub async fn rows(mut self) -> Result<Rows, QueryError> {
+        let r = Done {
+            conn: &self.conn,
+            id: self.id,
+        }
+        .await;
+        self.finished = true;
+        r
     }
 }
 
-/// Waits for a slot to be done.
-struct SlotDone<'a>(&'a Slot);
-
-impl Future for SlotDone<'_> {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0.state.get() == SlotState::Done {
-            return Poll::Ready(());
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.abandon(self.id);
         }
-        *self.0.waker.borrow_mut() = Some(cx.waker().clone());
-        Poll::Pending
     }
 }
 
-/// Waits for a slot to leave `Waiting` (COPY ready, or done).
-struct SlotReady<'a>(&'a Slot);
+/// Waits for a request's completion.
+struct Done<'a> {
+    conn: &'a PgConn,
+    id: RequestId,
+}
 
-impl Future for SlotReady<'_> {
+impl Future for Done<'_> {
+    type Output = Result<Rows, QueryError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(done) = self.conn.take_done(self.id) {
+            return Poll::Ready(done);
+        }
+        match self.conn.waiting.borrow_mut().get_mut(&self.id) {
+            Some(w) => {
+                w.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            None => Poll::Ready(Err(QueryError::ConnectionLost(
+                "the request is no longer in flight".into(),
+            ))),
+        }
+    }
+}
+
+/// Waits until a COPY request is ready for data, or has ended.
+struct Ready<'a> {
+    conn: &'a PgConn,
+    id: RequestId,
+}
+
+impl Future for Ready<'_> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0.state.get() != SlotState::Waiting {
-            return Poll::Ready(());
+        match self.conn.waiting.borrow_mut().get_mut(&self.id) {
+            Some(w) if !w.copy_ready && w.done.is_none() => {
+                w.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
         }
-        *self.0.waker.borrow_mut() = Some(cx.waker().clone());
-        Poll::Pending
     }
 }
 
 /// A COPY FROM STDIN in progress on a connection held exclusively.
 pub struct CopyIn {
     conn: Rc<PgConn>,
-    slot: Rc<Slot>,
+    id: RequestId,
 }
 
 impl CopyIn {
@@ -704,17 +609,7 @@ impl CopyIn {
     /// caller does not read more input meanwhile (back-pressure).
     pub async fn send(&mut self, data: &[u8]) -> Result<(), QueryError> {
         self.check()?;
-        let target = {
-            let mut wbuf = self.conn.wbuf.borrow_mut();
-            let before = wbuf.len();
-            frontend::copy_data(data, &mut wbuf).map_err(QueryError::Pg)?;
-            let added = (wbuf.len() - before) as u64;
-            self.conn
-                .queued_bytes
-                .set(self.conn.queued_bytes.get() + added);
-            self.conn.queued_bytes.get()
-        };
-        self.conn.wake_writer();
+        let target = self.queue(|p, out| p.copy_data(data, out))?;
         Written {
             conn: &self.conn,
             target,
@@ -723,15 +618,38 @@ impl CopyIn {
         self.check()
     }
 
+    /// Appends COPY messages to the write buffer; returns the byte count
+    /// the writer must reach for them to be sent.
+    fn queue(
+        &self,
+        encode: impl FnOnce(&mut Pipeline, &mut BytesMut) -> Result<(), PgError>,
+    ) -> Result<u64, QueryError> {
+        let mut wbuf = self.conn.wbuf.borrow_mut();
+        let before = wbuf.len();
+        encode(&mut self.conn.pipeline.borrow_mut(), &mut wbuf).map_err(QueryError::Pg)?;
+        let queued = self.conn.queued_bytes.get() + (wbuf.len() - before) as u64;
+        self.conn.queued_bytes.set(queued);
+        drop(wbuf);
+        self.conn.wake_writer();
+        Ok(queued)
+    }
+
     fn check(&self) -> Result<(), QueryError> {
         if let Some(why) = self.conn.broken.borrow().as_ref() {
             return Err(QueryError::ConnectionLost(why.clone()));
         }
-        if self.slot.state.get() == SlotState::Done {
+        let ended = self
+            .conn
+            .waiting
+            .borrow()
+            .get(&self.id)
+            .is_none_or(|w| w.done.is_some());
+        if ended {
             // The server ended the COPY (an error in the data).
-            return Err(finish(&self.slot)
-                .err()
-                .unwrap_or_else(|| QueryError::Pg(PgError::Protocol("COPY ended early".into()))));
+            return Err(match self.conn.take_done(self.id) {
+                Some(Err(e)) => e,
+                _ => QueryError::Pg(PgError::Protocol("COPY ended early".into())),
+            });
         }
         Ok(())
     }
@@ -739,37 +657,46 @@ impl CopyIn {
     /// Ends the data; returns the number of rows copied.
     pub async fn finish(self) -> Result<u64, QueryError> {
         self.check()?;
-        {
-            let mut wbuf = self.conn.wbuf.borrow_mut();
-            let before = wbuf.len();
-            frontend::copy_done(&mut wbuf);
-            self.conn
-                .queued_bytes
-                .set(self.conn.queued_bytes.get() + (wbuf.len() - before) as u64);
+        self.queue(|p, out| {
+            p.copy_done(out);
+            Ok(())
+        })?;
+        let rows = Done {
+            conn: &self.conn,
+            id: self.id,
         }
-        self.conn.wake_writer();
-        SlotDone(&self.slot).await;
-        let rows = finish(&self.slot)?;
+        .await?;
         Ok(rows.affected().unwrap_or(0))
     }
 
     /// Aborts the COPY; nothing of it is kept. Waits until the server has
     /// acknowledged, so the connection is in step again afterwards.
     pub async fn abort(self, why: &str) {
-        if self.slot.state.get() != SlotState::Done && !self.conn.is_broken() {
-            {
-                let mut wbuf = self.conn.wbuf.borrow_mut();
-                let before = wbuf.len();
-                if frontend::copy_fail(why, &mut wbuf).is_err() {
-                    frontend::copy_done(&mut wbuf);
-                }
-                self.conn
-                    .queued_bytes
-                    .set(self.conn.queued_bytes.get() + (wbuf.len() - before) as u64);
-            }
-            self.conn.wake_writer();
+        let ended = self
+            .conn
+            .waiting
+            .borrow()
+            .get(&self.id)
+            .is_none_or(|w| w.done.is_some());
+        if !ended && !self.conn.is_broken() {
+            let _ = self.queue(|p, out| {
+                p.copy_fail(why, out);
+                Ok(())
+            });
         }
-        SlotDone(&self.slot).await;
+        let _ = Done {
+            conn: &self.conn,
+            id: self.id,
+        }
+        .await;
+    }
+}
+
+impl Drop for CopyIn {
+    fn drop(&mut self) {
+        if self.conn.is_waiting(self.id) {
+            self.conn.abandon(self.id);
+        }
     }
 }
 
@@ -882,23 +809,14 @@ fn send_now(fd: i32, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
-/// Reads responses and routes every message to the oldest slot.
+/// Reads responses: the pipeline frames them and completes their requests.
 async fn read_loop(conn: Rc<PgConn>, mut reader: Reader, mut rbuf: BytesMut) {
     loop {
-        loop {
-            match next_message(&mut rbuf, conn.settings.max_message_bytes) {
-                Ok(Some(msg)) => {
-                    if let Err(why) = route(&conn, msg) {
-                        conn.break_with(why);
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    conn.break_with(format!("protocol error: {e}"));
-                    return;
-                }
-            }
+        let received = conn.pipeline.borrow_mut().receive(&mut rbuf);
+        conn.deliver();
+        if let Err(broken) = received {
+            conn.break_with(broken.0);
+            return;
         }
         if conn.is_broken() {
             return;
@@ -920,121 +838,4 @@ async fn read_loop(conn: Rc<PgConn>, mut reader: Reader, mut rbuf: BytesMut) {
             }
         }
     }
-}
-
-/// Applies one backend message to the slot at the front of the queue.
-fn route(conn: &PgConn, msg: Message) -> Result<(), String> {
-    // Messages that may arrive at any time.
-    match &msg {
-        Message::ParameterStatus(_)
-        | Message::NoticeResponse(_)
-        | Message::NotificationResponse(_) => return Ok(()),
-        _ => {}
-    }
-    let slot = match conn.slots.borrow().front() {
-        Some(s) => s.clone(),
-        None => {
-            return Err(match msg {
-                Message::ErrorResponse(body) => match pg::DbError::parse(&mut body.fields()) {
-                    Ok(e) => format!("the server ended the session: {e}"),
-                    Err(_) => "the server ended the session".into(),
-                },
-                other => format!("unexpected {} with no request", pg::message_name(&other)),
-            })
-        }
-    };
-    // A caller that went away still gets its response consumed, not kept.
-    let abandoned = Rc::strong_count(&slot) <= 2;
-    match msg {
-        Message::DataRow(body) => {
-            if abandoned || slot.error.borrow().is_some() {
-                return Ok(());
-            }
-            let values = body.buffer();
-            let count = Row::from_body(&body).map_err(|e| e.to_string())?.len();
-            let mut rows = slot.rows.borrow_mut();
-            if rows.len() + values.len() + 6 > slot.max_bytes {
-                drop(rows);
-                slot.fail(QueryError::TooLarge);
-                slot.rows.borrow_mut().clear();
-                return Ok(());
-            }
-            rows.put_u32((values.len() + 2) as u32);
-            rows.put_i16(count as i16);
-            rows.extend_from_slice(values);
-            slot.row_count.set(slot.row_count.get() + 1);
-        }
-        Message::RowDescription(body) => {
-            let mut cols = pg::columns(&body).map_err(|e| e.to_string())?;
-            match &slot.describes {
-                // A statement's description: every result column is bound
-                // in binary.
-                Some(prepared) => {
-                    for c in &mut cols {
-                        c.format = pg::types::BINARY_FORMAT;
-                    }
-                    *prepared.columns.borrow_mut() = Some(Rc::from(cols));
-                }
-                None => *slot.columns.borrow_mut() = Some(Rc::from(cols)),
-            }
-        }
-        Message::CommandComplete(body) => {
-            *slot.tag.borrow_mut() = body.tag().ok().map(str::to_string);
-        }
-        Message::PortalSuspended => slot.suspended.set(true),
-        Message::ErrorResponse(body) => {
-            let e = QueryError::Pg(PgError::Db(Box::new(
-                pg::DbError::parse(&mut body.fields()).map_err(|e| e.to_string())?,
-            )));
-            if let Some(prepared) = &slot.describes {
-                // The statement was not prepared: forget it so that the
-                // next use prepares it again.
-                conn.statements
-                    .borrow_mut()
-                    .retain(|_, p| !Rc::ptr_eq(p, prepared));
-                *prepared.failed.borrow_mut() = Some(e.clone());
-            }
-            let inherited = match &slot.statement {
-                Some(p) if slot.describes.is_none() && e.sqlstate() == Some("26000") => {
-                    p.failed.borrow().clone()
-                }
-                _ => None,
-            };
-            let fatal = matches!(&e, QueryError::Pg(PgError::Db(db)) if db.severity == "FATAL" || db.severity == "PANIC");
-            slot.fail(inherited.unwrap_or(e));
-            if fatal {
-                // The backend is going away (terminated, shutting down): no
-                // ReadyForQuery follows, and its socket closes only once the
-                // process has exited. Fail everything queued now rather
-                // than when the end of the stream arrives.
-                return Err("the server ended the session (FATAL error)".into());
-            }
-            if slot.state.get() == SlotState::CopyIn {
-                // The COPY is over; the sender sees it on its next send.
-                slot.wake();
-            }
-        }
-        Message::CopyInResponse(_) => {
-            slot.state.set(SlotState::CopyIn);
-            slot.wake();
-        }
-        Message::ReadyForQuery(body) => {
-            let status = TxStatus::from_byte(body.status()).map_err(|e| e.to_string())?;
-            conn.tx_status.set(status);
-            conn.slots.borrow_mut().pop_front();
-            slot.state.set(SlotState::Done);
-            slot.wake();
-            for w in conn.write_waiters.borrow_mut().drain(..) {
-                w.wake();
-            }
-            conn.notify_idle();
-        }
-        Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone => {
-            return Err("COPY TO STDOUT is not supported".into());
-        }
-        // ParseComplete, BindComplete, CloseComplete, NoData,
-        // ParameterDescription, EmptyQueryResponse, BackendKeyData: nothing to keep.
-        _ => {}
-    }
-    Ok(())
 }

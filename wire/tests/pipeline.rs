@@ -4,7 +4,9 @@
 
 use bytes::{BufMut, BytesMut};
 use proptest::prelude::*;
-use ringside_wire::pg::pipeline::{Broken, Event, Limits, Param, Pipeline, RequestError, RequestId};
+use ringside_wire::pg::pipeline::{
+    Broken, Event, Limits, Param, Pipeline, RequestError, RequestId,
+};
 use ringside_wire::pg::{next_message, Message, PgError, TxStatus};
 
 fn pipeline() -> Pipeline {
@@ -65,7 +67,12 @@ fn ready(status: u8) -> Vec<u8> {
 
 fn error(severity: &str, code: &str, text: &str) -> Vec<u8> {
     let mut b = Vec::new();
-    for (k, v) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', text)] {
+    for (k, v) in [
+        (b'S', severity),
+        (b'V', severity),
+        (b'C', code),
+        (b'M', text),
+    ] {
         b.push(k);
         b.extend_from_slice(&cstr(v));
     }
@@ -75,7 +82,12 @@ fn error(severity: &str, code: &str, text: &str) -> Vec<u8> {
 
 fn notice() -> Vec<u8> {
     let mut b = Vec::new();
-    for (k, v) in [(b'S', "NOTICE"), (b'V', "NOTICE"), (b'C', "00000"), (b'M', "hello")] {
+    for (k, v) in [
+        (b'S', "NOTICE"),
+        (b'V', "NOTICE"),
+        (b'C', "00000"),
+        (b'M', "hello"),
+    ] {
         b.push(k);
         b.extend_from_slice(&cstr(v));
     }
@@ -134,7 +146,10 @@ fn the_recorded_pipeline_with_an_error_in_the_middle() {
     // requests each ended by its own Sync: a query (1 2 T D C Z), a syntax
     // error (E Z), another query (1 2 T D C Z), a statement description
     // (t T Z).
-    let path = format!("{}/tests/fixtures/pg/pipeline_error.bin", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/pg/pipeline_error.bin",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let mut input = BytesMut::from(&std::fs::read(path).unwrap()[..]);
     // Skip the startup, up to its ReadyForQuery.
     loop {
@@ -145,7 +160,9 @@ fn the_recorded_pipeline_with_an_error_in_the_middle() {
     }
     let mut p = pipeline();
     let mut out = BytesMut::new();
-    let ids: Vec<RequestId> = (0..4).map(|_| p.simple("recorded", &mut out).unwrap()).collect();
+    let ids: Vec<RequestId> = (0..4)
+        .map(|_| p.simple("recorded", &mut out).unwrap())
+        .collect();
     p.receive(&mut input).unwrap();
     assert!(input.is_empty());
     let done: Vec<(RequestId, bool)> = events(&mut p)
@@ -157,7 +174,12 @@ fn the_recorded_pipeline_with_an_error_in_the_middle() {
         .collect();
     assert_eq!(
         done,
-        vec![(ids[0], true), (ids[1], false), (ids[2], true), (ids[3], true)],
+        vec![
+            (ids[0], true),
+            (ids[1], false),
+            (ids[2], true),
+            (ids[3], true)
+        ],
         "the error stays with the second request"
     );
     assert_eq!(p.in_flight(), 0);
@@ -182,7 +204,10 @@ fn answers() -> impl Strategy<Value = Vec<(Answer, bool, bool)>> {
 /// Queues one prepared query per answer, all with the same statement (the
 /// first prepares it), feeds the server's bytes cut at `cuts`, and returns
 /// the events.
-fn run(script: &[(Answer, bool, bool)], cuts: &[usize]) -> (Vec<(RequestId, Result<Vec<i64>, String>)>, Vec<RequestId>, Pipeline) {
+/// Each completed request with its rows (or its SQLSTATE).
+type Completions = Vec<(RequestId, Result<Vec<i64>, String>)>;
+
+fn run(script: &[(Answer, bool, bool)], cuts: &[usize]) -> (Completions, Vec<RequestId>, Pipeline) {
     let mut p = pipeline();
     let mut out = BytesMut::new();
     let mut ids = Vec::new();
@@ -193,7 +218,14 @@ fn run(script: &[(Answer, bool, bool)], cuts: &[usize]) -> (Vec<(RequestId, Resu
     let mut prepared_ok = None;
     for (i, (answer, _, noise)) in script.iter().enumerate() {
         let id = p
-            .query("SELECT n FROM t WHERE k = $1", &[20], &[Param::I64(i as i64)], "", 0, &mut out)
+            .query(
+                "SELECT n FROM t WHERE k = $1",
+                &[20],
+                &[Param::I64(i as i64)],
+                "",
+                0,
+                &mut out,
+            )
             .unwrap();
         ids.push(id);
         let prepares = i == 0;
@@ -299,8 +331,14 @@ fn a_fatal_error_ends_the_connection_and_hands_back_the_rest() {
         other => panic!("{other:?}"),
     }
     assert_eq!(p.take_unanswered("closed"), vec![b]);
-    assert!(p.simple("SELECT 3", &mut out).is_err(), "no new request on a broken connection");
-    assert_eq!(p.receive(&mut BytesMut::new()), Err(Broken(broken.0.clone())));
+    assert!(
+        p.simple("SELECT 3", &mut out).is_err(),
+        "no new request on a broken connection"
+    );
+    assert_eq!(
+        p.receive(&mut BytesMut::new()),
+        Err(Broken(broken.0.clone()))
+    );
 }
 
 #[test]
@@ -340,7 +378,10 @@ fn a_result_past_the_limit_fails_only_its_request() {
             other => panic!("{other:?}"),
         })
         .collect();
-    assert_eq!(got, vec![(big, Err("TooLarge".into())), (small, Ok(vec![7]))]);
+    assert_eq!(
+        got,
+        vec![(big, Err("TooLarge".into())), (small, Ok(vec![7]))]
+    );
 }
 
 #[test]

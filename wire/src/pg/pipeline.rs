@@ -175,7 +175,11 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn new(id: RequestId, describes: Option<Rc<Prepared>>, statement: Option<Rc<Prepared>>) -> Self {
+    fn new(
+        id: RequestId,
+        describes: Option<Rc<Prepared>>,
+        statement: Option<Rc<Prepared>>,
+    ) -> Self {
         InFlight {
             id,
             phase: Phase::Waiting,
@@ -409,10 +413,15 @@ impl Pipeline {
         }
     }
 
-    fn push(&mut self, describes: Option<Rc<Prepared>>, statement: Option<Rc<Prepared>>) -> RequestId {
+    fn push(
+        &mut self,
+        describes: Option<Rc<Prepared>>,
+        statement: Option<Rc<Prepared>>,
+    ) -> RequestId {
         let id = RequestId(self.next_id);
         self.next_id += 1;
-        self.queue.push_back(InFlight::new(id, describes, statement));
+        self.queue
+            .push_back(InFlight::new(id, describes, statement));
         id
     }
 
@@ -435,7 +444,9 @@ impl Pipeline {
         // Messages that may arrive at any time.
         if matches!(
             msg,
-            Message::ParameterStatus(_) | Message::NoticeResponse(_) | Message::NotificationResponse(_)
+            Message::ParameterStatus(_)
+                | Message::NoticeResponse(_)
+                | Message::NotificationResponse(_)
         ) {
             return Ok(());
         }
@@ -572,5 +583,12 @@ fn encode_bind(
         .iter()
         .map(|r| r.as_ref().map(|r| &values[r.clone()]))
         .collect();
-    frontend::bind(portal, stmt, &slices, &[BINARY_FORMAT], &[BINARY_FORMAT], buf)
+    frontend::bind(
+        portal,
+        stmt,
+        &slices,
+        &[BINARY_FORMAT],
+        &[BINARY_FORMAT],
+        buf,
+    )
 }
