@@ -115,11 +115,7 @@ pub async fn export(app: &App, ex: &mut Exchange<'_, '_>) {
         return respond_db_error(app, ex, &e);
     }
     let batch = app.settings.export_batch_rows as i32;
-    let conn = held.conn().clone();
-    let mut pending = match conn.start_query(&ORDER_EXPORT, &[], "", batch) {
-        Ok(p) => p,
-        Err(e) => return respond_db_error(app, ex, &e),
-    };
+    let mut next = Some(held.open_portal(&ORDER_EXPORT, &[], batch).await);
     let mut started = false;
     let mut buf = Vec::with_capacity(64 << 10);
     loop {
@@ -127,7 +123,11 @@ pub async fn export(app: &App, ex: &mut Exchange<'_, '_>) {
             ex.abort_connection();
             return;
         }
-        let rows = match held.rows(pending).await {
+        let fetched = match next.take() {
+            Some(first) => first,
+            None => held.fetch_more(&ORDER_EXPORT, batch).await,
+        };
+        let rows = match fetched {
             Ok(r) => r,
             Err(e) => {
                 if started {
@@ -167,13 +167,6 @@ pub async fn export(app: &App, ex: &mut Exchange<'_, '_>) {
         if !rows.suspended {
             break;
         }
-        pending = match conn.continue_portal(&ORDER_EXPORT, "", batch) {
-            Ok(p) => p,
-            Err(_) => {
-                ex.abort_connection();
-                return;
-            }
-        };
     }
     ex.finish_stream();
     if held.simple("COMMIT").await.is_ok() {

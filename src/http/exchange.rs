@@ -327,7 +327,7 @@ impl<'c, 'io> Exchange<'c, 'io> {
         self.respond_error(e.status(), msg);
     }
 
-    /// A short plain-text error: "<code> <reason>: <message>\n".
+    /// A short plain-text error: `"<code> <reason>: <message>\n"`.
     pub fn respond_error(&mut self, status: StatusCode, message: &str) {
         let mut body = Vec::with_capacity(64);
         body.extend_from_slice(status.0.to_string().as_bytes());

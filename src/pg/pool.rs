@@ -844,8 +844,28 @@ pub struct Held {
 }
 
 impl Held {
-    pub fn conn(&self) -> &Rc<PgConn> {
-        &self.conn
+    /// Runs `stmt` into the unnamed portal and fetches its first `batch`
+    /// rows (`Rows::suspended` when more remain), bounded by the query
+    /// timeout. Portals live until their transaction ends: open one first.
+    pub async fn open_portal(
+        &self,
+        stmt: &'static Statement,
+        params: &[Param<'_>],
+        batch: i32,
+    ) -> Result<Rows, QueryError> {
+        let pending = self.conn.start_query(stmt, params, "", batch)?;
+        self.rows(pending).await
+    }
+
+    /// The next `batch` rows of the portal `open_portal` opened, bounded by
+    /// the query timeout.
+    pub async fn fetch_more(
+        &self,
+        stmt: &'static Statement,
+        batch: i32,
+    ) -> Result<Rows, QueryError> {
+        let pending = self.conn.continue_portal(stmt, "", batch)?;
+        self.rows(pending).await
     }
 
     /// Simple-protocol SQL on the held connection, bounded by the query timeout.
@@ -873,9 +893,9 @@ impl Held {
         r
     }
 
-    /// Waits for a request queued on the held connection (a portal's next
-    /// batch), bounded by the query timeout like every other wait.
-    pub async fn rows(&self, pending: Pending) -> Result<Rows, QueryError> {
+    /// Waits for a request queued on the held connection, bounded by the
+    /// query timeout like every other wait.
+    async fn rows(&self, pending: Pending) -> Result<Rows, QueryError> {
         let r = self
             .pool
             .with_deadline(self.index, &self.conn, pending.rows())

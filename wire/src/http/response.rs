@@ -113,8 +113,8 @@ pub struct ResponseHead<'a> {
 
 impl ResponseHead<'_> {
     /// Appends the status line and headers, ending with the blank line:
-    /// "HTTP/1.1 200 OK\r\nServer: ringside\r\nDate: ...\r\nContent-Type: ...\r\n
-    /// Content-Length: n\r\n[Connection: close\r\n][extra]\r\n".
+    /// `HTTP/1.1 200 OK\r\nServer: ringside\r\nDate: ...\r\nContent-Type: ...\r\n`
+    /// `Content-Length: n\r\n[Connection: close\r\n][extra]\r\n`.
     /// Integers are formatted without allocation.
     pub fn encode(&self, date: &HttpDate, out: &mut BytesMut) {
         let reason = self.status.reason();
