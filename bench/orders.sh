@@ -55,6 +55,7 @@
 #                        [--far] [--delay-ms MS] [--db-pool-size N] [--orders N]
 #                        [--scale] [--idle "10000 max"] [--after SECS]
 #                        [--quiet-wait SECS] [--retries N] [--port BASE] [--no-build]
+#                        [--before BIN] (ringside built from an earlier commit: server "before")
 #                        [--out DIR] (results directory, default bench/results)
 #   --quick: 1 round, 3 s runs, 1 s warm-up, 256 connections (1000 with --far),
 #            no retries, --quiet-wait 30: a sanity check, not a measurement;
@@ -128,6 +129,7 @@ while (( $# )); do
         --retries) RETRIES=${2:?}; shift ;;
         --port) PORT_BASE=${2:?}; shift ;;
         --no-build) BUILD=0 ;;
+        --before) BEFORE_BIN=${2:?}; shift ;;
         --out) OUT_DIR=${2:?}; shift ;;
         -h | --help) usage 0 ;;
         *) echo "unknown argument: $1" >&2; usage 2 ;;
@@ -150,6 +152,12 @@ read -ra CONNS <<<"${CONNS_ARG//,/ }"
 IDLE_ARG=${IDLE_ARG:-10000 max}
 read -ra IDLE_LEVELS <<<"${IDLE_ARG//,/ }"
 if (( FAR )); then SCENARIO=far; elif (( SCALE )); then SCENARIO=scale; else SCENARIO=orders; fi
+# --before BIN: "before" is ringside built from an earlier commit, measured
+# beside this one in the same run; its results go to <scenario>-ab.*.
+if [[ -n "${BEFORE_BIN:-}" ]]; then
+    [[ -x "$BEFORE_BIN" ]] || die "--before: no executable at $BEFORE_BIN"
+    SCENARIO="$SCENARIO-ab"
+fi
 
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]] && (( $1 > 0 )); }
 is_uint "$ROUNDS" || die "--rounds must be a positive integer"
@@ -173,7 +181,11 @@ for c in "${CONNS[@]}"; do is_uint "$c" || die "--conns takes positive integers,
 IFS=',' read -ra SERVERS <<<"$SERVERS_ARG"
 (( ${#SERVERS[@]} > 0 )) || die "--servers is empty"
 for s in "${SERVERS[@]}"; do
-    case $s in ringside | threaded | tokio) ;; *) die "unknown server '$s' (expected ringside, threaded, tokio)" ;; esac
+    case $s in
+        ringside | threaded | tokio) ;;
+        before) [[ -n "${BEFORE_BIN:-}" ]] || die "server 'before' needs --before BIN" ;;
+        *) die "unknown server '$s' (expected ringside, threaded, tokio, before)" ;;
+    esac
 done
 
 check_machine
@@ -290,6 +302,9 @@ start_orders_server() { # name port log
     case $name in
         ringside)
             DATABASE_URL="$SERVER_URL" taskset -c "$SERVER_CPUS" "$RINGSIDE_BIN" serve --listen "$HOST:$port" \
+                --cores "$rcores" --db-pool-size "$POOL" ${cap_ringside[@]+"${cap_ringside[@]}"} >"$logf" 2>&1 & ;;
+        before)
+            DATABASE_URL="$SERVER_URL" taskset -c "$SERVER_CPUS" "$BEFORE_BIN" serve --listen "$HOST:$port" \
                 --cores "$rcores" --db-pool-size "$POOL" ${cap_ringside[@]+"${cap_ringside[@]}"} >"$logf" 2>&1 & ;;
         threaded)
             DATABASE_URL="$SERVER_URL" taskset -c "$SERVER_CPUS" "$THREADED_BIN" --listen "$HOST:$port" \
