@@ -34,12 +34,11 @@ import asyncio
 import ipaddress
 import resource
 import signal
-import socket
 import sys
 import time
 
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-
+# The same loopback-source connect as the idle-connection holder.
+from hold_idle import connect_from
 
 def eprint(*a):
     print("attack:", *a, file=sys.stderr, flush=True)
@@ -53,19 +52,6 @@ class Tally:
 
     def answer(self, what):
         self.answers[what] = self.answers.get(what, 0) + 1
-
-
-async def connect(host, port, source):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-        sock.bind((source, 0))
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, (host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return await asyncio.open_connection(sock=sock)
 
 
 async def one_attacker(kind, args, tally, stop, opened_event):
@@ -82,7 +68,7 @@ async def one_attacker(kind, args, tally, stop, opened_event):
     announced = False
     while not stop.is_set():
         try:
-            reader, writer = await asyncio.wait_for(connect(args.host, args.port, args.source), 10)
+            reader, writer = await asyncio.wait_for(connect_from(args.host, args.port, args.source), 10)
         except Exception:
             tally.failed += 1
             await asyncio.sleep(0.5)

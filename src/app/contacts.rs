@@ -239,10 +239,15 @@ async fn run(
         }
         batches.fill(ex).await?;
     }
-    let finish = copy.take().expect("COPY started").finish();
-    let rows = monoio::time::timeout(query_timeout, finish)
+    // Finishing waits for the server to take everything already in the
+    // socket buffers, which a slow database may take long over while it
+    // makes progress: the upload's own deadline (around this whole run)
+    // bounds it, not one query's.
+    let rows = copy
+        .take()
+        .expect("COPY started")
+        .finish()
         .await
-        .map_err(|_| Failure::Db(QueryError::Timeout))?
         .map_err(Failure::Db)?;
     held.simple(&format!(
         "UPDATE imports SET rows = {rows}, finished_at = now() WHERE id = {import_id}; COMMIT"

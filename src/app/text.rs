@@ -2,6 +2,7 @@
 //! per value.
 
 use ringside_wire::http::date::civil_from_days;
+use ringside_wire::http::response::decimal_digits;
 
 /// Appends `s` with the five HTML-significant characters escaped.
 pub fn html_escape(s: &str, out: &mut Vec<u8>) {
@@ -107,19 +108,9 @@ pub fn push_int(out: &mut Vec<u8>, n: i64) {
 }
 
 /// The digits of `n`, zero-padded to at least `width`.
-fn push_padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let start = i.min(digits.len() - width.min(digits.len()));
-    out.extend_from_slice(&digits[start..]);
+fn push_padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let mut digits = [0u8; 20];
+    out.extend_from_slice(decimal_digits(n, width, &mut digits));
 }
 
 #[cfg(test)]

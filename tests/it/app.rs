@@ -42,6 +42,15 @@ impl<'c> Db<'c> {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Slows inserts into contacts down: a 10 ms pause every `every` rows.
+    pub fn slow_down_contacts(&self, every: u32) {
+        self.sql(&format!(
+            "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.id % {every} = 0 THEN PERFORM pg_sleep(0.01); END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER slow BEFORE INSERT ON contacts FOR EACH ROW EXECUTE FUNCTION slow_insert();"
+        ));
+    }
+
     /// SQL as the superuser in this database.
     pub fn sql(&self, sql: &str) -> String {
         self.cluster.psql_in(&self.name, sql)
@@ -333,12 +342,7 @@ fn uploads_on_every_core_at_once() {
 #[test]
 fn a_slow_database_holds_the_client_back_and_memory_stays_flat() {
     let db = Db::new(shared(), 0);
-    // Slow the database down: a pause every 200 rows.
-    db.sql(
-        "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN IF NEW.id % 200 = 0 THEN PERFORM pg_sleep(0.01); END IF; RETURN NEW; END $$; \
-         CREATE TRIGGER slow BEFORE INSERT ON contacts FOR EACH ROW EXECUTE FUNCTION slow_insert();",
-    );
+    db.slow_down_contacts(200);
     let srv = db.server(&["--max-upload-bytes", "1GiB"]);
     let rss_before = srv.rss_kib();
     let csv = contacts_csv(1_000_000, None);

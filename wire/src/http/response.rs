@@ -180,8 +180,16 @@ pub fn encode_last_chunk(out: &mut BytesMut) {
 }
 
 /// Appends `n` in decimal, formatted on the stack.
-fn put_decimal(out: &mut BytesMut, mut n: u64) {
+fn put_decimal(out: &mut BytesMut, n: u64) {
     let mut digits = [0u8; 20];
+    out.extend_from_slice(decimal_digits(n, 1, &mut digits));
+}
+
+/// The decimal digits of `n`, zero-padded to at least `width` (at most
+/// 20), written into `digits` without formatting machinery: the response
+/// encoder and the application's page and export renderers share it.
+pub fn decimal_digits(mut n: u64, width: usize, digits: &mut [u8; 20]) -> &[u8] {
+    digits.fill(b'0');
     let mut i = digits.len();
     loop {
         i -= 1;
@@ -191,7 +199,8 @@ fn put_decimal(out: &mut BytesMut, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[i..]);
+    let start = i.min(digits.len() - width.min(digits.len()));
+    &digits[start..]
 }
 
 /// Appends `n` in lowercase hex, formatted on the stack.
