@@ -10,83 +10,17 @@
 //!   deadline is never retried: the connection closes, so no byte an
 //!   io_uring operation may already have moved can be lost silently.
 
-use std::io;
-use std::mem;
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
-use ringside_wire::http::{parse_head, Framing, HttpDate, ResponseHead, StatusCode};
+use ringside_wire::http::{parse_head, Framing, ResponseHead, StatusCode};
 
 use super::exchange::Exchange;
-use super::{HttpCore, HttpSettings, Service};
+use super::io::{ConnIo, HotRead, IoFailure, Shared};
+use super::{HttpCore, Service};
 use crate::runtime::deadlines::{DeadlineKey, DeadlineTable, WaitEnd};
-use crate::runtime::{read_append, recv_now};
-use std::os::fd::AsRawFd;
-
-/// Read at least this much per read call, so a nearly full buffer is grown
-/// (within the limits) rather than read a few bytes at a time.
-const MIN_READ_SPARE: usize = 1024;
-/// After answering with `Connection: close`, how long and how much unread
-/// input is drained before the socket closes, so the kernel does not answer
-/// the client's unread bytes with an RST that destroys the response.
-const LINGER_TIME: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 1 << 20;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum IoFailure {
-    Timeout,
-    Closed,
-    Error,
-}
-
-/// A busy connection: its socket, and the buffers it borrowed from the
-/// core's pool, lent to one exchange at a time. It exists only while the
-/// connection has work; the buffers go back to the pool when it is dropped.
-pub(super) struct ConnIo<'a> {
-    stream: &'a mut TcpStream,
-    pub(super) rbuf: BytesMut,
-    pub(super) wbuf: BytesMut,
-    shared: &'a Shared,
-    deadline_key: DeadlineKey,
-    /// How much a read may ask for; a handler streaming a large body raises
-    /// it for its request (bigger reads, fewer of them).
-    pub(super) read_size: usize,
-    /// Whether the last read filled all the room it was given: only then
-    /// does the next one get `read_size` bytes of room. A client that sends
-    /// little at a time (a trickle, a slow link) never costs a large buffer.
-    reads_fill: bool,
-    /// Whether bytes are probably waiting: right after the connection was
-    /// reported readable, or after a read that filled its room. Only then
-    /// is a plain non-blocking recv tried before the ring's read (a recv
-    /// that finds nothing would be a wasted system call).
-    bytes_waiting: bool,
-}
-
-impl<'a> ConnIo<'a> {
-    fn new(stream: &'a mut TcpStream, shared: &'a Shared, deadline_key: DeadlineKey) -> Self {
-        ConnIo {
-            stream,
-            rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
-            read_size: shared.buffers.buf_size(),
-            reads_fill: false,
-            bytes_waiting: true,
-            shared,
-            deadline_key,
-        }
-    }
-}
-
-impl Drop for ConnIo<'_> {
-    fn drop(&mut self) {
-        self.release_buffers();
-    }
-}
 
 /// A connection's deadline slot, given back when the connection ends.
 struct SlotGuard<'a>(&'a DeadlineTable, DeadlineKey);
@@ -100,217 +34,6 @@ impl<'a> SlotGuard<'a> {
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
         self.0.release(self.1);
-    }
-}
-
-/// Most connections per core reading while hot (each holds a buffer).
-const MAX_HOT_READS: usize = 1024;
-
-/// What a connection needs from its core, independent of the service type.
-pub(super) struct Shared {
-    /// Connections in a hot read now.
-    pub(super) hot_reads: std::cell::Cell<usize>,
-    pub(super) core: Rc<crate::runtime::CoreCtx>,
-    pub(super) settings: HttpSettings,
-    pub(super) buffers: super::BufPool,
-    pub(super) date: std::cell::Cell<HttpDate>,
-}
-
-impl ConnIo<'_> {
-    pub(super) fn settings(&self) -> &HttpSettings {
-        &self.shared.settings
-    }
-
-    pub(super) fn date(&self) -> HttpDate {
-        self.shared.date.get()
-    }
-
-    /// The core's coarse clock (the deadline ticker's).
-    pub(super) fn now(&self) -> Instant {
-        self.shared.core.deadlines.now()
-    }
-
-    pub(super) fn core_draining(&self) -> bool {
-        self.shared.core.draining()
-    }
-
-    /// Takes a write buffer from the pool when the connection has none: on
-    /// the first response bytes, not before (a handler that waits long, on
-    /// a slow body or the database, holds no write buffer meanwhile).
-    pub(super) fn ensure_wbuf(&mut self) {
-        if self.wbuf.capacity() == 0 {
-            self.wbuf = self.shared.buffers.take();
-        }
-    }
-
-    /// Gives both buffers back to the pool; called when nothing is pending.
-    fn release_buffers(&mut self) {
-        if self.rbuf.capacity() != 0 {
-            self.shared.buffers.put(mem::take(&mut self.rbuf));
-        }
-        if self.wbuf.capacity() != 0 {
-            self.shared.buffers.put(mem::take(&mut self.wbuf));
-        }
-    }
-
-    /// Reads more bytes onto the end of `rbuf`, giving up at `deadline`.
-    pub(super) async fn read_more(&mut self, deadline: Instant) -> Result<(), IoFailure> {
-        if self.rbuf.capacity() == 0 {
-            self.rbuf = self.shared.buffers.take();
-        }
-        let base = self.shared.buffers.buf_size();
-        let wanted = if self.reads_fill {
-            self.read_size
-        } else {
-            base.min(self.read_size)
-        };
-        if self.rbuf.capacity() - self.rbuf.len() < MIN_READ_SPARE.min(wanted) {
-            self.rbuf.reserve(wanted);
-        }
-        let room = self.rbuf.capacity() - self.rbuf.len();
-        if self.bytes_waiting {
-            match recv_now(self.stream.as_raw_fd(), &mut self.rbuf) {
-                Ok(Some(0)) => return Err(IoFailure::Closed),
-                Ok(Some(n)) => {
-                    self.reads_fill = n == room;
-                    self.bytes_waiting = self.reads_fill;
-                    return Ok(());
-                }
-                Ok(None) => self.bytes_waiting = false,
-                Err(_) => return Err(IoFailure::Error),
-            }
-        }
-        let buf = mem::take(&mut self.rbuf);
-        let deadlines = &self.shared.core.deadlines;
-        monoio::select! {
-            (res, buf) = read_append(&mut *self.stream, buf) => {
-                self.rbuf = buf;
-                match res {
-                    Ok(0) => Err(IoFailure::Closed),
-                    Ok(n) => {
-                        self.reads_fill = n == room;
-                        self.bytes_waiting = self.reads_fill;
-                        Ok(())
-                    }
-                    Err(_) => Err(IoFailure::Error),
-                }
-            }
-            // The read is dropped (cancelled) with the buffer it owns; the
-            // caller closes the connection, so nothing it read is missed.
-            _ = deadlines.wait(self.deadline_key, deadline, false) => Err(IoFailure::Timeout),
-        }
-    }
-
-    /// Reads for the next request while the connection is hot, that is
-    /// until the core's next deadline tick. Then the read is cancelled the
-    /// safe way: the cancel is submitted and the read still awaited, so
-    /// bytes it took before the cancel landed are kept, not lost. The
-    /// connection then goes idle holding no buffer.
-    async fn hot_read(&mut self) -> HotRead {
-        // A hot read lends the kernel a buffer: at most MAX_HOT_READS at a
-        // time per core, so a burst of connections that go quiet does not
-        // pin a buffer each; the rest wait for readability straight away.
-        let hot = &self.shared.hot_reads;
-        if self.core_draining() || hot.get() >= MAX_HOT_READS {
-            return HotRead::Idle;
-        }
-        hot.set(hot.get() + 1);
-        let result = self.hot_read_inner().await;
-        hot.set(hot.get() - 1);
-        result
-    }
-
-    async fn hot_read_inner(&mut self) -> HotRead {
-        if self.rbuf.capacity() == 0 {
-            self.rbuf = self.shared.buffers.take();
-        }
-        if self.rbuf.capacity() == self.rbuf.len() {
-            self.rbuf.reserve(self.read_size);
-        }
-        let canceller = Canceller::new();
-        let buf = mem::take(&mut self.rbuf);
-        let len = buf.len();
-        let read = self
-            .stream
-            .cancelable_read(buf.slice_mut(len..), canceller.handle());
-        let mut read = std::pin::pin!(read);
-        let deadlines = &self.shared.core.deadlines;
-        let until = deadlines.now() + Duration::from_millis(1);
-        let (res, slice) = monoio::select! {
-            r = &mut read => r,
-            _ = deadlines.wait(self.deadline_key, until, true) => {
-                let _ = canceller.cancel();
-                (&mut read).await
-            }
-        };
-        self.rbuf = slice.into_inner();
-        match res {
-            Ok(0) => HotRead::Closed,
-            Ok(_) => HotRead::Data,
-            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => HotRead::Idle,
-            Err(_) => HotRead::Closed,
-        }
-    }
-
-    /// Writes everything queued in `wbuf`, bounded by the write timeout: a
-    /// client that stops reading is cut.
-    pub(super) async fn flush(&mut self) -> io::Result<()> {
-        if self.wbuf.is_empty() {
-            return Ok(());
-        }
-        let buf = mem::take(&mut self.wbuf);
-        let deadlines = &self.shared.core.deadlines;
-        let deadline = deadlines.now() + self.shared.settings.write_timeout;
-        monoio::select! {
-            (res, buf) = self.stream.write_all(buf) => {
-                self.wbuf = buf;
-                self.wbuf.clear();
-                res.map(|_| ())
-            }
-            _ = deadlines.wait(self.deadline_key, deadline, false) => {
-                Err(io::ErrorKind::TimedOut.into())
-            }
-        }
-    }
-
-    /// Queues an error response that closes the connection.
-    fn queue_error(&mut self, status: StatusCode, message: &str) {
-        self.ensure_wbuf();
-        let body_len = 3 + 1 + status.reason().len() + 2 + message.len() + 1;
-        ResponseHead {
-            status,
-            framing: Framing::Length(body_len as u64),
-            keep_alive: false,
-            http10: false,
-            content_type: Some(b"text/plain; charset=utf-8"),
-            extra: &[],
-        }
-        .encode(&self.date(), &mut self.wbuf);
-        let code = status.0.to_string();
-        for part in [code.as_str(), " ", status.reason(), ": ", message, "\n"] {
-            self.wbuf.extend_from_slice(part.as_bytes());
-        }
-    }
-
-    /// Sends what is queued, then closes the write side and drains (briefly)
-    /// what the client still sends, so the response is not lost to an RST.
-    async fn close_gracefully(&mut self) {
-        if self.flush().await.is_err() {
-            return;
-        }
-        self.release_buffers();
-        if self.stream.shutdown().await.is_err() {
-            return;
-        }
-        let deadline = self.now() + LINGER_TIME;
-        let mut drained = 0;
-        while drained < LINGER_BYTES {
-            self.rbuf.clear();
-            match self.read_more(deadline).await {
-                Ok(()) => drained += self.rbuf.len(),
-                Err(_) => return,
-            }
-        }
     }
 }
 
@@ -373,13 +96,6 @@ pub(super) async fn serve<S: Service>(http: Rc<HttpCore<S>>, mut stream: TcpStre
 /// During a drain, how long a connection that just answered a request is
 /// given to send its next one before it is closed.
 const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
-
-/// How a hot read ended.
-enum HotRead {
-    Data,
-    Idle,
-    Closed,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wake {

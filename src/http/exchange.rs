@@ -17,7 +17,7 @@ use ringside_wire::http::{
     Version,
 };
 
-use super::conn::{ConnIo, IoFailure};
+use super::io::{ConnIo, IoFailure};
 
 /// Why a body could not be read. The exchange has already decided the
 /// connection's fate (closed after the response); the handler should answer

@@ -6,6 +6,7 @@
 mod bufpool;
 mod conn;
 mod exchange;
+mod io;
 
 use std::cell::Cell;
 use std::future::Future;
@@ -72,7 +73,7 @@ impl HttpSettings {
 
 /// A core's HTTP state: settings, buffer pool, Date cache, the service.
 pub struct HttpCore<S> {
-    shared: Rc<conn::Shared>,
+    shared: Rc<io::Shared>,
     pub service: S,
 }
 
@@ -81,7 +82,7 @@ impl<S: Service> HttpCore<S> {
     /// this core: the Date cache (no clock read per request, no state shared
     /// between cores) and trimming the buffer pool after a burst.
     pub fn new(core: Rc<CoreCtx>, config: &Config, service: S) -> Rc<Self> {
-        let shared = Rc::new(conn::Shared {
+        let shared = Rc::new(io::Shared {
             hot_reads: Cell::new(0),
             core,
             settings: HttpSettings::from_config(config),
