@@ -13,12 +13,12 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use monoio::net::TcpStream;
 use monoio::time::Instant;
 use ringside_wire::http::{parse_head, Framing, ResponseHead, StatusCode};
 
 use super::exchange::Exchange;
 use super::io::{ConnIo, HotRead, IoFailure, Shared};
+use super::stream::Stream;
 use super::{HttpCore, Service};
 use crate::runtime::deadlines::{DeadlineKey, DeadlineTable, WaitEnd};
 
@@ -44,7 +44,7 @@ impl Drop for SlotGuard<'_> {
 /// slot, and the readability wait. The work on arrived bytes (buffers,
 /// parsing, the handler) runs in a boxed future that exists only while
 /// there is work.
-pub(super) async fn serve<S: Service>(http: Rc<HttpCore<S>>, mut stream: TcpStream) {
+pub(super) async fn serve<S: Service>(http: Rc<HttpCore<S>>, mut stream: Stream) {
     let slot = SlotGuard::new(&http.shared.core.deadlines);
     // The first head must be complete within the head timeout of the accept.
     let mut first_head_by = Some(slot.0.now() + http.shared.settings.head_timeout);
@@ -108,14 +108,14 @@ enum Wake {
 /// Waits until the socket has bytes, holding no buffer, until `deadline`
 /// (a slot in the core's table, not a runtime timer).
 async fn wait_readable(
-    stream: &TcpStream,
+    stream: &Stream,
     table: &DeadlineTable,
     key: DeadlineKey,
     deadline: Instant,
     ends_on_drain: bool,
 ) -> Wake {
     monoio::select! {
-        r = stream.readable(false) => if r.is_ok() { Wake::Readable } else { Wake::Closed },
+        r = stream.readable() => if r.is_ok() { Wake::Readable } else { Wake::Closed },
         end = table.wait(key, deadline, ends_on_drain) => match end {
             WaitEnd::Expired => Wake::TimedOut,
             WaitEnd::Drained => Wake::Drained,
@@ -125,7 +125,7 @@ async fn wait_readable(
 
 async fn answer_and_close(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     key: DeadlineKey,
     status: StatusCode,
     message: &str,
@@ -140,7 +140,7 @@ async fn answer_and_close(
 /// answered and sent. Returns false once the connection is closed.
 async fn process_input<S: Service>(
     http: &HttpCore<S>,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     key: DeadlineKey,
     mut first_head_by: Option<Instant>,
 ) -> bool {
@@ -217,7 +217,7 @@ async fn process_input<S: Service>(
 }
 
 /// Answers a connection past the core's limit with 503 and closes it.
-pub(super) async fn refuse<S: Service>(http: Rc<HttpCore<S>>, mut stream: TcpStream) {
+pub(super) async fn refuse<S: Service>(http: Rc<HttpCore<S>>, mut stream: Stream) {
     let slot = SlotGuard::new(&http.shared.core.deadlines);
     let mut io = ConnIo::new(&mut stream, &http.shared, slot.1);
     io.ensure_wbuf();
@@ -255,7 +255,7 @@ mod tests {
         rt.block_on(async {
             let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
-            let _client = TcpStream::connect(addr).await.unwrap();
+            let _client = monoio::net::TcpStream::connect(addr).await.unwrap();
             let (stream, _) = listener.accept().await.unwrap();
             let core = CoreCtx::standalone(0, IoDriver::Epoll);
             let config = Config::default();
@@ -266,7 +266,7 @@ mod tests {
                 None,
             );
             let http = HttpCore::new(core, &config, app);
-            let mut stream2 = TcpStream::connect(addr).await.unwrap();
+            let mut stream2 = Stream::Tcp(monoio::net::TcpStream::connect(addr).await.unwrap());
             let work = process_input(&http, &mut stream2, DeadlineKey::for_tests(), None);
             let work_size = std::mem::size_of_val(&work);
             drop(work);
@@ -275,7 +275,7 @@ mod tests {
                 work_size <= 2048,
                 "the per-request work future grew to {work_size} bytes"
             );
-            let fut = serve(http, stream);
+            let fut = serve(http, Stream::Tcp(stream));
             let size = std::mem::size_of_val(&fut);
             println!("connection future: {size} bytes");
             assert!(size <= 512, "connection future grew to {size} bytes");

@@ -6,20 +6,17 @@
 
 use std::io;
 use std::mem;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
-use monoio::net::TcpStream;
+use monoio::io::Canceller;
 use monoio::time::Instant;
 use ringside_wire::http::{Framing, HttpDate, ResponseHead, StatusCode};
 
+use super::stream::Stream;
 use super::HttpSettings;
 use crate::runtime::deadlines::DeadlineKey;
-use crate::runtime::{read_append, recv_now};
 
 /// Read at least this much per read call, so a nearly full buffer is grown
 /// (within the limits) rather than read a few bytes at a time.
@@ -41,7 +38,7 @@ pub(super) enum IoFailure {
 /// core's pool, lent to one exchange at a time. It exists only while the
 /// connection has work; the buffers go back to the pool when it is dropped.
 pub(super) struct ConnIo<'a> {
-    stream: &'a mut TcpStream,
+    stream: &'a mut Stream,
     pub(super) rbuf: BytesMut,
     pub(super) wbuf: BytesMut,
     shared: &'a Shared,
@@ -62,7 +59,7 @@ pub(super) struct ConnIo<'a> {
 
 impl<'a> ConnIo<'a> {
     pub(super) fn new(
-        stream: &'a mut TcpStream,
+        stream: &'a mut Stream,
         shared: &'a Shared,
         deadline_key: DeadlineKey,
     ) -> Self {
@@ -151,7 +148,7 @@ impl ConnIo<'_> {
         }
         let room = self.rbuf.capacity() - self.rbuf.len();
         if self.bytes_waiting {
-            match recv_now(self.stream.as_raw_fd(), &mut self.rbuf) {
+            match self.stream.read_now(&mut self.rbuf) {
                 Ok(Some(0)) => return Err(IoFailure::Closed),
                 Ok(Some(n)) => {
                     self.reads_fill = n == room;
@@ -165,7 +162,7 @@ impl ConnIo<'_> {
         let buf = mem::take(&mut self.rbuf);
         let deadlines = &self.shared.core.deadlines;
         monoio::select! {
-            (res, buf) = read_append(&mut *self.stream, buf) => {
+            (res, buf) = self.stream.read_append(buf) => {
                 self.rbuf = buf;
                 match res {
                     Ok(0) => Err(IoFailure::Closed),
@@ -211,21 +208,18 @@ impl ConnIo<'_> {
         }
         let canceller = Canceller::new();
         let buf = mem::take(&mut self.rbuf);
-        let len = buf.len();
-        let read = self
-            .stream
-            .cancelable_read(buf.slice_mut(len..), canceller.handle());
+        let read = self.stream.cancelable_read(buf, canceller.handle());
         let mut read = std::pin::pin!(read);
         let deadlines = &self.shared.core.deadlines;
         let until = deadlines.now() + Duration::from_millis(1);
-        let (res, slice) = monoio::select! {
+        let (res, buf) = monoio::select! {
             r = &mut read => r,
             _ = deadlines.wait(self.deadline_key, until, true) => {
                 let _ = canceller.cancel();
                 (&mut read).await
             }
         };
-        self.rbuf = slice.into_inner();
+        self.rbuf = buf;
         match res {
             Ok(0) => HotRead::Closed,
             Ok(_) => HotRead::Data,

@@ -7,6 +7,7 @@ mod bufpool;
 mod conn;
 mod exchange;
 mod io;
+pub mod stream;
 
 use std::cell::Cell;
 use std::future::Future;
@@ -19,6 +20,7 @@ use ringside_wire::http::{HttpDate, Limits};
 pub use bufpool::BufPool;
 pub use exchange::{BodyError, Exchange};
 pub use ringside_wire::http::{Method, RequestHead, StatusCode, Version};
+pub use stream::{pipe, PipeEnd, Stream};
 
 use crate::config::Config;
 use crate::runtime::{ConnectionHandler, CoreCtx};
@@ -111,12 +113,21 @@ impl<S: Service> HttpCore<S> {
     }
 }
 
+impl<S: Service> HttpCore<S> {
+    /// Serves one connection over any transport, an in-memory
+    /// [`stream::pipe`] included: how tests drive the connection loop and a
+    /// service without a socket.
+    pub fn serve_stream(self: &Rc<Self>, stream: Stream) -> impl Future<Output = ()> + 'static {
+        conn::serve(self.clone(), stream)
+    }
+}
+
 impl<S: Service> ConnectionHandler for HttpCore<S> {
     fn serve(self: &Rc<Self>, stream: TcpStream) -> impl Future<Output = ()> + 'static {
-        conn::serve(self.clone(), stream)
+        conn::serve(self.clone(), Stream::Tcp(stream))
     }
 
     fn refuse(self: &Rc<Self>, stream: TcpStream) -> impl Future<Output = ()> + 'static {
-        conn::refuse(self.clone(), stream)
+        conn::refuse(self.clone(), Stream::Tcp(stream))
     }
 }

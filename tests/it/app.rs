@@ -14,7 +14,7 @@ use crate::pgfix::{shared, Cluster};
 pub struct Db<'c> {
     cluster: &'c Cluster,
     pub name: String,
-    url: String,
+    pub url: String,
 }
 
 impl<'c> Db<'c> {

@@ -8,5 +8,6 @@ mod isolation;
 mod ops;
 mod pgclient;
 mod pgfix;
+mod pipe;
 mod runtime;
 mod techempower;
