@@ -5,6 +5,7 @@
 pub mod config;
 pub mod conn;
 pub mod pool;
+mod wait;
 
 use std::fmt;
 
