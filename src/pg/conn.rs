@@ -634,17 +634,20 @@ impl CopyIn {
         Ok(queued)
     }
 
+    /// Whether the COPY's response has ended (the server's error, or done).
+    fn ended(&self) -> bool {
+        self.conn
+            .waiting
+            .borrow()
+            .get(&self.id)
+            .is_none_or(|w| w.done.is_some())
+    }
+
     fn check(&self) -> Result<(), QueryError> {
         if let Some(why) = self.conn.broken.borrow().as_ref() {
             return Err(QueryError::ConnectionLost(why.clone()));
         }
-        let ended = self
-            .conn
-            .waiting
-            .borrow()
-            .get(&self.id)
-            .is_none_or(|w| w.done.is_some());
-        if ended {
+        if self.ended() {
             // The server ended the COPY (an error in the data).
             return Err(match self.conn.take_done(self.id) {
                 Some(Err(e)) => e,
@@ -672,13 +675,7 @@ impl CopyIn {
     /// Aborts the COPY; nothing of it is kept. Waits until the server has
     /// acknowledged, so the connection is in step again afterwards.
     pub async fn abort(self, why: &str) {
-        let ended = self
-            .conn
-            .waiting
-            .borrow()
-            .get(&self.id)
-            .is_none_or(|w| w.done.is_some());
-        if !ended && !self.conn.is_broken() {
+        if !self.ended() && !self.conn.is_broken() {
             let _ = self.queue(|p, out| {
                 p.copy_fail(why, out);
                 Ok(())
