@@ -70,7 +70,7 @@ pub async fn upload(app: &App, ex: &mut Exchange<'_, '_>) {
         }
     };
     let mut copy = None;
-    let run = run(app, ex, &held, &columns, &mut batches, &mut copy);
+    let run = run(app, ex, deadline, &held, &columns, &mut batches, &mut copy);
     // The whole upload, database waits included, ends by its deadline.
     let outcome = match monoio::time::timeout_at(deadline, run).await {
         Ok(r) => r,
@@ -188,6 +188,7 @@ impl Batches {
 async fn run(
     app: &App,
     ex: &mut Exchange<'_, '_>,
+    deadline: Instant,
     held: &Held,
     columns: &str,
     batches: &mut Batches,
@@ -249,9 +250,15 @@ async fn run(
         .finish()
         .await
         .map_err(Failure::Db)?;
-    held.simple(&format!(
-        "UPDATE imports SET rows = {rows}, finished_at = now() WHERE id = {import_id}; COMMIT"
-    ))
+    // The COMMIT's answer is waited for as long as the upload may last: a
+    // client told its import failed must find nothing of it.
+    let left = deadline.saturating_duration_since(Instant::now());
+    held.simple_within(
+        &format!(
+            "UPDATE imports SET rows = {rows}, finished_at = now() WHERE id = {import_id}; COMMIT"
+        ),
+        left.max(query_timeout),
+    )
     .await
     .map_err(Failure::Db)?;
     Ok((import_id, rows))

@@ -392,7 +392,19 @@ impl Pool {
         conn: &Rc<PgConn>,
         fut: impl Future<Output = Result<T, QueryError>>,
     ) -> Result<T, QueryError> {
-        match monoio::time::timeout(self.settings.query_timeout, fut).await {
+        self.within(self.settings.query_timeout, index, conn, fut)
+            .await
+    }
+
+    /// `with_deadline` for a caller that gives its own bound.
+    async fn within<T>(
+        &self,
+        timeout: Duration,
+        index: usize,
+        conn: &Rc<PgConn>,
+        fut: impl Future<Output = Result<T, QueryError>>,
+    ) -> Result<T, QueryError> {
+        match monoio::time::timeout(timeout, fut).await {
             Ok(r) => r,
             Err(_) => {
                 self.stats.borrow_mut().timeouts += 1;
@@ -741,6 +753,19 @@ impl Held {
         let r = self
             .pool
             .with_deadline(self.index, &self.conn, self.conn.simple(sql))
+            .await;
+        self.pool.note(&r);
+        r
+    }
+
+    /// `simple` with a bound of the caller's instead of the query timeout:
+    /// for a COMMIT, whose outcome the caller must learn. Cut at the query
+    /// timeout while the server is slow, a COMMIT may still succeed, and
+    /// the client would be told its import failed although it was kept.
+    pub async fn simple_within(&self, sql: &str, timeout: Duration) -> Result<Rows, QueryError> {
+        let r = self
+            .pool
+            .within(timeout, self.index, &self.conn, self.conn.simple(sql))
             .await;
         self.pool.note(&r);
         r

@@ -86,8 +86,18 @@ fn post_csv(srv: &Server, body: &[u8]) -> crate::harness::Response {
 }
 
 pub fn post_csv_to(addr: std::net::SocketAddr, body: &[u8]) -> crate::harness::Response {
+    post_csv_waiting(addr, body, Duration::from_secs(30))
+}
+
+/// `post_csv_to`, waiting up to `patience` for the answer once the body is
+/// sent (a slowed database may still be taking what the socket buffers hold).
+pub fn post_csv_waiting(
+    addr: std::net::SocketAddr,
+    body: &[u8],
+    patience: Duration,
+) -> crate::harness::Response {
     let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.set_read_timeout(Some(patience)).unwrap();
     let mut c = crate::harness::Conn::from_parts(s, Vec::new());
     c.send(format!(
         "POST /contacts HTTP/1.1\r\nHost: t\r\nContent-Type: text/csv\r\nContent-Length: {}\r\n\r\n",
