@@ -384,6 +384,40 @@ fn a_result_past_the_limit_fails_only_its_request() {
     );
 }
 
+/// Rows are not copied out of the read buffer: every value of a result
+/// that arrived in one read points into that read's memory, and the tag
+/// is kept too.
+#[test]
+fn rows_are_views_of_the_read_buffer() {
+    let mut p = pipeline();
+    let mut out = BytesMut::new();
+    let id = p.simple("rows", &mut out).unwrap();
+    let mut server = row_description(&["n"]);
+    for v in 0..100 {
+        server.extend(data_row(&[v]));
+    }
+    server.extend(command_complete("SELECT 100"));
+    server.extend(ready(b'I'));
+    let mut input = BytesMut::with_capacity(server.len());
+    input.extend_from_slice(&server);
+    let span = input.as_ptr() as usize..input.as_ptr() as usize + input.len();
+    p.receive(&mut input).unwrap();
+    let Some(Event::Done(done, Ok(rows))) = p.next_event() else {
+        panic!("no rows")
+    };
+    assert_eq!(done, id);
+    assert_eq!(rows.len(), 100);
+    assert_eq!(rows.tag(), Some("SELECT 100"));
+    assert_eq!(rows.affected(), Some(100));
+    for row in rows.iter() {
+        let value = row.unwrap().raw(0).unwrap().as_ptr() as usize;
+        assert!(
+            span.contains(&value),
+            "a row was copied out of the read buffer"
+        );
+    }
+}
+
 #[test]
 fn copy_in_is_announced_and_ends_at_its_ready_for_query() {
     let mut p = pipeline();

@@ -18,13 +18,19 @@ pub const DEFAULT_MAX_MESSAGE_LEN: usize = 64 << 20;
 /// header arrives, before any of its body is buffered. After an error the
 /// connection is unusable: `buf` may be left mid-stream.
 pub fn next_message(buf: &mut BytesMut, max_len: usize) -> Result<Option<Message>, PgError> {
-    if let Some(len) = declared_len(buf)? {
-        if len > max_len {
-            return Err(PgError::Protocol(format!(
-                "backend message '{}' of {len} bytes exceeds the limit of {max_len}",
-                char::from(buf[0]).escape_default()
-            )));
-        }
+    let Some(len) = declared_len(buf)? else {
+        return Ok(None);
+    };
+    if len > max_len {
+        return Err(PgError::Protocol(format!(
+            "backend message '{}' of {len} bytes exceeds the limit of {max_len}",
+            char::from(buf[0]).escape_default()
+        )));
+    }
+    if buf.len() <= len {
+        // Incomplete. Left as it is: the parser would reserve room, and
+        // the caller's buffer is the caller's to size.
+        return Ok(None);
     }
     Message::parse(buf).map_err(|e| PgError::protocol("malformed backend message", e))
 }

@@ -72,13 +72,41 @@ pub fn bind(
     result_formats: &[i16],
     buf: &mut BytesMut,
 ) -> Result<(), PgError> {
+    bind_values(
+        portal,
+        stmt_name,
+        params,
+        |v, buf| match v {
+            Some(bytes) => {
+                buf.put_slice(bytes);
+                true
+            }
+            None => false,
+        },
+        param_formats,
+        result_formats,
+        buf,
+    )
+}
+
+/// Bind with each value encoded by `encode` straight into the message
+/// (`encode` returns false for NULL): no scratch buffer, no allocation.
+pub fn bind_values<T>(
+    portal: &str,
+    stmt_name: &str,
+    values: &[T],
+    mut encode: impl FnMut(&T, &mut BytesMut) -> bool,
+    param_formats: &[i16],
+    result_formats: &[i16],
+    buf: &mut BytesMut,
+) -> Result<(), PgError> {
     // The server would reject this too, but only after the whole pipeline
     // was sent; failing here points at the caller's bug.
-    if param_formats.len() > 1 && param_formats.len() != params.len() {
+    if param_formats.len() > 1 && param_formats.len() != values.len() {
         return Err(PgError::Protocol(format!(
             "cannot encode Bind: {} parameter formats for {} parameters",
             param_formats.len(),
-            params.len()
+            values.len()
         )));
     }
     let base = buf.len();
@@ -86,13 +114,13 @@ pub fn bind(
         portal,
         stmt_name,
         param_formats.iter().copied(),
-        params.iter(),
-        |v, buf| match v {
-            Some(bytes) => {
-                buf.put_slice(bytes);
-                Ok(IsNull::No)
-            }
-            None => Ok(IsNull::Yes),
+        values.iter(),
+        |v, buf| {
+            Ok(if encode(v, buf) {
+                IsNull::No
+            } else {
+                IsNull::Yes
+            })
         },
         result_formats.iter().copied(),
         buf,

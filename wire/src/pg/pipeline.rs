@@ -23,9 +23,9 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
-use super::backend::{message_name, next_message, Message, TxStatus};
+use super::backend::{declared_len, message_name, next_message, Message, TxStatus};
 use super::error::{DbError, PgError};
 use super::frontend;
 use super::row::{columns, Column, Row};
@@ -69,15 +69,22 @@ pub enum Event {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Broken(pub String);
 
-/// The rows of one response, in one buffer.
+/// The rows of one response, as the server sent them.
+///
+/// The DataRow messages stay where they were read: views of the
+/// connection's read buffer (rows arrive back to back, so one view holds
+/// them all, or two when the driver moved on to another buffer in the
+/// middle of a result), and a handler renders from there straight into its
+/// response. Holding `Rows` keeps that part of the read buffer alive, so
+/// drop them once rendered.
 #[derive(Debug)]
 pub struct Rows {
-    /// DataRows: each a u32 length, then the body (value count and values).
-    data: BytesMut,
+    /// Whole DataRow messages: tag, length, value count, values.
+    data: RowData,
     count: usize,
     pub columns: Rc<[Column]>,
-    /// The CommandComplete tag ("SELECT 200", "COPY 10000").
-    pub tag: Option<String>,
+    /// The CommandComplete tag, also a view of the read buffer.
+    tag: Option<Bytes>,
     /// The portal has more rows (Execute with a row limit).
     pub suspended: bool,
 }
@@ -93,30 +100,70 @@ impl Rows {
 
     /// The rows, in order; each decodes against `self.columns`.
     pub fn iter(&self) -> RowIter<'_> {
-        RowIter { rest: &self.data }
+        RowIter {
+            rest: &self.data.first,
+            next: &self.data.second,
+        }
+    }
+
+    /// The CommandComplete tag ("SELECT 200", "COPY 10000").
+    pub fn tag(&self) -> Option<&str> {
+        // Checked to be UTF-8 when it arrived.
+        std::str::from_utf8(self.tag.as_deref()?).ok()
     }
 
     /// The row count of the command tag ("INSERT 0 5" → 5).
     pub fn affected(&self) -> Option<u64> {
-        self.tag.as_deref()?.rsplit(' ').next()?.parse().ok()
+        self.tag()?.rsplit(' ').next()?.parse().ok()
     }
 }
 
 pub struct RowIter<'a> {
     rest: &'a [u8],
+    next: &'a [u8],
 }
 
 impl<'a> Iterator for RowIter<'a> {
     type Item = Result<Row<'a>, PgError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.len() < 4 {
-            return None;
+        if self.rest.is_empty() {
+            self.rest = std::mem::take(&mut self.next);
         }
-        let len = u32::from_be_bytes(self.rest[..4].try_into().ok()?) as usize;
-        let body = self.rest.get(4..4 + len)?;
-        self.rest = &self.rest[4 + len..];
+        // Framed and checked when they arrived (see `Pipeline::take_raw`).
+        let len = u32::from_be_bytes(self.rest.get(1..5)?.try_into().ok()?) as usize;
+        let body = self.rest.get(5..1 + len)?;
+        self.rest = &self.rest[1 + len..];
         Some(Row::new(body))
+    }
+}
+
+/// DataRow messages as views of the read buffers they arrived in.
+#[derive(Debug, Default)]
+struct RowData {
+    first: BytesMut,
+    /// The rows read into another buffer after the first filled up.
+    second: BytesMut,
+}
+
+impl RowData {
+    fn len(&self) -> usize {
+        self.first.len() + self.second.len()
+    }
+
+    /// Appends a DataRow taken from the read buffer: O(1) when it follows
+    /// the rows before it in memory, as it does within one read buffer.
+    fn push(&mut self, msg: BytesMut) {
+        let follows = |v: &BytesMut| v.as_ptr().wrapping_add(v.len()) == msg.as_ptr();
+        if self.second.is_empty() && (self.first.is_empty() || follows(&self.first)) {
+            // `unsplit` itself checks that both are views of one buffer,
+            // and copies otherwise.
+            self.first.unsplit(msg);
+        } else {
+            // A new buffer: its rows form the second view (copied on only
+            // if the driver switched buffers twice within one result).
+            self.second.unsplit(msg);
+        }
     }
 }
 
@@ -161,7 +208,7 @@ struct InFlight {
     id: RequestId,
     phase: Phase,
     abandoned: bool,
-    rows: BytesMut,
+    rows: RowData,
     count: usize,
     /// Columns of a simple query's result.
     columns: Option<Rc<[Column]>>,
@@ -169,7 +216,7 @@ struct InFlight {
     describes: Option<Rc<Prepared>>,
     /// The statement it executes, for its columns.
     statement: Option<Rc<Prepared>>,
-    tag: Option<String>,
+    tag: Option<Bytes>,
     suspended: bool,
     error: Option<RequestError>,
 }
@@ -184,7 +231,7 @@ impl InFlight {
             id,
             phase: Phase::Waiting,
             abandoned: false,
-            rows: BytesMut::new(),
+            rows: RowData::default(),
             count: 0,
             columns: None,
             describes,
@@ -201,7 +248,9 @@ impl InFlight {
         }
     }
 
-    fn into_result(self) -> Result<Rows, RequestError> {
+    /// `no_columns` is the result of a statement without any (shared, so
+    /// that a BEGIN or COMMIT allocates nothing).
+    fn into_result(self, no_columns: &Rc<[Column]>) -> Result<Rows, RequestError> {
         if let Some(e) = self.error {
             return Err(e);
         }
@@ -209,7 +258,7 @@ impl InFlight {
             Some(p) => p.columns.borrow().clone(),
             None => self.columns,
         }
-        .unwrap_or_else(|| Rc::from(Vec::new()));
+        .unwrap_or_else(|| no_columns.clone());
         Ok(Rows {
             data: self.rows,
             count: self.count,
@@ -231,6 +280,7 @@ pub struct Pipeline {
     next_id: u64,
     tx_status: TxStatus,
     broken: Option<Broken>,
+    no_columns: Rc<[Column]>,
 }
 
 impl Pipeline {
@@ -244,6 +294,7 @@ impl Pipeline {
             next_id: 0,
             tx_status,
             broken: None,
+            no_columns: Rc::from(Vec::new()),
         }
     }
 
@@ -351,7 +402,7 @@ impl Pipeline {
     pub fn abandon(&mut self, id: RequestId) {
         if let Some(r) = self.queue.iter_mut().find(|r| r.id == id) {
             r.abandoned = true;
-            r.rows = BytesMut::new();
+            r.rows = RowData::default();
         }
         self.events.retain(|e| match e {
             Event::CopyReady(i) | Event::Done(i, _) => *i != id,
@@ -371,6 +422,11 @@ impl Pipeline {
             return Err(b.clone());
         }
         loop {
+            match self.take_raw(input) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(why) => return Err(self.mark_broken(why)),
+            }
             let msg = match next_message(input, self.limits.max_message_bytes) {
                 Ok(Some(msg)) => msg,
                 Ok(None) => return Ok(()),
@@ -439,6 +495,51 @@ impl Pipeline {
         (p, true)
     }
 
+    /// Takes a complete DataRow or CommandComplete at the front of `input`
+    /// without decoding it into a message: a DataRow joins its request's
+    /// rows as a view of `input`'s memory (rows read back to back merge into
+    /// one view, so nothing is copied or allocated per row). Returns false
+    /// for anything else, left to [`Pipeline::apply`].
+    fn take_raw(&mut self, input: &mut BytesMut) -> Result<bool, String> {
+        let tag = match input.first() {
+            Some(&t @ (b'D' | b'C')) => t,
+            _ => return Ok(false),
+        };
+        let max_result = self.limits.max_result_bytes;
+        let Some(req) = self.queue.front_mut() else {
+            return Ok(false);
+        };
+        let len = match declared_len(input) {
+            Ok(Some(len)) if len <= self.limits.max_message_bytes && input.len() > len => len,
+            // Incomplete, or refused by the general path.
+            _ => return Ok(false),
+        };
+        let mut msg = input.split_to(1 + len);
+        if tag == b'C' {
+            msg.advance(5);
+            let end = msg
+                .iter()
+                .position(|&b| b == 0)
+                .ok_or("malformed CommandComplete: no terminator")?;
+            msg.truncate(end);
+            std::str::from_utf8(&msg).map_err(|_| "malformed CommandComplete: not UTF-8")?;
+            req.tag = Some(msg.freeze());
+            return Ok(true);
+        }
+        if req.abandoned || req.error.is_some() {
+            return Ok(true);
+        }
+        Row::new(&msg[5..]).map_err(|e| e.to_string())?;
+        if req.rows.len() + msg.len() > max_result {
+            req.fail(RequestError::TooLarge);
+            req.rows = RowData::default();
+            return Ok(true);
+        }
+        req.rows.push(msg);
+        req.count += 1;
+        Ok(true)
+    }
+
     /// Applies one backend message to the request at the front.
     fn apply(&mut self, msg: Message) -> Result<(), String> {
         // Messages that may arrive at any time.
@@ -450,7 +551,6 @@ impl Pipeline {
         ) {
             return Ok(());
         }
-        let max_result = self.limits.max_result_bytes;
         let Some(req) = self.queue.front_mut() else {
             return Err(match msg {
                 Message::ErrorResponse(body) => match DbError::parse(&mut body.fields()) {
@@ -461,21 +561,9 @@ impl Pipeline {
             });
         };
         match msg {
-            Message::DataRow(body) => {
-                if req.abandoned || req.error.is_some() {
-                    return Ok(());
-                }
-                let values = body.buffer();
-                let count = Row::from_body(&body).map_err(|e| e.to_string())?.len();
-                if req.rows.len() + values.len() + 6 > max_result {
-                    req.fail(RequestError::TooLarge);
-                    req.rows = BytesMut::new();
-                    return Ok(());
-                }
-                req.rows.put_u32((values.len() + 2) as u32);
-                req.rows.put_i16(count as i16);
-                req.rows.extend_from_slice(values);
-                req.count += 1;
+            // Taken by `take_raw` whenever a request is waiting.
+            Message::DataRow(_) | Message::CommandComplete(_) => {
+                return Err("a row or command tag outside any response".into());
             }
             Message::RowDescription(body) => {
                 let mut cols = columns(&body).map_err(|e| e.to_string())?;
@@ -490,9 +578,6 @@ impl Pipeline {
                     }
                     None => req.columns = Some(Rc::from(cols)),
                 }
-            }
-            Message::CommandComplete(body) => {
-                req.tag = body.tag().ok().map(str::to_string);
             }
             Message::PortalSuspended => req.suspended = true,
             Message::ErrorResponse(body) => {
@@ -518,7 +603,8 @@ impl Pipeline {
                     let req = self.queue.pop_front().expect("front exists");
                     if !req.abandoned {
                         let id = req.id;
-                        self.events.push_back(Event::Done(id, req.into_result()));
+                        self.events
+                            .push_back(Event::Done(id, req.into_result(&self.no_columns)));
                     }
                     return Err("the server ended the session (FATAL error)".into());
                 }
@@ -534,7 +620,8 @@ impl Pipeline {
                 let req = self.queue.pop_front().expect("front exists");
                 if !req.abandoned {
                     let id = req.id;
-                    self.events.push_back(Event::Done(id, req.into_result()));
+                    self.events
+                        .push_back(Event::Done(id, req.into_result(&self.no_columns)));
                 }
             }
             Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone => {
@@ -555,38 +642,28 @@ fn sqlstate(e: &RequestError) -> Option<&str> {
     }
 }
 
-/// Bind with every parameter and every result column in binary.
+/// Bind with every parameter and every result column in binary, each
+/// value encoded straight into the message.
 fn encode_bind(
     buf: &mut BytesMut,
     portal: &str,
     stmt: &str,
     params: &[Param<'_>],
 ) -> Result<(), PgError> {
-    // Values are encoded into one scratch buffer, then referenced.
-    let mut values = BytesMut::with_capacity(params.len() * 8);
-    let mut ranges = Vec::with_capacity(params.len());
-    for p in params {
-        let start = values.len();
-        match p {
-            Param::Null => {
-                ranges.push(None);
-                continue;
-            }
-            Param::Bool(v) => frontend::encode_bool(*v, &mut values),
-            Param::I32(v) => frontend::encode_i32(*v, &mut values),
-            Param::I64(v) => frontend::encode_i64(*v, &mut values),
-            Param::Text(v) => frontend::encode_text(v, &mut values),
-        }
-        ranges.push(Some(start..values.len()));
-    }
-    let slices: Vec<Option<&[u8]>> = ranges
-        .iter()
-        .map(|r| r.as_ref().map(|r| &values[r.clone()]))
-        .collect();
-    frontend::bind(
+    frontend::bind_values(
         portal,
         stmt,
-        &slices,
+        params,
+        |p, buf| {
+            match p {
+                Param::Null => return false,
+                Param::Bool(v) => frontend::encode_bool(*v, buf),
+                Param::I32(v) => frontend::encode_i32(*v, buf),
+                Param::I64(v) => frontend::encode_i64(*v, buf),
+                Param::Text(v) => frontend::encode_text(v, buf),
+            }
+            true
+        },
         &[BINARY_FORMAT],
         &[BINARY_FORMAT],
         buf,
