@@ -807,7 +807,35 @@ fn send_now(fd: i32, buf: &[u8]) -> io::Result<usize> {
 }
 
 /// Reads responses: the pipeline frames them and completes their requests.
+/// Room a read is given at least, and how much the read buffer grows by.
+const READ_ROOM: usize = 4096;
+const READ_GROWTH: usize = 32 << 10;
+
+/// Makes room in the read buffer for the next read. Rows handed out are
+/// views of the buffer they were read into (no copy), so a buffer can be
+/// reused in place only once their handlers dropped them. Two buffers take
+/// turns: when one is full and still pinned by rows, reading goes on in the
+/// other, whose rows are long gone by then; a third is allocated only if
+/// both are still held.
+fn make_read_room(rbuf: &mut BytesMut, spare: &mut BytesMut) {
+    if rbuf.try_reclaim(READ_ROOM) {
+        return;
+    }
+    let need = rbuf.len() + READ_ROOM;
+    spare.clear();
+    if !spare.try_reclaim(need) {
+        // Doubling: a large message arriving in many reads is copied along
+        // a logarithmic number of times.
+        *spare = BytesMut::with_capacity((2 * need).max(READ_GROWTH));
+    }
+    // The start of a message not yet complete moves along.
+    spare.extend_from_slice(rbuf);
+    rbuf.clear();
+    std::mem::swap(rbuf, spare);
+}
+
 async fn read_loop(conn: Rc<PgConn>, mut reader: Reader, mut rbuf: BytesMut) {
+    let mut spare = BytesMut::new();
     loop {
         let received = conn.pipeline.borrow_mut().receive(&mut rbuf);
         conn.deliver();
@@ -818,8 +846,8 @@ async fn read_loop(conn: Rc<PgConn>, mut reader: Reader, mut rbuf: BytesMut) {
         if conn.is_broken() {
             return;
         }
-        if rbuf.capacity() - rbuf.len() < 4096 {
-            rbuf.reserve(16 << 10);
+        if rbuf.capacity() - rbuf.len() < READ_ROOM {
+            make_read_room(&mut rbuf, &mut spare);
         }
         let (res, b) = reader.read(rbuf).await;
         rbuf = b;
