@@ -42,8 +42,8 @@ impl Drop for SlotGuard<'_> {
 /// This future is allocated once and lives as long as the connection, so
 /// it holds only what an idle connection needs: the socket, its deadline
 /// slot, and the readability wait. The work on arrived bytes (buffers,
-/// parsing, the handler) runs in a boxed future that exists only while
-/// there is work.
+/// parsing, the handler) runs in a frame of the core's pool that is held
+/// only while there is work.
 pub(super) async fn serve<S: Service>(http: Rc<HttpCore<S>>, mut stream: Stream) {
     let slot = SlotGuard::new(&http.shared.core.deadlines);
     // The first head must be complete within the head timeout of the accept.
@@ -86,7 +86,7 @@ pub(super) async fn serve<S: Service>(http: Rc<HttpCore<S>>, mut stream: Stream)
             Wake::TimedOut | Wake::Drained | Wake::Closed => return,
         }
         let work = process_input(&http, &mut stream, slot.1, first_head_by.take());
-        if !Box::pin(work).await {
+        if !http.shared.core.frames.boxed(work).await {
             return;
         }
         idle_since = slot.0.now();

@@ -89,6 +89,8 @@ const MAX_HOT_READS: usize = 1024;
 pub(super) struct Shared {
     /// Connections in a hot read now.
     pub(super) hot_reads: std::cell::Cell<usize>,
+    /// Cancellers for hot reads, kept for reuse.
+    pub(super) idle_cancellers: std::cell::RefCell<Vec<Canceller>>,
     pub(super) core: Rc<crate::runtime::CoreCtx>,
     pub(super) settings: HttpSettings,
     pub(super) buffers: super::BufPool,
@@ -206,19 +208,32 @@ impl ConnIo<'_> {
         if self.rbuf.capacity() == self.rbuf.len() {
             self.rbuf.reserve(self.read_size);
         }
-        let canceller = Canceller::new();
+        // Cancellers are reused: making one allocates, and a hot read that
+        // gets its bytes leaves its canceller as good as new.
+        let canceller = self.shared.idle_cancellers.borrow_mut().pop();
+        let mut canceller = canceller.unwrap_or_default();
         let buf = mem::take(&mut self.rbuf);
-        let read = self.stream.cancelable_read(buf, canceller.handle());
-        let mut read = std::pin::pin!(read);
-        let deadlines = &self.shared.core.deadlines;
-        let until = deadlines.now() + Duration::from_millis(1);
-        let (res, buf) = monoio::select! {
-            r = &mut read => r,
-            _ = deadlines.wait(self.deadline_key, until, true) => {
-                let _ = canceller.cancel();
-                (&mut read).await
+        let (res, buf) = {
+            let read = self.stream.cancelable_read(buf, canceller.handle());
+            let mut read = std::pin::pin!(read);
+            let deadlines = &self.shared.core.deadlines;
+            let until = deadlines.now() + Duration::from_millis(1);
+            monoio::select! {
+                r = &mut read => r,
+                _ = deadlines.wait(self.deadline_key, until, true) => {
+                    // A cancelled canceller is spent; this gives a fresh one.
+                    canceller = canceller.cancel();
+                    (&mut read).await
+                }
             }
+            // The read is dropped here, before its canceller can go to
+            // another connection: nothing of this read stays registered.
         };
+        let mut idle = self.shared.idle_cancellers.borrow_mut();
+        if idle.len() < MAX_HOT_READS {
+            idle.push(canceller);
+        }
+        drop(idle);
         self.rbuf = buf;
         match res {
             Ok(0) => HotRead::Closed,

@@ -14,9 +14,11 @@
 pub mod deadlines;
 pub mod event;
 mod fd_reserve;
+mod frames;
 mod listener;
 mod log_limit;
 
+pub use frames::{FramePool, PooledFuture};
 pub use log_limit::LogLimit;
 
 use std::cell::Cell;
@@ -65,6 +67,8 @@ pub struct CoreCtx {
     pub drain: LocalEvent,
     /// Connection deadlines, on the core's coarse clock.
     pub deadlines: DeadlineTable,
+    /// Frames for the futures boxed per request, reused.
+    pub frames: FramePool,
     open_connections: Cell<usize>,
     accepted: Cell<u64>,
     shed: Cell<u64>,
@@ -77,6 +81,10 @@ pub struct CoreCtx {
     released_bytes: Cell<usize>,
 }
 
+/// Free frames of each future layout a core keeps (set from
+/// `--pooled-buffers-per-core` by the HTTP layer).
+const DEFAULT_FREE_FRAMES: usize = 256;
+
 impl CoreCtx {
     /// A context for a runtime started outside [`Server`] (unit tests, tools).
     pub fn standalone(index: usize, driver: IoDriver) -> Rc<CoreCtx> {
@@ -86,6 +94,7 @@ impl CoreCtx {
             driver,
             drain: LocalEvent::new(),
             deadlines: DeadlineTable::new(),
+            frames: FramePool::new(DEFAULT_FREE_FRAMES),
             open_connections: Cell::new(0),
             accepted: Cell::new(0),
             shed: Cell::new(0),
@@ -365,6 +374,7 @@ impl CoreStart {
             driver: self.driver,
             drain: LocalEvent::new(),
             deadlines: DeadlineTable::new(),
+            frames: FramePool::new(DEFAULT_FREE_FRAMES),
             open_connections: Cell::new(0),
             accepted: Cell::new(0),
             shed: Cell::new(0),
