@@ -13,11 +13,14 @@ use std::cell::Cell;
 use std::process::ExitCode;
 use std::rc::Rc;
 
-use ringside::app::text::{html_escape, push_int};
+use std::convert::Infallible;
+
+use ringside::app::text::{html_escape, json_string, push_int, Out};
 use ringside::config::Config;
 use ringside::http::{Exchange, HttpCore, Service, StatusCode};
 use ringside::pg::{ConnSettings, Param, PgConfig, PgConn, Pool, PoolSettings, Rows, Statement};
 use ringside::runtime::Server;
+use smallvec::SmallVec;
 
 static WORLD: Statement = Statement {
     sql: "SELECT id, randomnumber FROM world WHERE id = $1",
@@ -37,12 +40,20 @@ static UPDATE: Statement = Statement {
     read_only: false,
 };
 
-struct Bench {
+pub struct Bench {
     pool: Rc<Pool>,
     rng: Cell<u64>,
 }
 
 impl Bench {
+    /// The service of one core; `seed` starts its random ids.
+    pub fn new(pool: Rc<Pool>, seed: u64) -> Bench {
+        Bench {
+            pool,
+            rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ seed),
+        }
+    }
+
     /// A random id in 1..=10000 (xorshift: per core, no lock).
     fn random_id(&self) -> i32 {
         let mut x = self.rng.get();
@@ -86,12 +97,12 @@ fn first_world(rows: &Rows) -> Result<(i32, i32), String> {
     ))
 }
 
-fn world_json(out: &mut Vec<u8>, (id, n): (i32, i32)) {
-    out.extend_from_slice(b"{\"id\":");
+fn world_json<O: Out + ?Sized>(out: &mut O, (id, n): (i32, i32)) {
+    out.put(b"{\"id\":");
     push_int(out, i64::from(id));
-    out.extend_from_slice(b",\"randomNumber\":");
+    out.put(b",\"randomNumber\":");
     push_int(out, i64::from(n));
-    out.push(b'}');
+    out.put_byte(b'}');
 }
 
 fn worlds_json(worlds: &[(i32, i32)]) -> Vec<u8> {
@@ -115,8 +126,13 @@ impl Service for Bench {
             "/plaintext" => ex.respond(StatusCode::OK, b"text/plain", b"Hello, World!"),
             "/json" => {
                 // Serialized per request, as the rules ask.
-                let body = format!("{{\"message\":\"{}\"}}", "Hello, World!");
-                ex.respond(StatusCode::OK, JSON, body.as_bytes())
+                let message = "Hello, World!";
+                let _ = ex.respond_rendered(StatusCode::OK, JSON, &[], |out| {
+                    out.put(b"{\"message\":");
+                    json_string(message, out);
+                    out.put_byte(b'}');
+                    Ok::<(), Infallible>(())
+                });
             }
             "/db" => {
                 let id = self.random_id();
@@ -126,9 +142,10 @@ impl Service for Bench {
                 };
                 match world {
                     Ok(w) => {
-                        let mut out = Vec::with_capacity(40);
-                        world_json(&mut out, w);
-                        ex.respond(StatusCode::OK, JSON, &out)
+                        let _ = ex.respond_rendered(StatusCode::OK, JSON, &[], |out| {
+                            world_json(out, w);
+                            Ok::<(), Infallible>(())
+                        });
                     }
                     Err(e) => ex.respond_error(StatusCode::SERVICE_UNAVAILABLE, &e),
                 }
@@ -170,7 +187,8 @@ impl Service for Bench {
                         return ex.respond_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
                     }
                 };
-                let mut fortunes: Vec<(i32, &str)> = Vec::with_capacity(rows.len() + 1);
+                // On the stack: the table's dozen rows need no allocation.
+                let mut fortunes: SmallVec<[(i32, &str); 32]> = SmallVec::new();
                 for row in rows.iter() {
                     let Ok(row) = row else { continue };
                     if let (Ok(id), Ok(msg)) =
@@ -181,24 +199,32 @@ impl Service for Bench {
                 }
                 fortunes.push((0, "Additional fortune added at request time."));
                 fortunes.sort_unstable_by(|a, b| a.1.cmp(b.1));
-                let mut page = Vec::with_capacity(4096);
-                page.extend_from_slice(b"<!DOCTYPE html><html><head><title>Fortunes</title></head><body><table><tr><th>id</th><th>message</th></tr>");
-                for (id, msg) in fortunes {
-                    page.extend_from_slice(b"<tr><td>");
-                    push_int(&mut page, i64::from(id));
-                    page.extend_from_slice(b"</td><td>");
-                    html_escape(msg, &mut page);
-                    page.extend_from_slice(b"</td></tr>");
-                }
-                page.extend_from_slice(b"</table></body></html>");
-                ex.respond(StatusCode::OK, b"text/html; charset=utf-8", &page)
+                // Escaped straight from the rows into the response.
+                let _ = ex.respond_rendered(
+                    StatusCode::OK,
+                    b"text/html; charset=utf-8",
+                    &[],
+                    |page| {
+                        page.put(b"<!DOCTYPE html><html><head><title>Fortunes</title></head><body><table><tr><th>id</th><th>message</th></tr>");
+                        for (id, msg) in &fortunes {
+                            page.put(b"<tr><td>");
+                            push_int(page, i64::from(*id));
+                            page.put(b"</td><td>");
+                            html_escape(msg, page);
+                            page.put(b"</td></tr>");
+                        }
+                        page.put(b"</table></body></html>");
+                        Ok::<(), Infallible>(())
+                    },
+                );
             }
             _ => ex.respond_error(StatusCode::NOT_FOUND, "no such test"),
         }
     }
 }
 
-const SETUP: &str = "
+/// Creates and fills the `world` and `fortune` tables.
+pub const SETUP: &str = "
 DROP TABLE IF EXISTS world, fortune;
 CREATE TABLE world (id integer PRIMARY KEY, randomnumber integer NOT NULL DEFAULT 0);
 INSERT INTO world (id, randomnumber)
@@ -272,10 +298,8 @@ fn main() -> ExitCode {
     };
     let settings = PoolSettings::from_config(&config);
     let make = move |core: Rc<ringside::runtime::CoreCtx>, cfg: &Config| {
-        let bench = Bench {
-            pool: Pool::new(pg.clone(), addrs.clone(), settings.clone()),
-            rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (core.index as u64 + 1)),
-        };
+        let pool = Pool::new(pg.clone(), addrs.clone(), settings.clone());
+        let bench = Bench::new(pool, core.index as u64 + 1);
         HttpCore::new(core, cfg, bench)
     };
     let server = match Server::start(&config, make) {

@@ -8,7 +8,6 @@ pub mod routes;
 pub mod schema;
 pub mod text;
 
-use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -100,8 +99,6 @@ pub struct App {
     metrics: Rc<CoreMetrics>,
     scrape_cores: Arc<Vec<flume::Sender<ScrapeRequest>>>,
     errors_logged: LogLimit,
-    /// A page is rendered here, then copied once into the response.
-    scratch: RefCell<Vec<u8>>,
 }
 
 impl App {
@@ -135,7 +132,6 @@ impl App {
             metrics,
             scrape_cores,
             errors_logged: LogLimit::default(),
-            scratch: RefCell::new(Vec::new()),
         }
     }
 
@@ -172,20 +168,22 @@ impl Service for App {
 
 impl App {
     /// Routes a request. Handlers that wait on the database or the body
-    /// are boxed: their state exists only while they run, and the future
-    /// every connection keeps between requests stays small.
+    /// run in a frame of the core's pool: their state exists only while
+    /// they run, the future a connection keeps between requests stays
+    /// small, and no request allocates one.
     async fn route(&self, ex: &mut Exchange<'_, '_>, route: &'static routes::Route) {
+        let frames = &self.core.frames;
         if route.id != RouteId::Other && !route.answers(ex.method()) {
             return method_not_allowed(ex, route.allow);
         }
         match route.id {
             RouteId::Plaintext => ex.respond(StatusCode::OK, TEXT, b"Hello, World!"),
             RouteId::Healthz => ex.respond(StatusCode::OK, TEXT, b"ok\n"),
-            RouteId::Echo => Box::pin(echo(ex)).await,
-            RouteId::Orders => Box::pin(orders::list(self, ex)).await,
-            RouteId::Export => Box::pin(orders::export(self, ex)).await,
-            RouteId::Contacts => Box::pin(contacts::upload(self, ex)).await,
-            RouteId::Metrics => Box::pin(self.metrics_page(ex)).await,
+            RouteId::Echo => frames.boxed(echo(ex)).await,
+            RouteId::Orders => frames.boxed(orders::list(self, ex)).await,
+            RouteId::Export => frames.boxed(orders::export(self, ex)).await,
+            RouteId::Contacts => frames.boxed(contacts::upload(self, ex)).await,
+            RouteId::Metrics => frames.boxed(self.metrics_page(ex)).await,
             RouteId::Readyz => self.readiness(ex),
             RouteId::Other => ex.respond_error(StatusCode::NOT_FOUND, "no such route"),
         }

@@ -2,8 +2,8 @@
 
 use monoio::time::Instant;
 
-use crate::http::{Exchange, StatusCode};
-use crate::pg::{Param, QueryError, Statement};
+use crate::http::{BodyOut, Exchange, Out, StatusCode};
+use crate::pg::{Column, Param, PgError, QueryError, Row, Rows, Statement};
 
 use super::text::{csv_field, html_escape, json_string, push_int, rfc3339_micros};
 use super::{pool_or_503, query_param, respond_db_error, App};
@@ -61,39 +61,39 @@ pub async fn list(app: &App, ex: &mut Exchange<'_, '_>) {
         Err(e) => return respond_db_error(app, ex, &e),
     };
     let json = wants_json(ex);
-    let mut page = app.scratch.borrow_mut();
-    page.clear();
-    page.extend_from_slice(if json { b"[" } else { PAGE_HEAD });
-    for (i, row) in rows.iter().enumerate() {
-        let title = match row.and_then(|r| r.req_str(&rows.columns, 0)) {
-            Ok(t) => t,
-            Err(e) => {
-                drop(page);
-                return respond_db_error(app, ex, &QueryError::Pg(e));
-            }
-        };
-        if json {
-            if i > 0 {
-                page.push(b',');
-            }
-            json_string(title, &mut page);
-        } else {
-            page.extend_from_slice(b"<tr><td>");
-            html_escape(title, &mut page);
-            page.extend_from_slice(b"</td></tr>\n");
-        }
-    }
-    page.extend_from_slice(if json { b"]" } else { PAGE_TAIL });
     let ctype: &[u8] = if json {
         b"application/json"
     } else {
         b"text/html; charset=utf-8"
     };
-    ex.respond_with(StatusCode::OK, ctype, &[("Vary", b"Accept")], &page);
-    // A burst of large pages must not pin a large scratch buffer.
-    if page.capacity() > 1 << 20 {
-        *page = Vec::new();
+    // Rendered from the rows in the PostgreSQL read buffer straight into
+    // the connection's write buffer.
+    let rendered = ex.respond_rendered(StatusCode::OK, ctype, &[("Vary", b"Accept")], |out| {
+        render_titles(&rows, json, out)
+    });
+    if let Err(e) = rendered {
+        respond_db_error(app, ex, &QueryError::Pg(e));
     }
+}
+
+/// The titles as an HTML table, or a JSON array.
+fn render_titles(rows: &Rows, json: bool, out: &mut BodyOut<'_>) -> Result<(), PgError> {
+    out.put(if json { b"[" } else { PAGE_HEAD });
+    for (i, row) in rows.iter().enumerate() {
+        let title = row?.req_str(&rows.columns, 0)?;
+        if json {
+            if i > 0 {
+                out.put_byte(b',');
+            }
+            json_string(title, out);
+        } else {
+            out.put(b"<tr><td>");
+            html_escape(title, out);
+            out.put(b"</td></tr>\n");
+        }
+    }
+    out.put(if json { b"]" } else { PAGE_TAIL });
+    Ok(())
 }
 
 /// Streams every order as CSV. Rows come from a portal a batch at a time,
@@ -117,7 +117,6 @@ pub async fn export(app: &App, ex: &mut Exchange<'_, '_>) {
     let batch = app.settings.export_batch_rows as i32;
     let mut next = Some(held.open_portal(&ORDER_EXPORT, &[], batch).await);
     let mut started = false;
-    let mut buf = Vec::with_capacity(64 << 10);
     loop {
         if started && Instant::now() > deadline {
             ex.abort_connection();
@@ -149,21 +148,27 @@ pub async fn export(app: &App, ex: &mut Exchange<'_, '_>) {
                     b"attachment; filename=\"orders.csv\"",
                 )],
             );
-            started = true;
-            buf.extend_from_slice(b"id,title,customer,amount_cents,currency,status,created_at\n");
         }
-        for row in rows.iter() {
-            if render_csv_row(row, &rows.columns, &mut buf).is_err() {
-                ex.abort_connection();
-                return;
+        let header = !started;
+        started = true;
+        // Each batch is one chunk, rendered from the rows in the read
+        // buffer straight into the connection's write buffer.
+        let queued = ex.queue_rendered_chunk(|out| {
+            if header {
+                out.put(b"id,title,customer,amount_cents,currency,status,created_at\n");
             }
+            rows.iter()
+                .try_for_each(|row| render_csv_row(row, &rows.columns, out))
+        });
+        if queued.is_err() {
+            ex.abort_connection();
+            return;
         }
-        if ex.send_chunk(&buf).await.is_err() || ex.flush().await.is_err() {
+        if ex.flush().await.is_err() {
             // The client went away; the held connection is closed on drop
             // (mid-transaction), which ends the portal.
             return;
         }
-        buf.clear();
         if !rows.suspended {
             break;
         }
@@ -175,26 +180,26 @@ pub async fn export(app: &App, ex: &mut Exchange<'_, '_>) {
 }
 
 fn render_csv_row(
-    row: Result<crate::pg::Row<'_>, crate::pg::PgError>,
-    cols: &[crate::pg::Column],
-    out: &mut Vec<u8>,
-) -> Result<(), crate::pg::PgError> {
+    row: Result<Row<'_>, PgError>,
+    cols: &[Column],
+    out: &mut BodyOut<'_>,
+) -> Result<(), PgError> {
     let row = row?;
     push_int(out, row.req_i64(cols, 0)?);
-    out.push(b',');
+    out.put_byte(b',');
     csv_field(row.req_str(cols, 1)?, out);
-    out.push(b',');
+    out.put_byte(b',');
     if let Some(c) = row.get_str(cols, 2)? {
         csv_field(c, out);
     }
-    out.push(b',');
+    out.put_byte(b',');
     push_int(out, row.req_i64(cols, 3)?);
-    out.push(b',');
+    out.put_byte(b',');
     csv_field(row.req_str(cols, 4)?, out);
-    out.push(b',');
+    out.put_byte(b',');
     csv_field(row.req_str(cols, 5)?, out);
-    out.push(b',');
+    out.put_byte(b',');
     rfc3339_micros(row.req_timestamptz(cols, 6)?, out);
-    out.push(b'\n');
+    out.put_byte(b'\n');
     Ok(())
 }

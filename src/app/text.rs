@@ -4,8 +4,10 @@
 use ringside_wire::http::date::civil_from_days;
 use ringside_wire::http::response::decimal_digits;
 
+pub use crate::http::Out;
+
 /// Appends `s` with the five HTML-significant characters escaped.
-pub fn html_escape(s: &str, out: &mut Vec<u8>) {
+pub fn html_escape<O: Out + ?Sized>(s: &str, out: &mut O) {
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
@@ -17,16 +19,16 @@ pub fn html_escape(s: &str, out: &mut Vec<u8>) {
             b'\'' => b"&#39;",
             _ => continue,
         };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(rep);
+        out.put(&bytes[start..i]);
+        out.put(rep);
         start = i + 1;
     }
-    out.extend_from_slice(&bytes[start..]);
+    out.put(&bytes[start..]);
 }
 
 /// Appends `s` as a JSON string, quotes included.
-pub fn json_string(s: &str, out: &mut Vec<u8>) {
-    out.push(b'"');
+pub fn json_string<O: Out + ?Sized>(s: &str, out: &mut O) {
+    out.put_byte(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
@@ -39,78 +41,86 @@ pub fn json_string(s: &str, out: &mut Vec<u8>) {
             // `<` too, so the JSON is safe inside a <script> element.
             b'<' => b"\\u003c",
             0..=0x1f => {
-                out.extend_from_slice(&bytes[start..i]);
-                out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+                out.put(&bytes[start..i]);
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.put(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 15)],
+                ]);
                 start = i + 1;
                 continue;
             }
             _ => continue,
         };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(esc);
+        out.put(&bytes[start..i]);
+        out.put(esc);
         start = i + 1;
     }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+    out.put(&bytes[start..]);
+    out.put_byte(b'"');
 }
 
 /// Appends `s` as one CSV field (RFC 4180): quoted when it holds a comma,
 /// quote, CR or LF, with quotes doubled.
-pub fn csv_field(s: &str, out: &mut Vec<u8>) {
+pub fn csv_field<O: Out + ?Sized>(s: &str, out: &mut O) {
     if !s.contains([',', '"', '\n', '\r']) {
-        out.extend_from_slice(s.as_bytes());
+        out.put(s.as_bytes());
         return;
     }
-    out.push(b'"');
+    out.put_byte(b'"');
     for part in s.split('"').enumerate() {
         if part.0 > 0 {
-            out.extend_from_slice(b"\"\"");
+            out.put(b"\"\"");
         }
-        out.extend_from_slice(part.1.as_bytes());
+        out.put(part.1.as_bytes());
     }
-    out.push(b'"');
+    out.put_byte(b'"');
 }
 
 /// Appends microseconds since the Unix epoch as RFC 3339 UTC
 /// ("2026-11-26T10:37:09.123456Z"), without formatting machinery or an
 /// allocation: it runs for every exported row.
-pub fn rfc3339_micros(micros: i64, out: &mut Vec<u8>) {
+pub fn rfc3339_micros<O: Out + ?Sized>(micros: i64, out: &mut O) {
     let secs = micros.div_euclid(1_000_000);
     let frac = micros.rem_euclid(1_000_000);
     let tod = secs.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
     if year < 0 {
-        out.push(b'-');
+        out.put_byte(b'-');
     }
     push_padded(out, year.unsigned_abs(), 4);
-    out.push(b'-');
+    out.put_byte(b'-');
     push_padded(out, month as u64, 2);
-    out.push(b'-');
+    out.put_byte(b'-');
     push_padded(out, day as u64, 2);
-    out.push(b'T');
+    out.put_byte(b'T');
     push_padded(out, (tod / 3600) as u64, 2);
-    out.push(b':');
+    out.put_byte(b':');
     push_padded(out, (tod / 60 % 60) as u64, 2);
-    out.push(b':');
+    out.put_byte(b':');
     push_padded(out, (tod % 60) as u64, 2);
-    out.push(b'.');
+    out.put_byte(b'.');
     push_padded(out, frac as u64, 6);
-    out.push(b'Z');
+    out.put_byte(b'Z');
 }
 
 /// Appends the decimal digits of `n`, without formatting machinery or an
 /// allocation (it runs for every row of a page or an export).
-pub fn push_int(out: &mut Vec<u8>, n: i64) {
+pub fn push_int<O: Out + ?Sized>(out: &mut O, n: i64) {
     if n < 0 {
-        out.push(b'-');
+        out.put_byte(b'-');
     }
     push_padded(out, n.unsigned_abs(), 1);
 }
 
 /// The digits of `n`, zero-padded to at least `width`.
-fn push_padded(out: &mut Vec<u8>, n: u64, width: usize) {
+fn push_padded<O: Out + ?Sized>(out: &mut O, n: u64, width: usize) {
     let mut digits = [0u8; 20];
-    out.extend_from_slice(decimal_digits(n, width, &mut digits));
+    out.put(decimal_digits(n, width, &mut digits));
 }
 
 #[cfg(test)]

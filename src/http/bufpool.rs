@@ -13,6 +13,9 @@ pub struct BufPool {
     free: RefCell<Vec<BytesMut>>,
     buf_size: usize,
     max_free: usize,
+    /// Largest buffer taken back: one that grew for a page of rows is
+    /// kept, so the next such page does not allocate again.
+    max_kept: usize,
     lent: Cell<usize>,
     /// Most buffers lent at once since the last `trim`.
     peak_lent: Cell<usize>,
@@ -24,9 +27,17 @@ impl BufPool {
             free: RefCell::new(Vec::new()),
             buf_size,
             max_free,
+            max_kept: 2 * buf_size,
             lent: Cell::new(0),
             peak_lent: Cell::new(0),
         }
+    }
+
+    /// Keeps buffers that grew up to `bytes` (at least twice the buffer
+    /// size); larger ones go back to the allocator.
+    pub fn keep_up_to(mut self, bytes: usize) -> Self {
+        self.max_kept = bytes.max(2 * self.buf_size);
+        self
     }
 
     pub fn buf_size(&self) -> usize {
@@ -44,13 +55,13 @@ impl BufPool {
             .unwrap_or_else(|| BytesMut::with_capacity(self.buf_size))
     }
 
-    /// Gives a buffer back. Buffers that grew past their size, or that
+    /// Gives a buffer back. Buffers that grew past `max_kept`, or that
     /// cannot be reclaimed whole, are dropped rather than kept.
     pub fn put(&self, mut buf: BytesMut) {
         self.lent.set(self.lent.get().saturating_sub(1));
         buf.clear();
         let mut free = self.free.borrow_mut();
-        if free.len() >= self.max_free || buf.capacity() > 2 * self.buf_size {
+        if free.len() >= self.max_free || buf.capacity() > self.max_kept {
             return;
         }
         // After split_to/freeze the buffer is a view at an offset; reserve

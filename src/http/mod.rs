@@ -7,6 +7,7 @@ mod bufpool;
 mod conn;
 mod exchange;
 mod io;
+pub mod render;
 pub mod stream;
 
 use std::cell::Cell;
@@ -19,6 +20,7 @@ use ringside_wire::http::{HttpDate, Limits};
 
 pub use bufpool::BufPool;
 pub use exchange::{BodyError, Exchange};
+pub use render::{BodyOut, Out};
 pub use ringside_wire::http::{Method, RequestHead, StatusCode, Version};
 pub use stream::{pipe, PipeEnd, Stream};
 
@@ -84,11 +86,16 @@ impl<S: Service> HttpCore<S> {
     /// this core: the Date cache (no clock read per request, no state shared
     /// between cores) and trimming the buffer pool after a burst.
     pub fn new(core: Rc<CoreCtx>, config: &Config, service: S) -> Rc<Self> {
+        let settings = HttpSettings::from_config(config);
+        core.frames.set_max_free(config.pooled_buffers_per_core);
+        let buffers = BufPool::new(config.read_buffer_bytes, config.pooled_buffers_per_core)
+            .keep_up_to(settings.write_high_water);
         let shared = Rc::new(io::Shared {
             hot_reads: Cell::new(0),
+            idle_cancellers: Default::default(),
             core,
-            settings: HttpSettings::from_config(config),
-            buffers: BufPool::new(config.read_buffer_bytes, config.pooled_buffers_per_core),
+            settings,
+            buffers,
             date: Cell::new(HttpDate::from_system_time(SystemTime::now())),
         });
         let weak = Rc::downgrade(&shared);
@@ -98,7 +105,8 @@ impl<S: Service> HttpCore<S> {
                 tick.tick().await;
                 let Some(s) = weak.upgrade() else { break };
                 s.date.set(HttpDate::from_system_time(SystemTime::now()));
-                s.core.note_released(s.buffers.trim());
+                s.core
+                    .note_released(s.buffers.trim() + s.core.frames.trim());
             }
         });
         Rc::new(HttpCore { shared, service })

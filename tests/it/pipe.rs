@@ -114,6 +114,31 @@ impl Client {
         resp
     }
 
+    /// A response to HEAD: its head, no body whatever it announces.
+    async fn response_head_only(&mut self) -> Response {
+        loop {
+            let mut hs = [httparse::EMPTY_HEADER; 32];
+            let mut r = httparse::Response::new(&mut hs);
+            if let httparse::Status::Complete(n) = r.parse(&self.buf).unwrap() {
+                let resp = Response {
+                    status: r.code.unwrap(),
+                    headers: r
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            let value = String::from_utf8_lossy(h.value).into_owned();
+                            (h.name.to_string(), value)
+                        })
+                        .collect(),
+                    body: Vec::new(),
+                };
+                self.buf.drain(..n);
+                return resp;
+            }
+            assert!(self.fill().await, "closed before a response head");
+        }
+    }
+
     /// Whether the server closed the connection (nothing more to read).
     async fn closed(&mut self) -> bool {
         self.buf.is_empty() && !self.fill().await
@@ -309,4 +334,99 @@ impl Client {
         self.send(req);
         self.response().await
     }
+}
+
+/// A service that renders its bodies straight into the write buffer.
+struct Rendering {
+    passes: std::cell::Cell<u32>,
+}
+
+impl ringside::http::Service for Rendering {
+    async fn call(&self, ex: &mut ringside::http::Exchange<'_, '_>) {
+        use ringside::http::{Out, StatusCode};
+        use std::convert::Infallible;
+        match ex.path() {
+            "/page" => {
+                let _ = ex.respond_rendered(StatusCode::OK, b"text/plain", &[], |out| {
+                    out.put(b"rendered ");
+                    out.put_byte(b'!');
+                    Ok::<(), Infallible>(())
+                });
+            }
+            // A renderer that does not repeat itself: the second pass is
+            // longer than the first.
+            "/unsteady" => {
+                let _ = ex.respond_rendered(StatusCode::OK, b"text/plain", &[], |out| {
+                    self.passes.set(self.passes.get() + 1);
+                    for _ in 0..self.passes.get() {
+                        out.put(b"x");
+                    }
+                    Ok::<(), Infallible>(())
+                });
+            }
+            "/failing" => {
+                let r = ex.respond_rendered(StatusCode::OK, b"text/plain", &[], |_| Err("no"));
+                assert_eq!(r, Err("no"));
+                ex.respond_error(StatusCode(503), "the renderer said no");
+            }
+            "/stream" => {
+                ex.start_stream(StatusCode::OK, b"text/plain", &[]);
+                for part in ["one,", "two"] {
+                    let _ = ex.queue_rendered_chunk(|out| {
+                        out.put(part.as_bytes());
+                        Ok::<(), Infallible>(())
+                    });
+                    ex.flush().await.unwrap();
+                }
+                ex.finish_stream();
+            }
+            _ => ex.respond_error(StatusCode::NOT_FOUND, ""),
+        }
+    }
+}
+
+#[test]
+fn rendered_bodies_are_measured_then_written_once() {
+    let config = Config::default();
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let core = CoreCtx::standalone(0, IoDriver::Epoll);
+        let service = Rendering {
+            passes: std::cell::Cell::new(0),
+        };
+        let http = HttpCore::new(core, &config, service);
+        let (server, end) = pipe();
+        monoio::spawn(http.serve_stream(Stream::Memory(server)));
+        let mut c = Client {
+            end,
+            buf: Vec::new(),
+        };
+        c.send(get("/page"));
+        let r = c.response().await;
+        assert_eq!((r.status, r.text().as_str()), (200, "rendered !"));
+        assert_eq!(r.header("content-length"), Some("10"));
+
+        // HEAD: the same length, no body (the next response parses).
+        c.send("HEAD /page HTTP/1.1\r\nHost: t\r\n\r\n");
+        c.send(get("/stream"));
+        let mut head = c.response_head_only().await;
+        assert_eq!(head.header("content-length"), Some("10"));
+        head = c.response().await;
+        assert_eq!((head.status, head.text().as_str()), (200, "one,two"));
+
+        // A failing renderer writes nothing: the handler answers instead.
+        c.send(get("/failing"));
+        let r = c.response().await;
+        assert_eq!(r.status, 503);
+
+        // One that renders differently the second time gets a 500, never
+        // a wrong Content-Length, and the connection closes.
+        c.send(get("/unsteady"));
+        let r = c.response().await;
+        assert_eq!(r.status, 500);
+        assert!(c.closed().await);
+    });
 }

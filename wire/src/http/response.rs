@@ -168,9 +168,15 @@ pub fn encode_chunk(data: &[u8], out: &mut BytesMut) {
         return;
     }
     out.reserve(data.len() + 20);
-    put_hex(out, data.len() as u64);
-    out.extend_from_slice(b"\r\n");
+    encode_chunk_head(data.len(), out);
     out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the size line of a chunk of `len` bytes (not 0: that is the last
+/// chunk); the caller appends the data and then "\r\n".
+pub fn encode_chunk_head(len: usize, out: &mut BytesMut) {
+    put_hex(out, len as u64);
     out.extend_from_slice(b"\r\n");
 }
 
