@@ -25,15 +25,20 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use monoio::io::{AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use bytes::BytesMut;
+use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::{TcpStream, UnixStream};
 use ringside_wire::pg::pipeline::{self, Event, Pipeline, RequestError, RequestId};
 use ringside_wire::pg::{frontend, PgError, Session, Startup, StartupParams, TxStatus};
 
 use super::config::{PgConfig, PgHost};
 use super::QueryError;
-use crate::runtime::read_append;
+
+mod copy;
+mod socket;
+
+pub use copy::CopyIn;
+use socket::{read_loop, write_loop, Reader, Writer};
 
 /// Limits and timeouts a connection works with.
 #[derive(Clone, Debug)]
@@ -67,35 +72,6 @@ pub struct Statement {
 }
 
 pub use ringside_wire::pg::pipeline::{Param, Rows};
-
-enum Reader {
-    Tcp(OwnedReadHalf<TcpStream>),
-    Unix(OwnedReadHalf<UnixStream>),
-}
-
-enum Writer {
-    Tcp(OwnedWriteHalf<TcpStream>),
-    Unix(OwnedWriteHalf<UnixStream>),
-}
-
-impl Reader {
-    /// Appends what arrives to `buf` (which must have spare capacity).
-    async fn read(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
-        match self {
-            Reader::Tcp(r) => read_append(r, buf).await,
-            Reader::Unix(r) => read_append(r, buf).await,
-        }
-    }
-}
-
-impl Writer {
-    async fn write_all(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
-        match self {
-            Writer::Tcp(w) => w.write_all(buf).await,
-            Writer::Unix(w) => w.write_all(buf).await,
-        }
-    }
-}
 
 impl std::fmt::Debug for PgConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -593,274 +569,6 @@ impl Future for Ready<'_> {
                 Poll::Pending
             }
             _ => Poll::Ready(()),
-        }
-    }
-}
-
-/// A COPY FROM STDIN in progress on a connection held exclusively.
-pub struct CopyIn {
-    conn: Rc<PgConn>,
-    id: RequestId,
-}
-
-impl CopyIn {
-    /// Sends one piece of COPY data and returns once it was written to the
-    /// socket: a slow database fills the socket, the write waits, and the
-    /// caller does not read more input meanwhile (back-pressure).
-    pub async fn send(&mut self, data: &[u8]) -> Result<(), QueryError> {
-        self.check()?;
-        let target = self.queue(|p, out| p.copy_data(data, out))?;
-        Written {
-            conn: &self.conn,
-            target,
-        }
-        .await;
-        self.check()
-    }
-
-    /// Appends COPY messages to the write buffer; returns the byte count
-    /// the writer must reach for them to be sent.
-    fn queue(
-        &self,
-        encode: impl FnOnce(&mut Pipeline, &mut BytesMut) -> Result<(), PgError>,
-    ) -> Result<u64, QueryError> {
-        let mut wbuf = self.conn.wbuf.borrow_mut();
-        let before = wbuf.len();
-        encode(&mut self.conn.pipeline.borrow_mut(), &mut wbuf).map_err(QueryError::Pg)?;
-        let queued = self.conn.queued_bytes.get() + (wbuf.len() - before) as u64;
-        self.conn.queued_bytes.set(queued);
-        drop(wbuf);
-        self.conn.wake_writer();
-        Ok(queued)
-    }
-
-    /// Whether the COPY's response has ended (the server's error, or done).
-    fn ended(&self) -> bool {
-        self.conn
-            .waiting
-            .borrow()
-            .get(&self.id)
-            .is_none_or(|w| w.done.is_some())
-    }
-
-    fn check(&self) -> Result<(), QueryError> {
-        if let Some(why) = self.conn.broken.borrow().as_ref() {
-            return Err(QueryError::ConnectionLost(why.clone()));
-        }
-        if self.ended() {
-            // The server ended the COPY (an error in the data).
-            return Err(match self.conn.take_done(self.id) {
-                Some(Err(e)) => e,
-                _ => QueryError::Pg(PgError::Protocol("COPY ended early".into())),
-            });
-        }
-        Ok(())
-    }
-
-    /// Ends the data; returns the number of rows copied.
-    pub async fn finish(self) -> Result<u64, QueryError> {
-        self.check()?;
-        self.queue(|p, out| {
-            p.copy_done(out);
-            Ok(())
-        })?;
-        let rows = Done {
-            conn: &self.conn,
-            id: self.id,
-        }
-        .await?;
-        Ok(rows.affected().unwrap_or(0))
-    }
-
-    /// Aborts the COPY; nothing of it is kept. Waits until the server has
-    /// acknowledged, so the connection is in step again afterwards.
-    pub async fn abort(self, why: &str) {
-        if !self.ended() && !self.conn.is_broken() {
-            let _ = self.queue(|p, out| {
-                p.copy_fail(why, out);
-                Ok(())
-            });
-        }
-        let _ = Done {
-            conn: &self.conn,
-            id: self.id,
-        }
-        .await;
-    }
-}
-
-impl Drop for CopyIn {
-    fn drop(&mut self) {
-        if self.conn.is_waiting(self.id) {
-            self.conn.abandon(self.id);
-        }
-    }
-}
-
-/// Waits until the writer has written up to `target` queued bytes.
-struct Written<'a> {
-    conn: &'a PgConn,
-    target: u64,
-}
-
-impl Future for Written<'_> {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.conn.written_bytes.get() >= self.target || self.conn.is_broken() {
-            return Poll::Ready(());
-        }
-        self.conn
-            .write_waiters
-            .borrow_mut()
-            .push(cx.waker().clone());
-        Poll::Pending
-    }
-}
-
-/// Waits until there is something to write (or the connection broke).
-struct HasWork<'a>(&'a PgConn);
-
-impl Future for HasWork<'_> {
-    type Output = bool;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
-        if self.0.is_broken() {
-            return Poll::Ready(false);
-        }
-        if !self.0.wbuf.borrow().is_empty() {
-            return Poll::Ready(true);
-        }
-        *self.0.writer_waker.borrow_mut() = Some(cx.waker().clone());
-        Poll::Pending
-    }
-}
-
-/// Sends whatever is queued, all of it in one write, until the connection breaks.
-async fn write_loop(conn: Rc<PgConn>, mut writer: Writer) {
-    let mut spare = BytesMut::with_capacity(4096);
-    while HasWork(&conn).await {
-        let mut out = std::mem::replace(&mut *conn.wbuf.borrow_mut(), spare);
-        let len = out.len() as u64;
-        // A plain non-blocking send first: the socket almost always has
-        // room, and this spares the ring a send op whose completion would
-        // wake the runtime once more per batch (a round trip costs one
-        // io_uring_enter instead of two). What it did not take goes through
-        // the ring, which waits for room.
-        let res = match send_now(conn.fd, &out) {
-            Ok(n) if n == out.len() => Ok(()),
-            Ok(n) => {
-                out.advance(n);
-                let (res, b) = writer.write_all(out).await;
-                out = b;
-                res.map(drop)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let (res, b) = writer.write_all(out).await;
-                out = b;
-                res.map(drop)
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = res {
-            conn.break_with(format!("write failed: {e}"));
-            break;
-        }
-        conn.written_bytes.set(conn.written_bytes.get() + len);
-        for w in conn.write_waiters.borrow_mut().drain(..) {
-            w.wake();
-        }
-        out.clear();
-        // Keep a modest buffer; a large COPY batch is not kept around.
-        spare = if out.capacity() > 256 << 10 {
-            BytesMut::with_capacity(4096)
-        } else {
-            out
-        };
-    }
-    // Dropping the writer half; the reader half keeps the socket open
-    // until it stops too.
-    let mut buf = BytesMut::new();
-    frontend::terminate(&mut buf);
-    let _ = writer.write_all(buf).await;
-}
-
-/// One non-blocking send(2) of `buf` on our socket (no SIGPIPE).
-fn send_now(fd: i32, buf: &[u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: `buf` is valid for `buf.len()` bytes; `fd` is this
-        // connection's socket, kept open by the writer half we hold.
-        let n = unsafe {
-            libc::send(
-                fd,
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-/// Reads responses: the pipeline frames them and completes their requests.
-/// Room a read is given at least, and how much the read buffer grows by.
-const READ_ROOM: usize = 4096;
-const READ_GROWTH: usize = 32 << 10;
-
-/// Makes room in the read buffer for the next read. Rows handed out are
-/// views of the buffer they were read into (no copy), so a buffer can be
-/// reused in place only once their handlers dropped them. Two buffers take
-/// turns: when one is full and still pinned by rows, reading goes on in the
-/// other, whose rows are long gone by then; a third is allocated only if
-/// both are still held.
-fn make_read_room(rbuf: &mut BytesMut, spare: &mut BytesMut) {
-    if rbuf.try_reclaim(READ_ROOM) {
-        return;
-    }
-    let need = rbuf.len() + READ_ROOM;
-    spare.clear();
-    if !spare.try_reclaim(need) {
-        // Doubling: a large message arriving in many reads is copied along
-        // a logarithmic number of times.
-        *spare = BytesMut::with_capacity((2 * need).max(READ_GROWTH));
-    }
-    // The start of a message not yet complete moves along.
-    spare.extend_from_slice(rbuf);
-    rbuf.clear();
-    std::mem::swap(rbuf, spare);
-}
-
-async fn read_loop(conn: Rc<PgConn>, mut reader: Reader, mut rbuf: BytesMut) {
-    let mut spare = BytesMut::new();
-    loop {
-        let received = conn.pipeline.borrow_mut().receive(&mut rbuf);
-        conn.deliver();
-        if let Err(broken) = received {
-            conn.break_with(broken.0);
-            return;
-        }
-        if conn.is_broken() {
-            return;
-        }
-        if rbuf.capacity() - rbuf.len() < READ_ROOM {
-            make_read_room(&mut rbuf, &mut spare);
-        }
-        let (res, b) = reader.read(rbuf).await;
-        rbuf = b;
-        match res {
-            Ok(0) => {
-                conn.break_with("the server closed the connection".into());
-                return;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                conn.break_with(format!("read failed: {e}"));
-                return;
-            }
         }
     }
 }

@@ -21,17 +21,23 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use monoio::time::Instant;
 
 use super::config::PgConfig;
-use super::conn::{ConnSettings, CopyIn, Param, Pending, PgConn, Rows, Statement};
+use super::conn::{ConnSettings, Param, PgConn, Rows, Statement};
 use super::wait::{WaitQueue, WaitTurn};
 use super::QueryError;
 use crate::runtime::LogLimit;
+
+mod held;
+mod supervise;
+
+pub use held::Held;
+use supervise::{supervise, watch_suspects};
 
 /// The pool's settings (per core).
 #[derive(Clone, Debug)]
@@ -584,234 +590,5 @@ impl Drop for ExclusiveClaim {
         let claims = &self.pool.exclusive_claims;
         claims.set(claims.get() - 1);
         self.pool.exclusives.wake_one();
-    }
-}
-
-/// A small pseudo-random number (xorshift, seeded per core from the clock):
-/// enough to spread reconnects, no dependency for it.
-fn jitter_ms(max: u64) -> u64 {
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
-                | 1,
-        );
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        if max == 0 {
-            0
-        } else {
-            x % (max + 1)
-        }
-    })
-}
-
-/// Keeps one member connected: connects, waits until the connection
-/// breaks, reconnects. Reconnects are spread: a broken connection waits a
-/// random 0–100 ms first (a server restart breaks every member of every
-/// core at once), and failed attempts back off exponentially, 100 ms
-/// doubling to 5 s, each wait jittered by up to half of itself.
-async fn supervise(pool: Weak<Pool>, index: usize) {
-    let mut backoff = Duration::from_millis(100);
-    let mut first = true;
-    loop {
-        let Some(p) = pool.upgrade() else { return };
-        if p.closed.get() {
-            return;
-        }
-        let attempt = PgConn::connect(&p.cfg, &p.addrs, p.settings.conn.clone()).await;
-        match attempt {
-            Ok(conn) => {
-                backoff = Duration::from_millis(100);
-                if !first {
-                    p.stats.borrow_mut().reconnects += 1;
-                }
-                first = false;
-                let weak = Rc::downgrade(&p);
-                conn.set_on_idle(Box::new(move || {
-                    if let Some(pool) = weak.upgrade() {
-                        pool.on_progress();
-                    }
-                }));
-                {
-                    let mut members = p.members.borrow_mut();
-                    members[index] = Member {
-                        conn: Some(conn.clone()),
-                        exclusive: false,
-                        suspect_since: None,
-                    };
-                }
-                p.wake_all();
-                drop(p);
-                // Wait for the connection to break, checking now and then.
-                while !conn.is_broken() {
-                    monoio::time::sleep(Duration::from_millis(100)).await;
-                    if pool.upgrade().is_none_or(|p| p.closed.get()) {
-                        conn.close("pool closed");
-                        return;
-                    }
-                }
-                if let Some(p) = pool.upgrade() {
-                    let mut members = p.members.borrow_mut();
-                    members[index].conn = None;
-                    members[index].exclusive = false;
-                    drop(members);
-                    p.wake_all();
-                }
-                monoio::time::sleep(Duration::from_millis(jitter_ms(100))).await;
-            }
-            Err(e) => {
-                *p.last_error.borrow_mut() = Some(e.to_string());
-                p.wake_all();
-                drop(p);
-                let spread = Duration::from_millis(jitter_ms(backoff.as_millis() as u64 / 2));
-                monoio::time::sleep(backoff + spread).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-/// Clears suspects that answered again, and closes those that stay stuck
-/// (a backend stopped with SIGSTOP never answers its cancel).
-async fn watch_suspects(pool: Weak<Pool>) {
-    loop {
-        monoio::time::sleep(Duration::from_millis(100)).await;
-        let Some(p) = pool.upgrade() else { return };
-        let limit = p.settings.query_timeout * 2;
-        let mut members = p.members.borrow_mut();
-        let mut woke = false;
-        for m in members.iter_mut() {
-            let Some(since) = m.suspect_since else {
-                continue;
-            };
-            match &m.conn {
-                Some(c) if c.in_flight() == 0 && !c.is_broken() => {
-                    m.suspect_since = None;
-                    woke = true;
-                }
-                Some(c) if since.elapsed() > limit => {
-                    c.close("no answer after a cancelled query");
-                    m.suspect_since = None;
-                }
-                None => m.suspect_since = None,
-                _ => {}
-            }
-        }
-        drop(members);
-        if woke {
-            p.wake_all();
-        }
-    }
-}
-
-/// A connection held by one caller. Call [`Held::release`] when done; a
-/// `Held` dropped without it closes its connection (a transaction left
-/// half-done is rolled back by the server when the session ends).
-pub struct Held {
-    pool: Rc<Pool>,
-    index: usize,
-    conn: Rc<PgConn>,
-    clean: Cell<bool>,
-    /// Dropped after `Drop for Held` gave the member back.
-    _claim: ExclusiveClaim,
-}
-
-impl Held {
-    /// Runs `stmt` into the unnamed portal and fetches its first `batch`
-    /// rows (`Rows::suspended` when more remain), bounded by the query
-    /// timeout. Portals live until their transaction ends: open one first.
-    pub async fn open_portal(
-        &self,
-        stmt: &'static Statement,
-        params: &[Param<'_>],
-        batch: i32,
-    ) -> Result<Rows, QueryError> {
-        let pending = self.conn.start_query(stmt, params, "", batch)?;
-        self.rows(pending).await
-    }
-
-    /// The next `batch` rows of the portal `open_portal` opened, bounded by
-    /// the query timeout.
-    pub async fn fetch_more(
-        &self,
-        stmt: &'static Statement,
-        batch: i32,
-    ) -> Result<Rows, QueryError> {
-        let pending = self.conn.continue_portal(stmt, "", batch)?;
-        self.rows(pending).await
-    }
-
-    /// Simple-protocol SQL on the held connection, bounded by the query timeout.
-    pub async fn simple(&self, sql: &str) -> Result<Rows, QueryError> {
-        let r = self
-            .pool
-            .with_deadline(self.index, &self.conn, self.conn.simple(sql))
-            .await;
-        self.pool.note(&r);
-        r
-    }
-
-    /// `simple` with a bound of the caller's instead of the query timeout:
-    /// for a COMMIT, whose outcome the caller must learn. Cut at the query
-    /// timeout while the server is slow, a COMMIT may still succeed, and
-    /// the client would be told its import failed although it was kept.
-    pub async fn simple_within(&self, sql: &str, timeout: Duration) -> Result<Rows, QueryError> {
-        let r = self
-            .pool
-            .within(timeout, self.index, &self.conn, self.conn.simple(sql))
-            .await;
-        self.pool.note(&r);
-        r
-    }
-
-    /// A prepared statement on the held connection.
-    pub async fn query(
-        &self,
-        stmt: &'static Statement,
-        params: &[Param<'_>],
-    ) -> Result<Rows, QueryError> {
-        let pending = self.conn.start_query(stmt, params, "", 0)?;
-        let r = self
-            .pool
-            .with_deadline(self.index, &self.conn, pending.rows())
-            .await;
-        self.pool.note(&r);
-        r
-    }
-
-    /// Waits for a request queued on the held connection, bounded by the
-    /// query timeout like every other wait.
-    async fn rows(&self, pending: Pending) -> Result<Rows, QueryError> {
-        let r = self
-            .pool
-            .with_deadline(self.index, &self.conn, pending.rows())
-            .await;
-        self.pool.note(&r);
-        r
-    }
-
-    /// Starts COPY FROM STDIN.
-    pub async fn copy_in(&self, sql: &str) -> Result<CopyIn, QueryError> {
-        self.pool
-            .with_deadline(self.index, &self.conn, self.conn.copy_in(sql))
-            .await
-    }
-
-    /// Gives the connection back (closing it if a transaction is still open).
-    pub fn release(self) {
-        self.clean.set(true);
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.pool.release(self.index, &self.conn, self.clean.get());
     }
 }
