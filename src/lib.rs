@@ -25,6 +25,16 @@
 //! piece at a time (the socket is read only when asked, so a handler that
 //! is slow to ask closes the client's TCP window: back-pressure).
 //!
+//! Rows need not be copied on their way: `respond_rendered` (and
+//! `queue_rendered_chunk` in a stream) runs a renderer twice over the
+//! [`Rows`](pg::Rows), which are views of the connection's PostgreSQL read
+//! buffer, first to measure the body for its Content-Length, then to write
+//! it straight into the connection's write buffer. The helpers in
+//! [`app::text`] (HTML, JSON, CSV escaping, numbers, timestamps) write to
+//! any [`Out`](http::Out); `/orders`, the CSV export and the TechEmpower
+//! example render this way, with no allocation per request
+//! (`tests/alloc.rs` counts them).
+//!
 //! Each core's [`Pool`](pg::Pool) pipelines the queries of all its requests
 //! on a few connections: [`Pool::query`](pg::Pool::query) runs a
 //! [`Statement`](pg::Statement) (prepared once per connection, under a
