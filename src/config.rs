@@ -52,6 +52,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub db_pool_size: usize,
     pub db_pipeline_depth: usize,
+    pub db_coalesce: bool,
     pub db_max_waiters: usize,
     pub db_wait_timeout: Duration,
     pub db_query_timeout: Duration,
@@ -140,6 +141,7 @@ impl Default for Config {
             shutdown_timeout: Duration::ZERO,
             db_pool_size: 0,
             db_pipeline_depth: 0,
+            db_coalesce: false,
             db_max_waiters: 0,
             db_wait_timeout: Duration::ZERO,
             db_query_timeout: Duration::ZERO,
@@ -268,6 +270,9 @@ pub static SETTINGS: &[Setting] = &[
     setting!("db-pipeline-depth", "RINGSIDE_DB_PIPELINE_DEPTH", "64",
         "queries in flight at once on one connection (pipelining)",
         |c, v| c.db_pipeline_depth = parse_int(v, 1, 100_000)? as usize),
+    setting!("db-coalesce", "RINGSIDE_DB_COALESCE", "off",
+        "on: identical reads that opt in (the /orders page) and are not sent yet share one execution and one rendered body; each still sees every commit made before it arrived",
+        |c, v| c.db_coalesce = parse_on_off(v)?),
     // As many as a core's connections by default: the wait timeout is what
     // sheds load (a client told 503 only after waiting is paced by it), while
     // an early 503 invites an instant retry; lower it to shed sooner.
@@ -511,6 +516,14 @@ impl Config {
             ));
         }
         s
+    }
+}
+
+fn parse_on_off(v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("expected on or off, not {v:?}")),
     }
 }
 

@@ -320,7 +320,7 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
         );
     }
 
-    let pool: [Family<PoolStats>; 11] = [
+    let pool: [Family<PoolStats>; 12] = [
         (
             "ringside_db_pool_size",
             "gauge",
@@ -350,6 +350,12 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
             "counter",
             "Database calls that failed.",
             |p| p.errors,
+        ),
+        (
+            "ringside_db_coalesced_total",
+            "counter",
+            "Requests answered by an identical read's execution (--db-coalesce).",
+            |p| p.coalesced,
         ),
         (
             "ringside_db_reconnects_total",

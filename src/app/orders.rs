@@ -1,8 +1,9 @@
 //! GET /orders (the article's page), /orders.json, /orders/export.csv.
 
+use bytes::{Bytes, BytesMut};
 use monoio::time::Instant;
 
-use crate::http::{BodyOut, Exchange, Out, StatusCode};
+use crate::http::{render, BodyOut, Exchange, Out, StatusCode};
 use crate::pg::{Column, Param, PgError, QueryError, Row, Rows, Statement};
 
 use super::text::{csv_field, html_escape, json_string, push_int, rfc3339_micros};
@@ -56,15 +57,31 @@ pub async fn list(app: &App, ex: &mut Exchange<'_, '_>) {
     let Some(pool) = pool_or_503(app, ex) else {
         return;
     };
-    let rows = match pool.query(&ORDER_TITLES, &[Param::I64(limit)]).await {
-        Ok(rows) => rows,
-        Err(e) => return respond_db_error(app, ex, &e),
-    };
     let json = wants_json(ex);
     let ctype: &[u8] = if json {
         b"application/json"
     } else {
         b"text/html; charset=utf-8"
+    };
+    if pool.coalesces() {
+        // Identical pages requested while one is still waiting to be sent
+        // share its execution and its one rendering.
+        let shared = pool
+            .query_shared(
+                &ORDER_TITLES,
+                &[Param::I64(limit)],
+                u64::from(json),
+                |rows| render_shared(rows, json),
+            )
+            .await;
+        return match shared {
+            Ok(body) => ex.respond_with(StatusCode::OK, ctype, &[("Vary", b"Accept")], &body),
+            Err(e) => respond_db_error(app, ex, &e),
+        };
+    }
+    let rows = match pool.query(&ORDER_TITLES, &[Param::I64(limit)]).await {
+        Ok(rows) => rows,
+        Err(e) => return respond_db_error(app, ex, &e),
     };
     // Rendered from the rows in the PostgreSQL read buffer straight into
     // the connection's write buffer.
@@ -74,6 +91,15 @@ pub async fn list(app: &App, ex: &mut Exchange<'_, '_>) {
     if let Err(e) = rendered {
         respond_db_error(app, ex, &QueryError::Pg(e));
     }
+}
+
+/// The page rendered once into its own buffer, for every request that
+/// shares it.
+fn render_shared(rows: &Rows, json: bool) -> Result<Bytes, QueryError> {
+    let len = render::measure(&|out| render_titles(rows, json, out)).map_err(QueryError::Pg)?;
+    let mut body = BytesMut::with_capacity(len);
+    render_titles(rows, json, &mut BodyOut::Write(&mut body)).map_err(QueryError::Pg)?;
+    Ok(body.freeze())
 }
 
 /// The titles as an HTML table, or a JSON array.

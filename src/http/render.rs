@@ -69,9 +69,9 @@ impl Out for BodyOut<'_> {
     }
 }
 
-/// Runs `render` twice, as described in the module documentation: returns
-/// the body's length from the measuring pass, or its error.
-pub(super) fn measure<E>(render: &impl Fn(&mut BodyOut<'_>) -> Result<(), E>) -> Result<usize, E> {
+/// Runs `render` as a measure: returns the length of the body it writes,
+/// or its error.
+pub fn measure<E>(render: &impl Fn(&mut BodyOut<'_>) -> Result<(), E>) -> Result<usize, E> {
     let mut m = BodyOut::Measure(0);
     render(&mut m)?;
     Ok(if let BodyOut::Measure(n) = m { n } else { 0 })

@@ -97,6 +97,9 @@ pub struct PgConn {
     /// until what it queued was written (back-pressure).
     queued_bytes: Cell<u64>,
     written_bytes: Cell<u64>,
+    /// Bytes the writer has taken to send so far: a request whose bytes
+    /// are all below it may already run on the server.
+    taken_bytes: Cell<u64>,
     write_waiters: RefCell<Vec<Waker>>,
     broken: RefCell<Option<String>>,
     fd: i32,
@@ -214,6 +217,7 @@ impl PgConn {
             writer_waker: RefCell::new(None),
             queued_bytes: Cell::new(0),
             written_bytes: Cell::new(0),
+            taken_bytes: Cell::new(0),
             write_waiters: RefCell::new(Vec::new()),
             broken: RefCell::new(None),
             fd,
@@ -500,14 +504,27 @@ pub struct Pending {
     conn: Rc<PgConn>,
     id: RequestId,
     finished: bool,
+    /// Where the request's bytes end in the connection's output.
+    end: u64,
 }
 
 impl Pending {
+    /// Made right after the request was queued: its bytes end where the
+    /// output does now.
     fn new(conn: &Rc<PgConn>, id: RequestId) -> Self {
         Pending {
             conn: conn.clone(),
             id,
             finished: false,
+            end: conn.queued_bytes.get(),
+        }
+    }
+
+    /// Tells, as long as it is kept, whether this request has been sent.
+    pub fn sent_probe(&self) -> SentProbe {
+        SentProbe {
+            conn: self.conn.clone(),
+            end: self.end,
         }
     }
 
@@ -519,6 +536,20 @@ impl Pending {
         .await;
         self.finished = true;
         r
+    }
+}
+
+/// Whether a queued request has left for the server yet. Until it has, the
+/// server cannot have taken its snapshot: an answer to it reflects every
+/// commit made before now.
+pub struct SentProbe {
+    conn: Rc<PgConn>,
+    end: u64,
+}
+
+impl SentProbe {
+    pub fn is_sent(&self) -> bool {
+        self.conn.taken_bytes.get() >= self.end || self.conn.is_broken()
     }
 }
 

@@ -28,11 +28,12 @@ use std::time::Duration;
 use monoio::time::Instant;
 
 use super::config::PgConfig;
-use super::conn::{ConnSettings, Param, PgConn, Rows, Statement};
+use super::conn::{ConnSettings, Param, PgConn, Rows, SentProbe, Statement};
 use super::wait::{WaitQueue, WaitTurn};
 use super::QueryError;
 use crate::runtime::LogLimit;
 
+mod coalesce;
 mod held;
 mod supervise;
 
@@ -54,6 +55,9 @@ pub struct PoolSettings {
     pub max_exclusive_waiters: usize,
     /// Longest wait for an exclusive member (then `Busy`).
     pub exclusive_wait_timeout: Duration,
+    /// Whether [`Pool::query_shared`] may answer identical reads with one
+    /// execution (`--db-coalesce`).
+    pub coalesce: bool,
     pub conn: ConnSettings,
 }
 
@@ -68,6 +72,7 @@ impl PoolSettings {
             max_exclusive: c.max_uploads_per_core,
             max_exclusive_waiters: c.max_upload_waiters,
             exclusive_wait_timeout: c.upload_wait_timeout,
+            coalesce: c.db_coalesce,
             conn: ConnSettings::default(),
         }
     }
@@ -85,6 +90,7 @@ impl Default for PoolSettings {
             max_exclusive: 1,
             max_exclusive_waiters: 64,
             exclusive_wait_timeout: Duration::from_secs(10),
+            coalesce: false,
             conn: ConnSettings::default(),
         }
     }
@@ -106,6 +112,8 @@ pub struct PoolStats {
     pub exclusive_waiting: usize,
     /// Read-only statements run again after their connection broke.
     pub retries: u64,
+    /// Requests answered by an identical one's execution (coalesced).
+    pub coalesced: u64,
 }
 
 struct Member {
@@ -137,9 +145,16 @@ pub struct Pool {
     /// The last connection error, for a clear message while none is up.
     last_error: RefCell<Option<String>>,
     timeouts_logged: LogLimit,
+    /// Executions that identical reads may still join (see `coalesce`).
+    flights: coalesce::Flights,
 }
 
 impl Pool {
+    /// Whether identical reads may share an execution (`--db-coalesce`).
+    pub fn coalesces(&self) -> bool {
+        self.settings.coalesce
+    }
+
     /// Creates the pool on the current core and starts one supervisor per
     /// connection. `addrs` were resolved before the cores started (no DNS
     /// lookup ever runs on a core).
@@ -165,6 +180,7 @@ impl Pool {
             closed: Cell::new(false),
             last_error: RefCell::new(None),
             timeouts_logged: LogLimit::default(),
+            flights: Default::default(),
         });
         for i in 0..pool.settings.connections {
             monoio::spawn(supervise(Rc::downgrade(&pool), i));
@@ -218,6 +234,18 @@ impl Pool {
         stmt: &'static Statement,
         params: &[Param<'_>],
     ) -> Result<Rows, QueryError> {
+        self.query_probed(stmt, params, &mut |_| {}).await
+    }
+
+    /// [`Pool::query`], telling `on_queued` each time the statement is
+    /// queued on a connection (again after a retry), with a probe for
+    /// whether it has been sent.
+    async fn query_probed(
+        &self,
+        stmt: &'static Statement,
+        params: &[Param<'_>],
+        on_queued: &mut dyn FnMut(SentProbe),
+    ) -> Result<Rows, QueryError> {
         let mut tried: Vec<Rc<PgConn>> = Vec::new();
         let result = loop {
             let (index, conn) = match self.acquire(&tried).await {
@@ -225,7 +253,10 @@ impl Pool {
                 Err(e) => break Err(e),
             };
             let result = match conn.start_query(stmt, params, "", 0) {
-                Ok(p) => self.with_deadline(index, &conn, p.rows()).await,
+                Ok(p) => {
+                    on_queued(p.sent_probe());
+                    self.with_deadline(index, &conn, p.rows()).await
+                }
                 Err(e) => Err(e),
             };
             match result {

@@ -126,6 +126,23 @@ impl Cluster {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
+    /// Starts psql as the superuser in `db` running `sql`, without waiting
+    /// for it (a session that holds a lock, say).
+    pub fn psql_spawn_in(&self, db: &str, sql: &str) -> std::process::Child {
+        Command::new(self.bindir.join("psql"))
+            .args(["-X", "-q", "-U", "postgres", "-d", db])
+            .arg("-h")
+            .arg(&self.dir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-c")
+            .arg(sql)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("psql")
+    }
+
     /// Runs pg_ctl as the cluster's owner.
     pub fn pg_ctl(&self, args: &[&str]) {
         let data = self.dir.join("data");

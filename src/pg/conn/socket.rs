@@ -68,6 +68,7 @@ pub(super) async fn write_loop(conn: Rc<PgConn>, mut writer: Writer) {
     while HasWork(&conn).await {
         let mut out = std::mem::replace(&mut *conn.wbuf.borrow_mut(), spare);
         let len = out.len() as u64;
+        conn.taken_bytes.set(conn.taken_bytes.get() + len);
         // A plain non-blocking send first: the socket almost always has
         // room, and this spares the ring a send op whose completion would
         // wake the runtime once more per batch (a round trip costs one
