@@ -50,6 +50,12 @@
 # --far, scale.csv and scale.md with --scale), replaced only when a run
 # completes; logs in bench/results/tmp/.
 #
+# Servers: ringside, coalesce (ringside with --db-coalesce on), threaded,
+# tokio, before (--before BIN), pgbench and pgbench-pipeline (PostgreSQL
+# alone: the page's statement from pgbench, prepared, on as many
+# connections as a server's pool; the pipelined one sends 16 per
+# \startpipeline). With coalesce or pgbench the results go to orders-pg.*.
+#
 # Usage: bench/orders.sh [--servers ringside,threaded,tokio] [--conns "16 256 1024"]
 #                        [--rounds N] [--duration SECS] [--warmup SECS] [--quick]
 #                        [--far] [--delay-ms MS] [--db-pool-size N] [--orders N]
@@ -152,6 +158,9 @@ read -ra CONNS <<<"${CONNS_ARG//,/ }"
 IDLE_ARG=${IDLE_ARG:-10000 max}
 read -ra IDLE_LEVELS <<<"${IDLE_ARG//,/ }"
 if (( FAR )); then SCENARIO=far; elif (( SCALE )); then SCENARIO=scale; else SCENARIO=orders; fi
+# Against PostgreSQL alone (pgbench) or with coalescing: results go to
+# <scenario>-pg.* (the page against the database's own ceiling).
+if [[ ",$SERVERS_ARG," =~ ,(coalesce|pgbench|pgbench-pipeline), ]]; then SCENARIO="$SCENARIO-pg"; fi
 # --before BIN: "before" is ringside built from an earlier commit, measured
 # beside this one in the same run; its results go to <scenario>-ab.*.
 if [[ -n "${BEFORE_BIN:-}" ]]; then
@@ -182,9 +191,9 @@ IFS=',' read -ra SERVERS <<<"$SERVERS_ARG"
 (( ${#SERVERS[@]} > 0 )) || die "--servers is empty"
 for s in "${SERVERS[@]}"; do
     case $s in
-        ringside | threaded | tokio) ;;
+        ringside | coalesce | threaded | tokio | pgbench | pgbench-pipeline) ;;
         before) [[ -n "${BEFORE_BIN:-}" ]] || die "server 'before' needs --before BIN" ;;
-        *) die "unknown server '$s' (expected ringside, threaded, tokio, before)" ;;
+        *) die "unknown server '$s' (expected ringside, coalesce, threaded, tokio, before, pgbench, pgbench-pipeline)" ;;
     esac
 done
 
@@ -219,7 +228,7 @@ build_standalone() { # name dir bin
 if (( BUILD )); then
     for s in "${SERVERS[@]}"; do
         case $s in
-            ringside) build_ringside ;;
+            ringside | coalesce) build_ringside ;;
             threaded) build_standalone threaded-baseline "$THREADED_DIR" "$THREADED_BIN" ;;
             tokio) build_standalone tokio-baseline "$TOKIO_DIR" "$TOKIO_BIN" ;;
         esac
@@ -303,6 +312,9 @@ start_orders_server() { # name port log
         ringside)
             DATABASE_URL="$SERVER_URL" taskset -c "$SERVER_CPUS" "$RINGSIDE_BIN" serve --listen "$HOST:$port" \
                 --cores "$rcores" --db-pool-size "$POOL" ${cap_ringside[@]+"${cap_ringside[@]}"} >"$logf" 2>&1 & ;;
+        coalesce)
+            DATABASE_URL="$SERVER_URL" taskset -c "$SERVER_CPUS" "$RINGSIDE_BIN" serve --listen "$HOST:$port" \
+                --cores "$rcores" --db-pool-size "$POOL" --db-coalesce on ${cap_ringside[@]+"${cap_ringside[@]}"} >"$logf" 2>&1 & ;;
         before)
             DATABASE_URL="$SERVER_URL" taskset -c "$SERVER_CPUS" "$BEFORE_BIN" serve --listen "$HOST:$port" \
                 --cores "$rcores" --db-pool-size "$POOL" ${cap_ringside[@]+"${cap_ringside[@]}"} >"$logf" 2>&1 & ;;
@@ -385,6 +397,54 @@ $(cat "$logf")"
     if (( sockerr > 0 || non2xx > 0 )); then
         log "  note: $sockerr socket errors, $non2xx non-2xx responses (see $logf)"
     fi
+}
+
+# measure_pgbench ROUND NAME CONNS: PostgreSQL alone, the page's statement
+# run by pgbench from the client's CPU on as many connections as a server's
+# pool (prepared; "pgbench-pipeline": 16 statements per \startpipeline).
+# The row has the same columns; req/s are statements per second, the
+# "server" CPU is 0 and pgbench's own CPU goes where wrk's does.
+measure_pgbench() {
+    local round=$1 server=$2 conns=$3 per=1 script logf g0 g1 t0 t1 n tps lat i
+    local -a m0 m1
+    script="$TMP_DIR/$server.sql"
+    logf="$TMP_DIR/pgbench-r$round-$server-c$conns-a$attempt.txt"
+    if [[ $server == pgbench-pipeline ]]; then
+        per=16
+        { echo '\startpipeline'
+          for i in $(seq "$per"); do echo 'SELECT title FROM orders ORDER BY id LIMIT 200;'; done
+          echo '\endpipeline'; } >"$script"
+    else
+        echo 'SELECT title FROM orders ORDER BY id LIMIT 200;' >"$script"
+    fi
+    proc_stat_ticks; m0=("${PSTAT[@]}")
+    g0=$(pg_ticks "$PG_PID")
+    children_ms; local before=$CHILDREN_MS
+    t0=$(now_s)
+    timeout -k 5 "$WRK_TIMEOUT" taskset -c "$WRK_CPUS" pgbench -n -M prepared -c "$POOL" -j 1 \
+        -T "$DURATION" -f "$script" "$DIRECT_URL" >"$logf" 2>&1 || die "pgbench failed; see $logf"
+    t1=$(now_s)
+    children_ms; WRK_CPU_S=$(awk -v d=$(( CHILDREN_MS - before )) 'BEGIN { printf "%.3f", d / 1000 }')
+    g1=$(pg_ticks "$PG_PID")
+    proc_stat_ticks; m1=("${PSTAT[@]}")
+    n=$(awk '/number of transactions actually processed/ { print $NF }' "$logf")
+    tps=$(awk '/^tps = / { print $3; exit }' "$logf")
+    lat=$(awk '/^latency average/ { print $4; exit }' "$logf")
+    [[ -n "$n" && -n "$tps" ]] || die "could not read pgbench's output $logf"
+    ROW=$(awk -v ts="$(date -Iseconds)" -v sc="$SCENARIO" -v round="$round" -v server="$server" -v conns="$conns" \
+        -v dur="$DURATION" -v n="$(( n * per ))" -v rps="$(awk -v t="$tps" -v p="$per" 'BEGIN { print t * p }')" \
+        -v lat="$lat" -v g0="$g0" -v g1="$g1" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" -v w="$WRK_CPU_S" \
+        -v us=$(( m1[0] - m0[0] )) -v ncpu="$(nproc --all)" -v scpus="$SERVER_CPUS" -v wcpus="$WRK_CPUS" \
+        -v pcpus="$PG_CPUS" -v pool="$POOL" -v rev="$REV" 'BEGIN {
+            pg = (g1 - g0) / hz; wall = t1 - t0
+            other = us / hz - pg - w; if (other < 0) other = 0
+            printf "%s,%s,%d,%s,%d,%d,%d,0,0,0,%.2f,%.2f,%s,,,0,0,0,%.2f,%.4f,0,%.3f,%.3f,%.2f,%.3f,\"%s\",\"%s\",\"%s\",%d,0,%s\n",
+                ts, sc, round, server, conns, dur, n, rps, rps, lat, pg, pg / n * 10000, w, w / wall,
+                other, other / (wall * ncpu), scpus, wcpus, pcpus, pool, rev }')
+    local f
+    IFS=',' read -ra f <<<"$ROW"
+    log "  $server (PostgreSQL alone, $POOL connections): $(printf '%.0f' "${f[11]}") statements/s, latency average $lat ms, PostgreSQL ${f[18]}s (${f[19]} s/10k)"
+    if awk -v u="${f[24]}" -v lim="$NOISY_UTIL" 'BEGIN { exit !(u > lim) }'; then NOISY=1; fi
 }
 
 TOTAL=$(( ROUNDS * ${#CONNS[@]} * ${#SERVERS[@]} ))
@@ -530,6 +590,17 @@ for round in $(seq 1 "$ROUNDS"); do
                 url="http://$HOST:$port/orders"
                 if (( QUIET_WAIT > 0 )); then wait_quiet "$QUIET_WAIT" "$QUIET_PCT" || true; fi
                 log "round $round/$ROUNDS: $server, $conns connections, port $port$( (( attempt == 0 )) || echo " (retry $attempt)")"
+                if [[ $server == pgbench* ]]; then
+                    NOISY=0
+                    measure_pgbench "$round" "$server" "$conns"
+                    if (( NOISY && attempt < RETRIES )); then
+                        echo "$ROW" >>"$DISCARDED_CSV"
+                        log "  other load disturbed this measurement: discarded, measuring again"
+                        continue
+                    fi
+                    echo "$ROW" >>"$CSV"
+                    break
+                fi
                 start_orders_server "$server" "$port" "$TMP_DIR/server-r$round-$server-c$conns-a$attempt.log"
                 if (( WARMUP > 0 )); then
                     run_wrk "$TMP_DIR/warmup-r$round-$server-c$conns-a$attempt.txt" "$conns" "$WARMUP" "$url"
@@ -593,17 +664,20 @@ for c in conns:
         out.append(f"| {c} | {s} | {rng(col('ok_rps'))} | {fmt(med(col('p50_ms')), 2)} | {rng(col('p99_ms'), 1)} | "
                    f"{fmt(med(col('max_ms')), 1)} | {fmt(med(col('errors')))} | {fmt(med(col('server_cpu_s_per_10k_req')), 3)} | "
                    f"{fmt(med(col('pg_cpu_s_per_10k_req')), 3)} | {fmt(med(col('server_cpu_util')), 2)} | {len(rs)} |")
-if "ringside" in servers and len(servers) > 1:
-    others = [s for s in servers if s != "ringside"]
-    out += ["", "Ratios of medians (ringside / baseline): 2xx req/s (higher is better for ringside), "
-            "p99 and server CPU per 10k requests (lower is better for ringside).", ""]
+for subject in [s for s in ("ringside", "coalesce") if s in servers]:
+    others = [s for s in servers if s not in ("ringside", "coalesce") or (subject == "coalesce" and s == "ringside")]
+    if not others:
+        continue
+    out += ["", f"Ratios of medians ({subject} / baseline): 2xx req/s (higher is better for {subject}), "
+            f"p99 and server CPU per 10k requests (lower is better for {subject}); against PostgreSQL alone "
+            "(pgbench) only req/s compares.", ""]
     out.append("| conns | " + " | ".join(f"req/s vs {o} | p99 vs {o} | CPU/10k vs {o}" for o in others) + " |")
     out.append("|---:|" + "---:|" * (3 * len(others)))
     for c in conns:
         cells = []
         for o in others:
             for k, d in (("ok_rps", 2), ("p99_ms", 2), ("server_cpu_s_per_10k_req", 2)):
-                a = med([num(r[k]) for r in g.get(("ringside", c), [])])
+                a = med([num(r[k]) for r in g.get((subject, c), [])])
                 b = med([num(r[k]) for r in g.get((o, c), [])])
                 cells.append("NA" if a is None or not b else f"{a / b:.{d}f}")
         out.append(f"| {c} | " + " | ".join(cells) + " |")

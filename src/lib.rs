@@ -26,10 +26,10 @@
 //! is slow to ask closes the client's TCP window: back-pressure).
 //!
 //! Rows need not be copied on their way: `respond_rendered` (and
-//! `queue_rendered_chunk` in a stream) runs a renderer twice over the
+//! `queue_rendered_chunk` in a stream) runs a renderer over the
 //! [`Rows`](pg::Rows), which are views of the connection's PostgreSQL read
-//! buffer, first to measure the body for its Content-Length, then to write
-//! it straight into the connection's write buffer. The helpers in
+//! buffer, writing the body straight into the connection's write buffer;
+//! the head with its Content-Length goes in front of it afterwards. The helpers in
 //! [`app::text`] (HTML, JSON, CSV escaping, numbers, timestamps) write to
 //! any [`Out`](http::Out); `/orders`, the CSV export and the TechEmpower
 //! example render this way, with no allocation per request

@@ -3,7 +3,7 @@
 use bytes::{Bytes, BytesMut};
 use monoio::time::Instant;
 
-use crate::http::{render, BodyOut, Exchange, Out, StatusCode};
+use crate::http::{BodyOut, Exchange, Out, StatusCode};
 use crate::pg::{Column, Param, PgError, QueryError, Row, Rows, Statement};
 
 use super::text::{csv_field, html_escape, json_string, push_int, rfc3339_micros};
@@ -96,8 +96,7 @@ pub async fn list(app: &App, ex: &mut Exchange<'_, '_>) {
 /// The page rendered once into its own buffer, for every request that
 /// shares it.
 fn render_shared(rows: &Rows, json: bool) -> Result<Bytes, QueryError> {
-    let len = render::measure(&|out| render_titles(rows, json, out)).map_err(QueryError::Pg)?;
-    let mut body = BytesMut::with_capacity(len);
+    let mut body = BytesMut::with_capacity(16 << 10);
     render_titles(rows, json, &mut BodyOut::Write(&mut body)).map_err(QueryError::Pg)?;
     Ok(body.freeze())
 }

@@ -6,24 +6,32 @@ use ringside_wire::http::response::decimal_digits;
 
 pub use crate::http::Out;
 
-/// Appends `s` with the five HTML-significant characters escaped.
+/// Appends `s` with the five HTML-significant characters escaped. Most
+/// text has none: two SIMD scans find that, and it goes out in one piece.
 pub fn html_escape<O: Out + ?Sized>(s: &str, out: &mut O) {
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let rep: &[u8] = match b {
+    while let Some(i) = next_html_special(&bytes[start..]) {
+        let at = start + i;
+        out.put(&bytes[start..at]);
+        out.put(match bytes[at] {
             b'&' => b"&amp;",
             b'<' => b"&lt;",
             b'>' => b"&gt;",
             b'"' => b"&quot;",
-            b'\'' => b"&#39;",
-            _ => continue,
-        };
-        out.put(&bytes[start..i]);
-        out.put(rep);
-        start = i + 1;
+            _ => b"&#39;",
+        });
+        start = at + 1;
     }
     out.put(&bytes[start..]);
+}
+
+/// Where the first of `& < > " '` is in `bytes`.
+fn next_html_special(bytes: &[u8]) -> Option<usize> {
+    let a = memchr::memchr3(b'&', b'<', b'>', bytes);
+    let limit = a.unwrap_or(bytes.len());
+    let b = memchr::memchr2(b'"', b'\'', &bytes[..limit]);
+    b.or(a)
 }
 
 /// Appends `s` as a JSON string, quotes included.
@@ -143,6 +151,20 @@ mod tests {
             run(|o| html_escape("Crème brûlée 東京", o)),
             "Crème brûlée 東京"
         );
+    }
+
+    proptest::proptest! {
+        /// The SIMD search escapes exactly what a byte-by-byte one does.
+        #[test]
+        fn html_escape_is_the_plain_replacement(s in "[a-z&<>\"' éあ]{0,40}") {
+            let plain = s
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+                .replace('\'', "&#39;");
+            proptest::prop_assert_eq!(run(|o| html_escape(&s, o)), plain);
+        }
     }
 
     #[test]

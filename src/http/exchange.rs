@@ -20,7 +20,7 @@ use ringside_wire::http::{
 };
 
 use super::io::{ConnIo, IoFailure};
-use super::render::{self, BodyOut};
+use super::render::BodyOut;
 
 /// Why a body could not be read. The exchange has already decided the
 /// connection's fate (closed after the response); the handler should answer
@@ -324,77 +324,67 @@ impl<'c, 'io> Exchange<'c, 'io> {
     }
 
     /// Answers with a body rendered straight into the connection's write
-    /// buffer (see [`super::render`]): `render` runs once to measure the
-    /// body and once to write it, and must write the same bytes both times.
-    /// An error from the measuring pass is returned with nothing written,
+    /// buffer (see [`super::render`]), in one pass: the head, whose
+    /// Content-Length is known only then, is put in front of the body
+    /// afterwards. An error from `render` is returned with nothing written,
     /// so the handler can still answer otherwise.
     pub fn respond_rendered<E>(
         &mut self,
         status: StatusCode,
         content_type: &[u8],
         extra: &[(&str, &[u8])],
-        render: impl Fn(&mut BodyOut<'_>) -> Result<(), E>,
+        render: impl FnOnce(&mut BodyOut<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         if self.response != ResponseState::NotStarted {
             return Ok(());
         }
-        let len = render::measure(&render)?;
         self.io.ensure_wbuf();
+        let start = self.io.wbuf.len();
+        if let Err(e) = render(&mut BodyOut::Write(&mut self.io.wbuf)) {
+            self.io.wbuf.truncate(start);
+            return Err(e);
+        }
+        let len = self.io.wbuf.len() - start;
+        if self.head.method() == Method::Head {
+            self.io.wbuf.truncate(start);
+        }
         let head_start = self.io.wbuf.len();
         self.write_head(status, content_type, extra, Framing::Length(len as u64));
+        let head_len = self.io.wbuf.len() - head_start;
+        // The head was appended after the body: turn it to the front (one
+        // move of the page within the buffer, far cheaper than rendering
+        // it twice to learn its length first).
+        self.io.wbuf[start..].rotate_right(head_len);
         self.response = ResponseState::Done;
-        if self.head.method() == Method::Head {
-            return Ok(());
-        }
-        self.io.wbuf.reserve(len);
-        let body_start = self.io.wbuf.len();
-        let written = render(&mut BodyOut::Write(&mut self.io.wbuf));
-        if written.is_err() || self.io.wbuf.len() - body_start != len {
-            // A renderer that does not repeat itself: a bug, but not one
-            // to send a wrong Content-Length for.
-            self.io.wbuf.truncate(head_start);
-            self.response = ResponseState::NotStarted;
-            self.keep_alive = false;
-            tracing::error!("a response body rendered differently the second time");
-            self.respond_error(StatusCode::INTERNAL_ERROR, "response rendering failed");
-        }
         Ok(())
     }
 
     /// Appends a rendered piece of a streamed response (one chunk), written
     /// straight into the connection's write buffer like
     /// [`Exchange::respond_rendered`]; [`Exchange::flush`] sends it. An error
-    /// from the measuring pass is returned with nothing appended.
+    /// from `render` is returned with nothing appended.
     pub fn queue_rendered_chunk<E>(
         &mut self,
-        render: impl Fn(&mut BodyOut<'_>) -> Result<(), E>,
+        render: impl FnOnce(&mut BodyOut<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         if self.response != ResponseState::Streaming || self.head.method() == Method::Head {
             return Ok(());
         }
-        let len = render::measure(&render)?;
-        if len == 0 {
-            return Ok(());
-        }
-        let chunked = self.head.version() != Version::Http10;
         let wbuf = &mut self.io.wbuf;
         let start = wbuf.len();
-        wbuf.reserve(len + 20);
-        if chunked {
-            encode_chunk_head(len, wbuf);
-        }
-        let body_start = wbuf.len();
-        let written = render(&mut BodyOut::Write(wbuf));
-        if written.is_err() || wbuf.len() - body_start != len {
-            // The stream cannot be repaired: cut it (see abort_connection).
+        if let Err(e) = render(&mut BodyOut::Write(wbuf)) {
             wbuf.truncate(start);
-            tracing::error!("a response chunk rendered differently the second time");
-            self.abort_connection();
+            return Err(e);
+        }
+        let len = wbuf.len() - start;
+        if len == 0 || self.head.version() == Version::Http10 {
             return Ok(());
         }
-        if chunked {
-            wbuf.extend_from_slice(b"\r\n");
-        }
+        // The chunk's size line goes in front of its data.
+        encode_chunk_head(len, wbuf);
+        let head_len = wbuf.len() - start - len;
+        wbuf[start..].rotate_right(head_len);
+        wbuf.extend_from_slice(b"\r\n");
         Ok(())
     }
 

@@ -1,10 +1,10 @@
 //! Rendering a response body straight into the connection's write buffer.
 //!
-//! A handler's renderer runs twice over the same data (rows still in the
-//! PostgreSQL read buffer, say): first into [`BodyOut::Measure`], which only
-//! counts, so the head can carry the exact Content-Length; then into the
-//! write buffer itself. One copy from the data to the socket's buffer, no
-//! scratch buffer, nothing allocated per request.
+//! A handler's renderer writes once, from the data where it lies (rows
+//! still in the PostgreSQL read buffer, say), into the write buffer; the
+//! head with its Content-Length is put in front afterwards. No scratch
+//! buffer, nothing allocated per request. [`BodyOut::Measure`] only counts,
+//! for a caller that needs a length first (sizing a buffer of its own).
 
 use bytes::BytesMut;
 
@@ -36,7 +36,7 @@ impl Out for BytesMut {
     }
 }
 
-/// Where a rendered body goes: counted first, then written.
+/// Where a rendered body goes: the write buffer, or a count.
 pub enum BodyOut<'a> {
     /// Counts the bytes the body will have.
     Measure(usize),
