@@ -26,6 +26,7 @@ ORDER = [
     ("pgclient", "PostgreSQL client: ringside vs tokio-postgres"),
     ("orders", "GET /orders: ringside vs threaded vs tokio"),
     ("orders-ab", "GET /orders: this commit against an earlier one (bench/orders.sh --before)"),
+    ("orders-pg", "GET /orders against PostgreSQL alone, with and without coalescing"),
     ("far", "GET /orders with a far-away database"),
     ("scale", "Connection scale: idle connections beside an /orders load"),
     ("upload", "CSV upload: POST /contacts vs psql \\copy"),
