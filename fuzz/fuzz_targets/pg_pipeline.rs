@@ -20,8 +20,12 @@ fuzz_target!(|data: &[u8]| {
     let mut p = Pipeline::new(limits, TxStatus::Idle);
     let mut out = BytesMut::new();
     let mut asked = Vec::new();
+    // Plans with bit 3 set batch the queries (one Sync for a run of them).
+    let batch = plan & 0x08 != 0;
     for i in 0..(plan % 6) {
-        let id = if i % 2 == 0 {
+        let id = if i % 2 == 0 && batch {
+            p.query_in_batch("SELECT $1::int8", &[20], &[Param::I64(i64::from(i))], &mut out)
+        } else if i % 2 == 0 {
             p.query("SELECT $1::int8", &[20], &[Param::I64(i64::from(i))], "", 0, &mut out)
         } else {
             p.simple("SELECT 1", &mut out)
@@ -29,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
         .expect("encoding never fails here");
         asked.push(id);
     }
+    p.close_batch(&mut out);
     let abandoned: Vec<RequestId> = asked
         .iter()
         .enumerate()

@@ -320,7 +320,7 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
         );
     }
 
-    let pool: [Family<PoolStats>; 12] = [
+    let pool: [Family<PoolStats>; 13] = [
         (
             "ringside_db_pool_size",
             "gauge",
@@ -356,6 +356,12 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
             "counter",
             "Requests answered by an identical read's execution (--db-coalesce).",
             |p| p.coalesced,
+        ),
+        (
+            "ringside_db_batch_retries_total",
+            "counter",
+            "Batched statements run again alone after another in their batch failed.",
+            |p| p.batch_retries,
         ),
         (
             "ringside_db_reconnects_total",

@@ -48,6 +48,9 @@ pub struct ConnSettings {
     /// Largest result one request may buffer; past it the request fails
     /// (the rest of its response is read and dropped).
     pub max_result_bytes: usize,
+    /// Most statements batched under one Sync
+    /// ([`PgConn::start_query_batched`]).
+    pub max_batch: usize,
 }
 
 impl Default for ConnSettings {
@@ -55,6 +58,7 @@ impl Default for ConnSettings {
         ConnSettings {
             max_message_bytes: 16 << 20,
             max_result_bytes: 16 << 20,
+            max_batch: 32,
         }
     }
 }
@@ -100,6 +104,7 @@ pub struct PgConn {
     /// Bytes the writer has taken to send so far: a request whose bytes
     /// are all below it may already run on the server.
     taken_bytes: Cell<u64>,
+    max_batch: usize,
     write_waiters: RefCell<Vec<Waker>>,
     broken: RefCell<Option<String>>,
     fd: i32,
@@ -218,6 +223,7 @@ impl PgConn {
             queued_bytes: Cell::new(0),
             written_bytes: Cell::new(0),
             taken_bytes: Cell::new(0),
+            max_batch: settings.max_batch.max(1),
             write_waiters: RefCell::new(Vec::new()),
             broken: RefCell::new(None),
             fd,
@@ -296,6 +302,37 @@ impl PgConn {
         let id = self
             .enqueue(|p, out| p.query(stmt.sql, stmt.param_types, params, portal, max_rows, out))?;
         Ok(Pending::new(self, id))
+    }
+
+    /// Queues a read-only statement in the connection's open batch: the
+    /// statements queued before the writer next runs share one Sync (one
+    /// implicit transaction on the server, see
+    /// [`Pipeline::query_in_batch`]). Only for single read-only statements
+    /// outside a transaction; one skipped because another in its batch
+    /// failed ends with [`QueryError::Skipped`] and must be run again.
+    pub fn start_query_batched(
+        self: &Rc<Self>,
+        stmt: &'static Statement,
+        params: &[Param<'_>],
+    ) -> Result<Pending, QueryError> {
+        let max_batch = self.max_batch;
+        let id = self.enqueue(|p, out| {
+            let id = p.query_in_batch(stmt.sql, stmt.param_types, params, out)?;
+            if p.open_batch() >= max_batch {
+                p.close_batch(out);
+            }
+            Ok(id)
+        })?;
+        Ok(Pending::new(self, id))
+    }
+
+    /// Ends the open batch with its Sync (the writer does, before it sends).
+    fn close_batch(&self) {
+        let mut wbuf = self.wbuf.borrow_mut();
+        let before = wbuf.len();
+        self.pipeline.borrow_mut().close_batch(&mut wbuf);
+        self.queued_bytes
+            .set(self.queued_bytes.get() + (wbuf.len() - before) as u64);
     }
 
     /// Fetches up to `max_rows` more rows of a suspended portal (inside a
@@ -495,6 +532,7 @@ fn request_error(e: RequestError) -> QueryError {
     match e {
         RequestError::Pg(e) => QueryError::Pg(e),
         RequestError::TooLarge => QueryError::TooLarge,
+        RequestError::Skipped => QueryError::Skipped,
     }
 }
 

@@ -31,6 +31,10 @@ pub enum QueryError {
     ConnectionLost(String),
     /// The result is larger than a request may buffer.
     TooLarge,
+    /// The statement was batched behind another that failed, and the
+    /// server skipped it: it did not run. The pool runs it again on its
+    /// own; a caller sees this only from a connection it drives itself.
+    Skipped,
 }
 
 impl QueryError {
@@ -43,6 +47,7 @@ impl QueryError {
                 | QueryError::Timeout
                 | QueryError::Unavailable(_)
                 | QueryError::ConnectionLost(_)
+                | QueryError::Skipped
         ) || matches!(self, QueryError::Pg(PgError::Db(e)) if e.code.starts_with("57") || e.code.starts_with("08"))
     }
 
@@ -74,6 +79,9 @@ impl fmt::Display for QueryError {
             QueryError::Timeout => f.write_str("database query timed out"),
             QueryError::Unavailable(why) | QueryError::ConnectionLost(why) => f.write_str(why),
             QueryError::TooLarge => f.write_str("database result too large"),
+            QueryError::Skipped => {
+                f.write_str("statement skipped after another in its batch failed")
+            }
         }
     }
 }

@@ -58,6 +58,9 @@ pub struct PoolSettings {
     /// Whether [`Pool::query_shared`] may answer identical reads with one
     /// execution (`--db-coalesce`).
     pub coalesce: bool,
+    /// Whether read-only statements of different requests share a Sync
+    /// (`--db-batch`).
+    pub batch: bool,
     pub conn: ConnSettings,
 }
 
@@ -73,6 +76,7 @@ impl PoolSettings {
             max_exclusive_waiters: c.max_upload_waiters,
             exclusive_wait_timeout: c.upload_wait_timeout,
             coalesce: c.db_coalesce,
+            batch: c.db_batch,
             conn: ConnSettings::default(),
         }
     }
@@ -91,6 +95,7 @@ impl Default for PoolSettings {
             max_exclusive_waiters: 64,
             exclusive_wait_timeout: Duration::from_secs(10),
             coalesce: false,
+            batch: true,
             conn: ConnSettings::default(),
         }
     }
@@ -114,6 +119,9 @@ pub struct PoolStats {
     pub retries: u64,
     /// Requests answered by an identical one's execution (coalesced).
     pub coalesced: u64,
+    /// Batched statements run again alone after another in their batch
+    /// failed.
+    pub batch_retries: u64,
 }
 
 struct Member {
@@ -246,13 +254,41 @@ impl Pool {
         params: &[Param<'_>],
         on_queued: &mut dyn FnMut(SentProbe),
     ) -> Result<Rows, QueryError> {
+        self.run_statement(stmt, params, on_queued, self.settings.batch)
+            .await
+    }
+
+    /// A statement on its own Sync, for one skipped in a batch.
+    async fn query_probed_unbatched(
+        &self,
+        stmt: &'static Statement,
+        params: &[Param<'_>],
+    ) -> Result<Rows, QueryError> {
+        self.run_statement(stmt, params, &mut |_| {}, false).await
+    }
+
+    async fn run_statement(
+        &self,
+        stmt: &'static Statement,
+        params: &[Param<'_>],
+        on_queued: &mut dyn FnMut(SentProbe),
+        batch: bool,
+    ) -> Result<Rows, QueryError> {
         let mut tried: Vec<Rc<PgConn>> = Vec::new();
+        // A single read-only statement may share its Sync with others; one
+        // skipped because another of its batch failed runs again alone.
+        let mut batched = batch && stmt.read_only;
         let result = loop {
             let (index, conn) = match self.acquire(&tried).await {
                 Ok(found) => found,
                 Err(e) => break Err(e),
             };
-            let result = match conn.start_query(stmt, params, "", 0) {
+            let started = if batched {
+                conn.start_query_batched(stmt, params)
+            } else {
+                conn.start_query(stmt, params, "", 0)
+            };
+            let result = match started {
                 Ok(p) => {
                     on_queued(p.sent_probe());
                     self.with_deadline(index, &conn, p.rows()).await
@@ -260,6 +296,10 @@ impl Pool {
                 Err(e) => Err(e),
             };
             match result {
+                Err(QueryError::Skipped) if batched => {
+                    batched = false;
+                    self.stats.borrow_mut().batch_retries += 1;
+                }
                 Err(e)
                     if stmt.read_only
                         && e.is_connection_lost()
@@ -286,20 +326,61 @@ impl Pool {
         params: &[&[Param<'_>]],
     ) -> Result<Vec<Rows>, QueryError> {
         let (index, conn) = self.acquire(&[]).await?;
+        // A read-only statement's executions share Syncs (one implicit
+        // transaction for many, see `--db-batch`).
+        let batched = self.settings.batch && stmt.read_only;
         let pending = params
             .iter()
-            .map(|p| conn.start_query(stmt, p, "", 0))
+            .map(|p| {
+                if batched {
+                    conn.start_query_batched(stmt, p)
+                } else {
+                    conn.start_query(stmt, p, "", 0)
+                }
+            })
             .collect::<Result<Vec<_>, _>>();
         let result = match pending {
             Ok(pending) => {
                 let all = async {
                     let mut out = Vec::with_capacity(pending.len());
                     for p in pending {
-                        out.push(p.rows().await?);
+                        out.push(p.rows().await);
                     }
-                    Ok(out)
+                    out
                 };
-                self.with_deadline(index, &conn, all).await
+                match self
+                    .with_deadline(index, &conn, async { Ok(all.await) })
+                    .await
+                {
+                    Ok(results) => {
+                        // Those skipped after another failed run again alone
+                        // (then the failure is the first error reported).
+                        let mut rows = Vec::with_capacity(results.len());
+                        let mut failed = None;
+                        for (i, r) in results.into_iter().enumerate() {
+                            match r {
+                                Ok(r) => rows.push(r),
+                                Err(QueryError::Skipped) => {
+                                    self.stats.borrow_mut().batch_retries += 1;
+                                    match self.query_probed_unbatched(stmt, params[i]).await {
+                                        Ok(r) => rows.push(r),
+                                        Err(e) => {
+                                            failed.get_or_insert(e);
+                                        }
+                                    }
+                                }
+                                Err(e) => {
+                                    failed.get_or_insert(e);
+                                }
+                            }
+                        }
+                        match failed {
+                            Some(e) => Err(e),
+                            None => Ok(rows),
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e),
         };

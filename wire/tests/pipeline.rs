@@ -442,3 +442,132 @@ fn copy_in_is_announced_and_ends_at_its_ready_for_query() {
     }
     assert_eq!(p.tx_status(), TxStatus::InTransaction);
 }
+
+/// Batches: statements queued with `query_in_batch` share one Sync. Up to
+/// the first failure each is answered alone (at its CommandComplete), the
+/// failed one gets its own error, and the rest of its batch, which the
+/// server skipped, end as `Skipped`: no request sees another's error.
+fn run_batches(
+    script: &[(Vec<Answer>, bool)],
+    cuts: &[usize],
+) -> (Completions, Completions) {
+    let mut p = pipeline();
+    let mut out = BytesMut::new();
+    let mut server = Vec::new();
+    let mut expected = Vec::new();
+    let mut first = true;
+    for (batch, synced_single) in script {
+        let mut failed = false;
+        for (i, answer) in batch.iter().enumerate() {
+            let params = [Param::I64(i as i64)];
+            let id = if *synced_single {
+                p.query(
+                    "SELECT n FROM t WHERE k = $1",
+                    &[20],
+                    &params,
+                    "",
+                    0,
+                    &mut out,
+                )
+            } else {
+                p.query_in_batch("SELECT n FROM t WHERE k = $1", &[20], &params, &mut out)
+            }
+            .unwrap();
+            // The first statement ever prepares, and always succeeds here
+            // (so the statement stays prepared for the others).
+            let answer = if first {
+                Answer::Rows(vec![7])
+            } else {
+                answer.clone()
+            };
+            let prepares = std::mem::take(&mut first);
+            if failed {
+                expected.push((id, Err("Skipped".to_string())));
+                continue;
+            }
+            let mut bytes = answer_bytes(&answer, prepares, false);
+            // Inside a batch there is one ReadyForQuery, at its end.
+            if !*synced_single {
+                bytes.truncate(bytes.len() - ready(b'I').len());
+            }
+            server.extend(bytes);
+            match &answer {
+                Answer::Rows(v) => expected.push((id, Ok(v.clone()))),
+                Answer::Error(code) => {
+                    expected.push((id, Err(code.clone())));
+                    failed = !*synced_single;
+                }
+            }
+        }
+        if !*synced_single {
+            p.close_batch(&mut out);
+            server.extend(ready(b'I'));
+        }
+    }
+    let mut input = BytesMut::new();
+    let mut at = 0;
+    for &cut in cuts.iter().chain(std::iter::once(&server.len())) {
+        let cut = cut.min(server.len()).max(at);
+        input.extend_from_slice(&server[at..cut]);
+        at = cut;
+        p.receive(&mut input).unwrap();
+    }
+    assert!(input.is_empty(), "every message consumed");
+    assert_eq!(p.in_flight(), 0);
+    let got = events(&mut p)
+        .into_iter()
+        .map(|e| match e {
+            Event::Done(id, r) => (id, rows_of(&r)),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    (got, expected)
+}
+
+proptest! {
+    #[test]
+    fn a_failure_in_a_batch_reaches_only_its_own_request(
+        script in prop::collection::vec(
+            (
+                prop::collection::vec(
+                    prop_oneof![
+                        3 => prop::collection::vec(any::<i64>(), 0..4).prop_map(Answer::Rows),
+                        1 => prop::sample::select(vec!["22012", "57014"]).prop_map(|c| Answer::Error(c.to_string())),
+                    ],
+                    1..8,
+                ),
+                any::<bool>(), // queued one by one with their own Syncs instead
+            ),
+            1..6,
+        ),
+        cuts in prop::collection::vec(0usize..4000, 0..8),
+    ) {
+        let mut cuts = cuts;
+        cuts.sort_unstable();
+        let (got, expected) = run_batches(&script, &cuts);
+        prop_assert_eq!(got, expected);
+    }
+}
+
+#[test]
+fn a_request_that_is_not_batched_closes_the_open_batch_first() {
+    let mut p = pipeline();
+    let mut out = BytesMut::new();
+    p.query_in_batch("SELECT 1", &[], &[], &mut out).unwrap();
+    p.query_in_batch("SELECT 1", &[], &[], &mut out).unwrap();
+    assert_eq!(p.open_batch(), 2);
+    p.simple("SELECT 2", &mut out).unwrap();
+    assert_eq!(p.open_batch(), 0);
+    // Parse, Describe, Bind, Execute, Bind, Execute, Sync, then the Query.
+    let tags: Vec<u8> = std::iter::from_fn({
+        let mut rest = &out[..];
+        move || {
+            let (&tag, body) = rest.split_first()?;
+            let len = u32::from_be_bytes(body[..4].try_into().unwrap()) as usize;
+            rest = &body[len..];
+            Some(tag)
+        }
+    })
+    .collect();
+    assert_eq!(tags, b"PDBEBESQ");
+}

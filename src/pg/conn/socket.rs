@@ -66,6 +66,8 @@ impl Future for HasWork<'_> {
 pub(super) async fn write_loop(conn: Rc<PgConn>, mut writer: Writer) {
     let mut spare = BytesMut::with_capacity(4096);
     while HasWork(&conn).await {
+        // Statements batched since the last write end with one Sync.
+        conn.close_batch();
         let mut out = std::mem::replace(&mut *conn.wbuf.borrow_mut(), spare);
         let len = out.len() as u64;
         conn.taken_bytes.set(conn.taken_bytes.get() + len);

@@ -52,6 +52,10 @@ pub enum RequestError {
     Pg(PgError),
     /// The result passed `max_result_bytes`; the rest of it was read and dropped.
     TooLarge,
+    /// Queued in a batch (see [`Pipeline::query_in_batch`]) behind a
+    /// statement that failed: the server skipped it. It did not run; run
+    /// it again on its own.
+    Skipped,
 }
 
 /// What the pipeline hands out.
@@ -208,6 +212,10 @@ struct InFlight {
     id: RequestId,
     phase: Phase,
     abandoned: bool,
+    /// A Sync follows this request's messages: its response ends at
+    /// ReadyForQuery. Without one (inside a batch) it ends at its
+    /// CommandComplete or ErrorResponse.
+    synced: bool,
     rows: RowData,
     count: usize,
     /// Columns of a simple query's result.
@@ -231,6 +239,7 @@ impl InFlight {
             id,
             phase: Phase::Waiting,
             abandoned: false,
+            synced: true,
             rows: RowData::default(),
             count: 0,
             columns: None,
@@ -281,6 +290,11 @@ pub struct Pipeline {
     tx_status: TxStatus,
     broken: Option<Broken>,
     no_columns: Rc<[Column]>,
+    /// Requests queued since the last Sync (an open batch).
+    open_batch: usize,
+    /// A statement of the current batch failed: the server skips the rest
+    /// of it until its ReadyForQuery.
+    skipping: bool,
 }
 
 impl Pipeline {
@@ -295,6 +309,8 @@ impl Pipeline {
             tx_status,
             broken: None,
             no_columns: Rc::from(Vec::new()),
+            open_batch: 0,
+            skipping: false,
         }
     }
 
@@ -324,6 +340,62 @@ impl Pipeline {
         max_rows: i32,
         out: &mut BytesMut,
     ) -> Result<RequestId, PgError> {
+        self.close_batch(out);
+        self.encode_query(sql, param_types, params, portal, max_rows, true, out)
+    }
+
+    /// Like [`Pipeline::query`] (unnamed portal, all rows), but without a
+    /// Sync of its own: statements queued this way one after another share
+    /// one Sync, written by [`Pipeline::close_batch`] (or by the next
+    /// request that is not batched), and so one implicit transaction on the
+    /// server, which saves it a transaction and a ReadyForQuery per
+    /// statement. Only for single read-only statements outside a
+    /// transaction. If one fails, the server skips the rest of the batch:
+    /// they end with [`RequestError::Skipped`], to be run again on their
+    /// own, so no request ever sees another's error.
+    pub fn query_in_batch(
+        &mut self,
+        sql: &str,
+        param_types: &[u32],
+        params: &[Param<'_>],
+        out: &mut BytesMut,
+    ) -> Result<RequestId, PgError> {
+        let id = self.encode_query(sql, param_types, params, "", 0, false, out)?;
+        self.open_batch += 1;
+        Ok(id)
+    }
+
+    /// Ends the open batch, if any, with a Sync.
+    pub fn close_batch(&mut self, out: &mut BytesMut) {
+        if self.open_batch == 0 {
+            return;
+        }
+        frontend::sync(out);
+        if let Some(last) = self.queue.back_mut() {
+            last.synced = true;
+        }
+        self.open_batch = 0;
+    }
+
+    /// Requests queued since the last Sync.
+    pub fn open_batch(&self) -> usize {
+        self.open_batch
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the Bind and Execute fields, and the Sync"
+    )]
+    fn encode_query(
+        &mut self,
+        sql: &str,
+        param_types: &[u32],
+        params: &[Param<'_>],
+        portal: &str,
+        max_rows: i32,
+        sync: bool,
+        out: &mut BytesMut,
+    ) -> Result<RequestId, PgError> {
         self.check_usable()?;
         let (prepared, is_new) = self.prepared(sql);
         let before = out.len();
@@ -334,7 +406,9 @@ impl Pipeline {
             }
             encode_bind(out, portal, &prepared.name, params)?;
             frontend::execute(portal, max_rows, out)?;
-            frontend::sync(out);
+            if sync {
+                frontend::sync(out);
+            }
             Ok(())
         })();
         if let Err(e) = encoded {
@@ -345,7 +419,11 @@ impl Pipeline {
             return Err(e);
         }
         let describes = is_new.then(|| prepared.clone());
-        Ok(self.push(describes, Some(prepared)))
+        let id = self.push(describes, Some(prepared));
+        if let Some(req) = self.queue.back_mut() {
+            req.synced = sync;
+        }
+        Ok(id)
     }
 
     /// Queues an Execute of up to `max_rows` more rows of a suspended
@@ -359,6 +437,7 @@ impl Pipeline {
         out: &mut BytesMut,
     ) -> Result<RequestId, PgError> {
         self.check_usable()?;
+        self.close_batch(out);
         let statement = self.statements.get(sql).cloned();
         let before = out.len();
         if let Err(e) = frontend::execute(portal, max_rows, out) {
@@ -374,6 +453,7 @@ impl Pipeline {
     /// this way: [`Event::CopyReady`] says when the server waits for data.
     pub fn simple(&mut self, sql: &str, out: &mut BytesMut) -> Result<RequestId, PgError> {
         self.check_usable()?;
+        self.close_batch(out);
         frontend::query(sql, out)?;
         Ok(self.push(None, None))
     }
@@ -524,6 +604,10 @@ impl Pipeline {
             msg.truncate(end);
             std::str::from_utf8(&msg).map_err(|_| "malformed CommandComplete: not UTF-8")?;
             req.tag = Some(msg.freeze());
+            if !req.synced {
+                // Inside a batch: this statement's response ends here.
+                self.complete_front();
+            }
             return Ok(true);
         }
         if req.abandoned || req.error.is_some() {
@@ -580,6 +664,7 @@ impl Pipeline {
                 }
             }
             Message::PortalSuspended => req.suspended = true,
+            Message::EmptyQueryResponse if !req.synced => self.complete_front(),
             Message::ErrorResponse(body) => {
                 let db = DbError::parse(&mut body.fields()).map_err(|e| e.to_string())?;
                 let fatal = db.severity == "FATAL" || db.severity == "PANIC";
@@ -608,6 +693,12 @@ impl Pipeline {
                     }
                     return Err("the server ended the session (FATAL error)".into());
                 }
+                if !req.synced {
+                    // Inside a batch: this statement ends here, and the
+                    // server skips the rest of the batch.
+                    self.complete_front();
+                    self.skipping = true;
+                }
             }
             Message::CopyInResponse(_) => {
                 req.phase = Phase::CopyIn;
@@ -617,11 +708,24 @@ impl Pipeline {
             }
             Message::ReadyForQuery(body) => {
                 self.tx_status = TxStatus::from_byte(body.status()).map_err(|e| e.to_string())?;
-                let req = self.queue.pop_front().expect("front exists");
-                if !req.abandoned {
-                    let id = req.id;
-                    self.events
-                        .push_back(Event::Done(id, req.into_result(&self.no_columns)));
+                if self.skipping {
+                    // What is left of the failed batch, its last request
+                    // included, was skipped.
+                    self.skipping = false;
+                    while let Some(mut req) = self.queue.pop_front() {
+                        let last = req.synced;
+                        req.fail(RequestError::Skipped);
+                        if !req.abandoned {
+                            let id = req.id;
+                            self.events
+                                .push_back(Event::Done(id, req.into_result(&self.no_columns)));
+                        }
+                        if last {
+                            break;
+                        }
+                    }
+                } else {
+                    self.complete_front();
                 }
             }
             Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone => {
@@ -632,6 +736,20 @@ impl Pipeline {
             _ => {}
         }
         Ok(())
+    }
+}
+
+impl Pipeline {
+    /// The request at the front is answered: hand out its result.
+    fn complete_front(&mut self) {
+        let Some(req) = self.queue.pop_front() else {
+            return;
+        };
+        if !req.abandoned {
+            let id = req.id;
+            self.events
+                .push_back(Event::Done(id, req.into_result(&self.no_columns)));
+        }
     }
 }
 
