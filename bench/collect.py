@@ -27,6 +27,7 @@ ORDER = [
     ("orders", "GET /orders: ringside vs threaded vs tokio"),
     ("orders-ab", "GET /orders: this commit against an earlier one (bench/orders.sh --before)"),
     ("orders-pg", "GET /orders against PostgreSQL alone, with and without coalescing"),
+    ("techempower-batch", "TechEmpower /db, /fortunes, /queries with and without --db-batch"),
     ("far", "GET /orders with a far-away database"),
     ("scale", "Connection scale: idle connections beside an /orders load"),
     ("upload", "CSV upload: POST /contacts vs psql \\copy"),
