@@ -447,10 +447,7 @@ fn copy_in_is_announced_and_ends_at_its_ready_for_query() {
 /// the first failure each is answered alone (at its CommandComplete), the
 /// failed one gets its own error, and the rest of its batch, which the
 /// server skipped, end as `Skipped`: no request sees another's error.
-fn run_batches(
-    script: &[(Vec<Answer>, bool)],
-    cuts: &[usize],
-) -> (Completions, Completions) {
+fn run_batches(script: &[(Vec<Answer>, bool)], cuts: &[usize]) -> (Completions, Completions) {
     let mut p = pipeline();
     let mut out = BytesMut::new();
     let mut server = Vec::new();
