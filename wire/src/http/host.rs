@@ -18,10 +18,14 @@ pub fn is_valid_host(value: &[u8]) -> bool {
         && match host.first() {
             Some(b'[') => is_ip_literal(host),
             // IPv4address is a subset of reg-name: one check covers both.
-            _ => host
-                .iter()
-                .enumerate()
-                .all(|(i, &b)| is_reg_name_byte(host, i, b)),
+            // Almost every host is plain bytes only: one table lookup each.
+            _ => {
+                host.iter().all(|&b| PLAIN_REG_NAME[usize::from(b)])
+                    || host
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &b)| is_reg_name_byte(host, i, b))
+            }
         }
 }
 
@@ -50,6 +54,20 @@ fn parse_port(digits: &[u8]) -> u32 {
         .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'))
 }
 
+/// The bytes a reg-name may hold as they are (unreserved and sub-delims;
+/// not `%`, whose escapes the full check handles).
+const PLAIN_REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] =
+            c.is_ascii_alphanumeric() || is_sub_delim(c) || matches!(c, b'-' | b'.' | b'_' | b'~');
+        b += 1;
+    }
+    t
+};
+
 /// reg-name = *( unreserved / pct-encoded / sub-delims )
 fn is_reg_name_byte(host: &[u8], i: usize, b: u8) -> bool {
     is_unreserved(b)
@@ -70,7 +88,7 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-fn is_sub_delim(b: u8) -> bool {
+const fn is_sub_delim(b: u8) -> bool {
     matches!(
         b,
         b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='

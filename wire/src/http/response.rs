@@ -122,11 +122,16 @@ impl ResponseHead<'_> {
         // One reservation for the usual head (fixed parts are ~120 bytes).
         out.reserve(128 + reason.len() + self.content_type.map_or(0, |c| c.len()) + extra_len);
 
-        out.extend_from_slice(b"HTTP/1.1 ");
-        put_decimal(out, u64::from(self.status.0));
-        out.extend_from_slice(b" ");
-        out.extend_from_slice(reason.as_bytes());
-        out.extend_from_slice(b"\r\nServer: ringside\r\nDate: ");
+        if self.status.0 == 200 {
+            // Nearly every response: its fixed start in one piece.
+            out.extend_from_slice(b"HTTP/1.1 200 OK\r\nServer: ringside\r\nDate: ");
+        } else {
+            out.extend_from_slice(b"HTTP/1.1 ");
+            put_decimal(out, u64::from(self.status.0));
+            out.extend_from_slice(b" ");
+            out.extend_from_slice(reason.as_bytes());
+            out.extend_from_slice(b"\r\nServer: ringside\r\nDate: ");
+        }
         out.extend_from_slice(date.as_bytes());
         out.extend_from_slice(b"\r\n");
         if let Some(ct) = self.content_type {
