@@ -1,7 +1,6 @@
 //! One core's thread: its runtime, its accept loop (with the connection
 //! limit and the descriptor reserve), and its once-a-second housekeeping.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -12,12 +11,8 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use super::deadlines::DeadlineTable;
-use super::event::LocalEvent;
 use super::LogLimit;
-use super::{
-    fd_reserve, ConnectionHandler, CoreCtx, CoreReport, CoreSummary, FramePool, IoDriver,
-    DEFAULT_FREE_FRAMES,
-};
+use super::{fd_reserve, ConnectionHandler, CoreCtx, CoreReport, CoreSummary, IoDriver};
 use crate::config::Config;
 
 /// Everything a core thread needs to start.
@@ -87,20 +82,7 @@ impl CoreStart {
         F: Fn(Rc<CoreCtx>, &Config) -> Rc<H>,
         H: ConnectionHandler,
     {
-        let ctx = Rc::new(CoreCtx {
-            index: self.index,
-            cpu: self.cpu,
-            driver: self.driver,
-            drain: LocalEvent::new(),
-            deadlines: DeadlineTable::new(),
-            frames: FramePool::new(DEFAULT_FREE_FRAMES),
-            open_connections: Cell::new(0),
-            accepted: Cell::new(0),
-            shed: Cell::new(0),
-            fd_exhausted: Cell::new(0),
-            refused_no_fd: Cell::new(0),
-            released_bytes: Cell::new(0),
-        });
+        let ctx = Rc::new(CoreCtx::new(self.index, self.cpu, self.driver));
         let listener = match monoio::net::TcpListener::from_std(self.listener) {
             Ok(l) => l,
             Err(e) => {

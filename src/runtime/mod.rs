@@ -93,9 +93,14 @@ const DEFAULT_FREE_FRAMES: usize = 256;
 impl CoreCtx {
     /// A context for a runtime started outside [`Server`] (unit tests, tools).
     pub fn standalone(index: usize, driver: IoDriver) -> Rc<CoreCtx> {
-        Rc::new(CoreCtx {
+        Rc::new(CoreCtx::new(index, index, driver))
+    }
+
+    /// A core's context with nothing counted yet.
+    fn new(index: usize, cpu: usize, driver: IoDriver) -> CoreCtx {
+        CoreCtx {
             index,
-            cpu: index,
+            cpu,
             driver,
             drain: LocalEvent::new(),
             deadlines: DeadlineTable::new(),
@@ -106,7 +111,7 @@ impl CoreCtx {
             fd_exhausted: Cell::new(0),
             refused_no_fd: Cell::new(0),
             released_bytes: Cell::new(0),
-        })
+        }
     }
 
     pub fn draining(&self) -> bool {

@@ -97,25 +97,9 @@ impl Cluster {
 
     /// `psql` in another database.
     pub fn psql_in(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(self.bindir.join("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-U",
-                "postgres",
-                "-d",
-                db,
-            ])
-            .arg("-h")
-            .arg(&self.dir)
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg("-c")
-            .arg(sql)
+        let out = self
+            .psql_command(db, sql)
+            .args(["-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .output()
             .expect("psql");
         assert!(
@@ -129,18 +113,24 @@ impl Cluster {
     /// Starts psql as the superuser in `db` running `sql`, without waiting
     /// for it (a session that holds a lock, say).
     pub fn psql_spawn_in(&self, db: &str, sql: &str) -> std::process::Child {
-        Command::new(self.bindir.join("psql"))
-            .args(["-X", "-q", "-U", "postgres", "-d", db])
+        self.psql_command(db, sql)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("psql")
+    }
+
+    /// psql as the superuser in `db`, over the cluster's socket, running `sql`.
+    fn psql_command(&self, db: &str, sql: &str) -> Command {
+        let mut cmd = Command::new(self.bindir.join("psql"));
+        cmd.args(["-X", "-q", "-U", "postgres", "-d", db])
             .arg("-h")
             .arg(&self.dir)
             .arg("-p")
             .arg(self.port.to_string())
             .arg("-c")
-            .arg(sql)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("psql")
+            .arg(sql);
+        cmd
     }
 
     /// Runs pg_ctl as the cluster's owner.

@@ -201,6 +201,19 @@ fn answers() -> impl Strategy<Value = Vec<(Answer, bool, bool)>> {
     )
 }
 
+/// Feeds the server's bytes to `p` cut at `cuts`; every message is taken.
+fn feed(p: &mut Pipeline, server: &[u8], cuts: &[usize]) {
+    let mut input = BytesMut::new();
+    let mut at = 0;
+    for &cut in cuts.iter().chain(std::iter::once(&server.len())) {
+        let cut = cut.min(server.len()).max(at);
+        input.extend_from_slice(&server[at..cut]);
+        at = cut;
+        p.receive(&mut input).unwrap();
+    }
+    assert!(input.is_empty(), "every message consumed");
+}
+
 /// Queues one prepared query per answer, all with the same statement (the
 /// first prepares it), feeds the server's bytes cut at `cuts`, and returns
 /// the events.
@@ -243,15 +256,7 @@ fn run(script: &[(Answer, bool, bool)], cuts: &[usize]) -> (Completions, Vec<Req
             p.abandon(ids[i]);
         }
     }
-    let mut input = BytesMut::new();
-    let mut at = 0;
-    for &cut in cuts.iter().chain(std::iter::once(&server.len())) {
-        let cut = cut.min(server.len()).max(at);
-        input.extend_from_slice(&server[at..cut]);
-        at = cut;
-        p.receive(&mut input).unwrap();
-    }
-    assert!(input.is_empty(), "every message consumed");
+    feed(&mut p, &server, cuts);
     let got = events(&mut p)
         .into_iter()
         .map(|e| match e {
@@ -501,15 +506,7 @@ fn run_batches(script: &[(Vec<Answer>, bool)], cuts: &[usize]) -> (Completions, 
             server.extend(ready(b'I'));
         }
     }
-    let mut input = BytesMut::new();
-    let mut at = 0;
-    for &cut in cuts.iter().chain(std::iter::once(&server.len())) {
-        let cut = cut.min(server.len()).max(at);
-        input.extend_from_slice(&server[at..cut]);
-        at = cut;
-        p.receive(&mut input).unwrap();
-    }
-    assert!(input.is_empty(), "every message consumed");
+    feed(&mut p, &server, cuts);
     assert_eq!(p.in_flight(), 0);
     let got = events(&mut p)
         .into_iter()
