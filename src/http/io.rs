@@ -9,7 +9,7 @@ use std::mem;
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use monoio::io::Canceller;
 use monoio::time::Instant;
 use ringside_wire::http::{Framing, HttpDate, ResponseHead, StatusCode};
@@ -249,6 +249,15 @@ impl ConnIo<'_> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
+        // A plain send first (see `runtime::send_now`): an answer that
+        // fits the socket's buffer leaves without a ring operation and
+        // without waking this task again.
+        let sent = self.stream.write_now(&self.wbuf)?;
+        if sent == self.wbuf.len() {
+            self.wbuf.clear();
+            return Ok(());
+        }
+        self.wbuf.advance(sent);
         let buf = mem::take(&mut self.wbuf);
         let deadlines = &self.shared.core.deadlines;
         let deadline = deadlines.now() + self.shared.settings.write_timeout;

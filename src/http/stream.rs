@@ -22,7 +22,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent};
 use monoio::net::TcpStream;
 
-use crate::runtime::{read_append, recv_now};
+use crate::runtime::{read_append, recv_now, send_now};
 
 /// A connection's transport.
 pub enum Stream {
@@ -84,6 +84,18 @@ impl Stream {
                     None => (Err(io::Error::from_raw_os_error(libc::ECANCELED)), buf),
                 }
             }
+        }
+    }
+
+    /// A write of what the socket takes now, without waiting: how many
+    /// bytes it took (0 when it has no room). The pipe takes everything.
+    pub(super) fn write_now(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => match send_now(s.as_raw_fd(), buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                r => r,
+            },
+            Stream::Memory(p) => p.write(buf),
         }
     }
 

@@ -349,6 +349,32 @@ pub fn recv_now(fd: RawFd, buf: &mut bytes::BytesMut) -> io::Result<Option<usize
     }
 }
 
+/// One non-blocking send(2) of `buf` on a socket of ours (no SIGPIPE):
+/// the socket almost always has room, and a plain call spares the ring an
+/// operation whose completion would wake the task once more. What it did
+/// not take (`WouldBlock`, or a part) goes through the ring, which waits.
+pub fn send_now(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for `buf.len()` bytes; `fd` is a socket
+        // the caller keeps open for the call.
+        let n = unsafe {
+            libc::send(
+                fd,
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// Reads into the spare capacity of `buf`, after the bytes it holds.
 ///
 /// monoio's `read` fills a buffer from its start (its `write_ptr` is the

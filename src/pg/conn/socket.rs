@@ -14,7 +14,7 @@ use monoio::net::{TcpStream, UnixStream};
 use ringside_wire::pg::frontend;
 
 use super::PgConn;
-use crate::runtime::read_append;
+use crate::runtime::{read_append, send_now};
 
 pub(super) enum Reader {
     Tcp(OwnedReadHalf<TcpStream>),
@@ -112,29 +112,6 @@ pub(super) async fn write_loop(conn: Rc<PgConn>, mut writer: Writer) {
     let mut buf = BytesMut::new();
     frontend::terminate(&mut buf);
     let _ = writer.write_all(buf).await;
-}
-
-/// One non-blocking send(2) of `buf` on our socket (no SIGPIPE).
-fn send_now(fd: i32, buf: &[u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: `buf` is valid for `buf.len()` bytes; `fd` is this
-        // connection's socket, kept open by the writer half we hold.
-        let n = unsafe {
-            libc::send(
-                fd,
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
 }
 
 /// Reads responses: the pipeline frames them and completes their requests.
