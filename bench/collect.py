@@ -29,6 +29,7 @@ ORDER = [
     ("orders-pg", "GET /orders against PostgreSQL alone, with and without coalescing"),
     ("techempower-batch", "TechEmpower /db, /fortunes, /queries with and without --db-batch"),
     ("far", "GET /orders with a far-away database"),
+    ("far-ab", "GET /orders with a far-away database: this commit against the session's first"),
     ("scale", "Connection scale: idle connections beside an /orders load"),
     ("upload", "CSV upload: POST /contacts vs psql \\copy"),
     ("spread", "Accept spread over cores"),
