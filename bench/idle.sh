@@ -24,6 +24,7 @@
 #                      [--batch N] [--hold SECS] [--after SECS] [--quick]
 #                      [--host 127.0.0.1] [--port BASE] [--no-build] [--no-plot]
 #                      [--out DIR] (results directory, default bench/results)
+#                      [--before BIN] (ringside built from an earlier commit: server "before")
 #   --quick = 1 round, hold 5 s.
 set -euo pipefail
 
@@ -60,6 +61,7 @@ while (( $# )); do
         --no-build) BUILD=0 ;;
         --no-plot) PLOT=0 ;;
         --out) OUT_DIR=${2:?}; shift ;;
+        --before) BEFORE_BIN=${2:?}; shift ;;
         -h | --help) usage 0 ;;
         *) echo "unknown argument: $1" >&2; usage 2 ;;
     esac
@@ -99,7 +101,7 @@ REV=$(repo_rev)
 # Opening N connections: allow 60 s plus 1 s per 200 connections.
 READY_TIMEOUT=$(( 60 + CONNS / 200 ))
 
-echo "timestamp,round,server,cores,server_cpus,holder_cpus,conns_requested,conns_open,conn_failures,closed_by_server,unexpected_data,open_s,hold_s,rss_before_bytes,rss_open_bytes,rss_after_bytes,bytes_per_conn,retained_after_close_bytes,idle_cpu_s,server_fds_open,rev" >"$CSV"
+echo "timestamp,round,server,cores,server_cpus,holder_cpus,conns_requested,conns_open,conn_failures,closed_by_server,unexpected_data,open_s,hold_s,rss_before_bytes,rss_open_bytes,rss_after_bytes,bytes_per_conn,retained_after_close_bytes,idle_cpu_s,server_fds_open,peak_open_bytes,peak_bytes_per_conn,rev" >"$CSV"
 
 kv() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p" <<<"$2"; } # kv KEY "LINE k=v ..."
 
@@ -108,11 +110,14 @@ measure_idle() { # round server port
     local slog="$TMP_DIR/server-r$round-$server.log" hout="$TMP_DIR/holder-r$round-$server.out"
     local herr="$TMP_DIR/holder-r$round-$server.err"
     local rss0 rss1 rss2 c0 c1 hpid ready done_line i opened failed open_s closed unexpected
-    local per retained idle_cpu fds
+    local per retained idle_cpu fds peak peak_per
 
     start_server "$server" "$SERVER_CPUS" "$HOST" "$port" "$slog"
     sleep 1
     rss0=$(rss_bytes "$SERVER_PID")
+    # Reset the peak (VmHWM) to the RSS now, so the peak read once all the
+    # connections are open is the transient cost of opening them.
+    echo 5 >"/proc/$SERVER_PID/clear_refs" 2>/dev/null || log "  warning: cannot reset the server's peak RSS (clear_refs)"
 
     taskset -c "$HOLDER_CPUS" python3 "$BENCH_DIR/hold_idle.py" --host "$HOST" --port "$port" \
         --conns "$CONNS" --batch "$BATCH" --max-hold $(( HOLD + READY_TIMEOUT + 60 )) >"$hout" 2>"$herr" &
@@ -133,6 +138,7 @@ $(tail -n 20 "$herr")"
     (( opened > 0 )) || die "holder could not open any connection to $server; stderr: $herr"
     (( failed == 0 )) || log "  warning: $failed of $CONNS connections failed (see $herr)"
 
+    peak=$(hwm_bytes "$SERVER_PID")
     c0=$(cpu_ticks "$SERVER_PID")
     isleep "$HOLD"
     kill -0 "$SERVER_PID" 2>/dev/null || die "$server died while holding idle connections; log $slog"
@@ -160,10 +166,11 @@ $(tail -n 20 "$herr")"
     rss2=$(rss_bytes "$SERVER_PID")
     stop_pid "$SERVER_PID"
 
-    read -r per retained idle_cpu < <(awk -v a="$rss0" -v b="$rss1" -v c="$rss2" -v n="$opened" \
-        -v c0="$c0" -v c1="$c1" -v hz="$CLK_TCK" 'BEGIN { printf "%.0f %d %.2f\n", (b - a) / n, c - a, (c1 - c0) / hz }')
-    echo "$(date -Iseconds),$round,$server,1,\"$SERVER_CPUS\",\"$HOLDER_CPUS\",$CONNS,$opened,$failed,$closed,$unexpected,$open_s,$HOLD,$rss0,$rss1,$rss2,$per,$retained,$idle_cpu,$fds,$REV" >>"$CSV"
-    log "  $server: RSS before $((rss0 / 1024)) KiB, open $((rss1 / 1024)) KiB, after $((rss2 / 1024)) KiB; $per bytes per idle connection ($opened open, opened in ${open_s}s), server fds $fds, idle CPU ${idle_cpu}s"
+    read -r per retained idle_cpu peak_per < <(awk -v a="$rss0" -v b="$rss1" -v c="$rss2" -v n="$opened" \
+        -v c0="$c0" -v c1="$c1" -v hz="$CLK_TCK" -v p="$peak" \
+        'BEGIN { printf "%.0f %d %.2f %.0f\n", (b - a) / n, c - a, (c1 - c0) / hz, (p - a) / n }')
+    echo "$(date -Iseconds),$round,$server,1,\"$SERVER_CPUS\",\"$HOLDER_CPUS\",$CONNS,$opened,$failed,$closed,$unexpected,$open_s,$HOLD,$rss0,$rss1,$rss2,$per,$retained,$idle_cpu,$fds,$peak,$peak_per,$REV" >>"$CSV"
+    log "  $server: RSS before $((rss0 / 1024)) KiB, open $((rss1 / 1024)) KiB, after $((rss2 / 1024)) KiB; $per bytes per idle connection, peak while opening $peak_per per connection ($opened open, opened in ${open_s}s), server fds $fds, idle CPU ${idle_cpu}s"
 }
 
 log "plan: servers=${SERVERS[*]} rounds=$ROUNDS conns=$CONNS batch=$BATCH hold=${HOLD}s after=${AFTER}s; server CPU $SERVER_CPUS, holder CPU $HOLDER_CPUS"

@@ -159,6 +159,7 @@ check_binaries() { # servers...
         case $s in
             ringside) [[ -x "$RINGSIDE_BIN" ]] || die "no ringside binary at $RINGSIDE_BIN (drop --no-build, or use --servers hyper)" ;;
             hyper) [[ -x "$HYPER_BIN" ]] || die "no hyper baseline binary at $HYPER_BIN (drop --no-build)" ;;
+            before) [[ -x "${BEFORE_BIN:-}" ]] || die "server 'before' needs --before BIN (ringside built from an earlier commit)" ;;
         esac
     done
 }
@@ -174,6 +175,7 @@ snapshot_binaries() { # servers...
         case $s in
             ringside) cp "$RINGSIDE_BIN" "$SNAPSHOT_DIR/ringside"; RINGSIDE_BIN="$SNAPSHOT_DIR/ringside" ;;
             hyper) cp "$HYPER_BIN" "$SNAPSHOT_DIR/hyper-baseline"; HYPER_BIN="$SNAPSHOT_DIR/hyper-baseline" ;;
+            before) cp "$BEFORE_BIN" "$SNAPSHOT_DIR/before"; BEFORE_BIN="$SNAPSHOT_DIR/before" ;;
         esac
         BIN_SHA+="$s=$(sha256sum "$SNAPSHOT_DIR/${s/hyper/hyper-baseline}" | cut -c1-12) "
     done
@@ -184,7 +186,7 @@ validate_servers() { # comma list -> SERVERS array
     IFS=',' read -ra SERVERS <<<"$1"
     (( ${#SERVERS[@]} > 0 )) || die "--servers is empty"
     for s in "${SERVERS[@]}"; do
-        case $s in ringside | hyper) ;; *) die "unknown server '$s' (expected ringside and/or hyper)" ;; esac
+        case $s in ringside | hyper | before) ;; *) die "unknown server '$s' (expected ringside, hyper, before)" ;; esac
     done
 }
 
@@ -207,12 +209,13 @@ start_server() {
     ncores=$(cpu_count "$cpus")
     port_in_use "$host" "$port" && die "port $host:$port is already in use"
     case $name in
-        ringside)
+        ringside | before)
             # ringside reads a bare number as a core COUNT ("--cores 1" = one core,
             # "--cores 0" is an error), so a single CPU N is named as the range N-N.
-            local rcores=$cpus
+            local rcores=$cpus bin=$RINGSIDE_BIN
             [[ "$rcores" =~ ^[0-9]+$ ]] && rcores="$rcores-$rcores"
-            taskset -c "$cpus" "$RINGSIDE_BIN" serve --listen "$host:$port" --cores "$rcores" >"$logf" 2>&1 &
+            [[ $name == before ]] && bin=$BEFORE_BIN
+            taskset -c "$cpus" "$bin" serve --listen "$host:$port" --cores "$rcores" >"$logf" 2>&1 &
             ;;
         hyper) taskset -c "$cpus" "$HYPER_BIN" --listen "$host:$port" --threads "$ncores" >"$logf" 2>&1 & ;;
         *) die "unknown server $name" ;;
@@ -250,6 +253,14 @@ cpu_ticks() {
 }
 
 # Resident set size in bytes (VmRSS of /proc/PID/status).
+# hwm_bytes PID: the process's peak RSS (VmHWM) in bytes.
+hwm_bytes() {
+    local kb
+    kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null) || true
+    [[ -n "$kb" ]] || die "cannot read VmHWM of pid $1 (process gone?)"
+    echo $(( kb * 1024 ))
+}
+
 rss_bytes() {
     local kb
     kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null) || true

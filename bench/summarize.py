@@ -48,6 +48,9 @@ open idle (keep-alive). RSS is VmRSS of `/proc/PID/status`: *before* = server
 started and answered its health checks; *open* = all N connections idle (after
 the hold period); *after* = a few seconds after the holder closed them all.
 Per idle connection = (open - before) / connections actually open.
+*Peak while opening* = (VmHWM once all are open - before) / connections open,
+the peak reset (`/proc/PID/clear_refs`) right before they open: what opening
+them and answering their first requests cost at most, transient state included.
 """
 
 
@@ -238,14 +241,14 @@ def summarize_idle(rows):
         "figures are median and min – max over the rounds",
         "",
         PINNING_IDLE,
-        "| server | runs | conns open | server fds | bytes per idle conn median | min – max | RSS before MiB | RSS open MiB "
+        "| server | runs | conns open | server fds | bytes per idle conn median | min – max | peak while opening, bytes per conn | RSS before MiB | RSS open MiB "
         "| RSS after close MiB | retained after close MiB | server CPU-s while idle | failed / closed by server |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     groups = {}
     for r in rows:
         groups.setdefault(r["server"], []).append(r)
-    order = {"ringside": 0, "hyper": 1}
+    order = {"ringside": 0, "before": 1, "hyper": 2}
     mib = 1024 * 1024
     for s in sorted(groups, key=lambda x: (order.get(x, 9), x)):
         g = groups[s]
@@ -260,7 +263,7 @@ def summarize_idle(rows):
         closed = sum(int(fnum(r["closed_by_server"]) or 0) for r in g)
         out.append(
             f"| {s} | {len(g)} | {fmt(med(opened))} | {fmt(m('server_fds_open'))} | {fmt(med(per))} | {fmt_range(per)} | "
-            f"{fmt(m('rss_before_bytes', mib), '.1f')} | {fmt(m('rss_open_bytes', mib), '.1f')} | "
+            f"{fmt(m('peak_bytes_per_conn'))} | {fmt(m('rss_before_bytes', mib), '.1f')} | {fmt(m('rss_open_bytes', mib), '.1f')} | "
             f"{fmt(m('rss_after_bytes', mib), '.1f')} | {fmt(m('retained_after_close_bytes', mib), '.1f')} | "
             f"{fmt(m('idle_cpu_s'), '.2f')} | {fails} / {closed} |"
         )

@@ -63,6 +63,7 @@ pub struct Snapshot {
     pub driver: &'static str,
     pub draining: bool,
     pub open_connections: u64,
+    pub parked_connections: u64,
     pub accepted: u64,
     pub shed_connections: u64,
     pub fd_exhausted: u64,
@@ -94,6 +95,7 @@ impl Snapshot {
             },
             draining: core.draining(),
             open_connections: core.open_connections() as u64,
+            parked_connections: core.parked_connections() as u64,
             accepted: core.accepted(),
             shed_connections: core.shed(),
             fd_exhausted: core.fd_exhausted(),
@@ -237,12 +239,18 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
         );
     }
 
-    let per_core: [Family<Snapshot>; 10] = [
+    let per_core: [Family<Snapshot>; 11] = [
         (
             "ringside_open_connections",
             "gauge",
             "Open client connections.",
             |s| s.open_connections,
+        ),
+        (
+            "ringside_idle_parked_connections",
+            "gauge",
+            "Open keep-alive connections parked idle, with no task (part of the open ones).",
+            |s| s.parked_connections,
         ),
         (
             "ringside_accepted_connections_total",

@@ -21,6 +21,7 @@ use super::io::{ConnIo, HotRead, IoFailure, Shared};
 use super::stream::Stream;
 use super::{HttpCore, Service};
 use crate::runtime::deadlines::{DeadlineKey, DeadlineTable, WaitEnd};
+use crate::runtime::OpenGuard;
 
 /// A connection's deadline slot, given back when the connection ends.
 struct SlotGuard<'a>(&'a DeadlineTable, DeadlineKey);
@@ -37,65 +38,101 @@ impl Drop for SlotGuard<'_> {
     }
 }
 
-/// Serves one connection until it closes.
+/// How a connection's task starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Start {
+    /// Just accepted: wait for the first request, within the head timeout.
+    Accepted,
+    /// Woken from the core's idle set: bytes (or the end) are there.
+    Woken,
+}
+
+/// Serves one connection until it closes or parks in the core's idle set.
 ///
-/// This future is allocated once and lives as long as the connection, so
-/// it holds only what an idle connection needs: the socket, its deadline
-/// slot, and the readability wait. The work on arrived bytes (buffers,
-/// parsing, the handler) runs in a frame of the core's pool that is held
-/// only while there is work.
-pub(super) async fn serve<S: Service>(http: Rc<HttpCore<S>>, mut stream: Stream) {
+/// The work on arrived bytes (buffers, parsing, the handler) runs in a
+/// frame of the core's pool that is held only while there is work. Once
+/// everything read has been answered, a TCP connection parks in the idle
+/// set (`idle.rs`) and this task ends; a new one starts when bytes arrive.
+/// A pipe, or a connection that cannot park, waits here, holding its
+/// socket, its deadline slot and the readability wait.
+pub(super) async fn serve<S: Service>(
+    http: Rc<HttpCore<S>>,
+    mut stream: Stream,
+    mut open: OpenGuard,
+    start: Start,
+) {
     let slot = SlotGuard::new(&http.shared.core.deadlines);
     // The first head must be complete within the head timeout of the accept.
-    let mut first_head_by = Some(slot.0.now() + http.shared.settings.head_timeout);
+    let mut first_head_by =
+        (start == Start::Accepted).then(|| slot.0.now() + http.shared.settings.head_timeout);
+    // Whether the socket is in the idle set's epoll set (it parked before).
+    let registered = start == Start::Woken;
+    let mut has_input = start == Start::Woken;
     let mut idle_since = slot.0.now();
     loop {
-        let mut in_grace = false;
-        let woke = loop {
-            let (deadline, ends_on_drain) = match first_head_by {
-                // A connection accepted just before the drain gets the same
-                // grace for its first request.
-                Some(deadline) if in_grace => (deadline.min(idle_since + DRAIN_IDLE_GRACE), false),
-                Some(deadline) => (deadline, true),
-                None if in_grace => (idle_since + DRAIN_IDLE_GRACE, false),
-                None => (idle_since + http.shared.settings.keepalive_timeout, true),
+        if !has_input {
+            let mut in_grace = false;
+            let woke = loop {
+                let (deadline, ends_on_drain) = match first_head_by {
+                    // A connection accepted just before the drain gets the
+                    // same grace for its first request.
+                    Some(deadline) if in_grace => {
+                        (deadline.min(idle_since + DRAIN_IDLE_GRACE), false)
+                    }
+                    Some(deadline) => (deadline, true),
+                    None if in_grace => (idle_since + DRAIN_IDLE_GRACE, false),
+                    None => (idle_since + http.shared.settings.keepalive_timeout, true),
+                };
+                let woke = wait_readable(&stream, slot.0, slot.1, deadline, ends_on_drain).await;
+                if woke == Wake::Drained && !in_grace {
+                    // Draining: a connection that was busy a moment ago may
+                    // have its next request on the way, and closing now
+                    // would race it. Take that request (answered with
+                    // `Connection: close`), or close once idle for the grace
+                    // period.
+                    in_grace = true;
+                    continue;
+                }
+                break woke;
             };
-            let woke = wait_readable(&stream, slot.0, slot.1, deadline, ends_on_drain).await;
-            if woke == Wake::Drained && !in_grace {
-                // Draining: a connection that was busy a moment ago may
-                // have its next request on the way, and closing now would
-                // race it. Take that request (answered with `Connection:
-                // close`), or close once idle for the grace period.
-                in_grace = true;
-                continue;
+            match woke {
+                Wake::Readable => {}
+                Wake::TimedOut if first_head_by.is_some() && !in_grace => {
+                    return Box::pin(answer_and_close(
+                        &http.shared,
+                        &mut stream,
+                        slot.1,
+                        StatusCode::REQUEST_TIMEOUT,
+                        "no request received in time",
+                    ))
+                    .await;
+                }
+                Wake::TimedOut | Wake::Drained | Wake::Closed => return,
             }
-            break woke;
-        };
-        match woke {
-            Wake::Readable => {}
-            Wake::TimedOut if first_head_by.is_some() && !in_grace => {
-                return Box::pin(answer_and_close(
-                    &http.shared,
-                    &mut stream,
-                    slot.1,
-                    StatusCode::REQUEST_TIMEOUT,
-                    "no request received in time",
-                ))
-                .await;
-            }
-            Wake::TimedOut | Wake::Drained | Wake::Closed => return,
         }
         let work = process_input(&http, &mut stream, slot.1, first_head_by.take());
         if !http.shared.core.frames.boxed(work).await {
             return;
         }
         idle_since = slot.0.now();
+        has_input = false;
+        if !http.shared.core.draining() {
+            let keepalive = http.shared.settings.keepalive_timeout;
+            match http
+                .idle
+                .park(stream, open, registered, idle_since, keepalive)
+            {
+                Ok(()) => return,
+                // A pipe, or parking is off: wait here.
+                Err((s, o)) => (stream, open) = (s, o),
+            }
+        }
     }
 }
 
 /// During a drain, how long a connection that just answered a request is
 /// given to send its next one before it is closed.
-const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
+pub(super) const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wake {
@@ -275,7 +312,8 @@ mod tests {
                 work_size <= 2048,
                 "the per-request work future grew to {work_size} bytes"
             );
-            let fut = serve(http, Stream::Tcp(stream));
+            let open = OpenGuard::new(http.core());
+            let fut = serve(http, Stream::Tcp(stream), open, Start::Accepted);
             let size = std::mem::size_of_val(&fut);
             println!("connection future: {size} bytes");
             assert!(size <= 512, "connection future grew to {size} bytes");

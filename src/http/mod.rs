@@ -6,6 +6,7 @@
 mod bufpool;
 mod conn;
 mod exchange;
+mod idle;
 mod io;
 pub mod render;
 pub mod stream;
@@ -25,7 +26,7 @@ pub use ringside_wire::http::{Method, RequestHead, StatusCode, Version};
 pub use stream::{pipe, PipeEnd, Stream};
 
 use crate::config::Config;
-use crate::runtime::{ConnectionHandler, CoreCtx};
+use crate::runtime::{ConnectionHandler, CoreCtx, OpenGuard};
 
 /// Answers requests. One is made per core, on that core, so it may hold
 /// `Rc` state. `call` writes exactly one response through the exchange.
@@ -78,6 +79,8 @@ impl HttpSettings {
 /// A core's HTTP state: settings, buffer pool, Date cache, the service.
 pub struct HttpCore<S> {
     shared: Rc<io::Shared>,
+    /// Idle keep-alive connections, parked without a task.
+    idle: idle::IdleSet,
     pub service: S,
 }
 
@@ -109,7 +112,13 @@ impl<S: Service> HttpCore<S> {
                     .note_released(s.buffers.trim() + s.core.frames.trim());
             }
         });
-        Rc::new(HttpCore { shared, service })
+        let http = Rc::new(HttpCore {
+            idle: idle::new_set(shared.core.clone()),
+            shared,
+            service,
+        });
+        monoio::spawn(idle::watch(Rc::downgrade(&http), http.shared.core.clone()));
+        http
     }
 
     pub fn core(&self) -> &Rc<CoreCtx> {
@@ -126,13 +135,23 @@ impl<S: Service> HttpCore<S> {
     /// [`stream::pipe`] included: how tests drive the connection loop and a
     /// service without a socket.
     pub fn serve_stream(self: &Rc<Self>, stream: Stream) -> impl Future<Output = ()> + 'static {
-        conn::serve(self.clone(), stream)
+        let open = OpenGuard::new(self.core());
+        conn::serve(self.clone(), stream, open, conn::Start::Accepted)
     }
 }
 
 impl<S: Service> ConnectionHandler for HttpCore<S> {
-    fn serve(self: &Rc<Self>, stream: TcpStream) -> impl Future<Output = ()> + 'static {
-        conn::serve(self.clone(), Stream::Tcp(stream))
+    fn serve(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        open: OpenGuard,
+    ) -> impl Future<Output = ()> + 'static {
+        conn::serve(
+            self.clone(),
+            Stream::Tcp(stream),
+            open,
+            conn::Start::Accepted,
+        )
     }
 
     fn refuse(self: &Rc<Self>, stream: TcpStream) -> impl Future<Output = ()> + 'static {

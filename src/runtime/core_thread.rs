@@ -163,10 +163,7 @@ impl CoreStart {
                         _guard: guard,
                     });
                 } else {
-                    monoio::spawn(Guarded {
-                        fut: handler.serve(stream),
-                        _guard: guard,
-                    });
+                    monoio::spawn(handler.serve(stream, guard));
                 }
             };
             match accepted {
@@ -336,10 +333,10 @@ impl<F: Future> Future for Guarded<F> {
 }
 
 /// Counts a connection as open for as long as it lives.
-struct OpenGuard(Rc<CoreCtx>);
+pub struct OpenGuard(Rc<CoreCtx>);
 
 impl OpenGuard {
-    fn new(ctx: &Rc<CoreCtx>) -> Self {
+    pub fn new(ctx: &Rc<CoreCtx>) -> Self {
         ctx.open_connections.set(ctx.open_connections.get() + 1);
         OpenGuard(ctx.clone())
     }

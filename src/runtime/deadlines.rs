@@ -140,6 +140,18 @@ impl DeadlineTable {
         }
     }
 
+    /// Brings the deadline of a wait in progress on `key` forward to
+    /// `deadline` (a wait that ends later ends then instead); nothing when
+    /// no wait is in progress.
+    pub fn hasten(&self, key: DeadlineKey, deadline: Instant) {
+        let deadline_ms = self.to_ms(deadline);
+        if let Some(slot) = self.slots.borrow_mut().get_mut(key.0 as usize) {
+            if slot.deadline_ms > deadline_ms {
+                slot.deadline_ms = deadline_ms;
+            }
+        }
+    }
+
     /// Advances the clock and wakes the waits whose deadline passed.
     pub fn tick(&self, now: Instant) {
         self.now.set(now);

@@ -13,6 +13,7 @@
 
 mod core_thread;
 pub mod deadlines;
+pub mod epoll;
 pub mod event;
 mod fd_reserve;
 mod frames;
@@ -20,6 +21,7 @@ mod listener;
 mod log_limit;
 mod setup;
 
+pub use core_thread::OpenGuard;
 pub use frames::{FramePool, PooledFuture};
 pub use log_limit::LogLimit;
 pub use setup::select_cpus;
@@ -75,6 +77,8 @@ pub struct CoreCtx {
     /// Frames for the futures boxed per request, reused.
     pub frames: FramePool,
     open_connections: Cell<usize>,
+    /// Open connections parked idle by the HTTP layer, with no task.
+    parked_connections: Cell<usize>,
     accepted: Cell<u64>,
     shed: Cell<u64>,
     /// Accepts that failed for lack of file descriptors, and connections
@@ -106,6 +110,7 @@ impl CoreCtx {
             deadlines: DeadlineTable::new(),
             frames: FramePool::new(DEFAULT_FREE_FRAMES),
             open_connections: Cell::new(0),
+            parked_connections: Cell::new(0),
             accepted: Cell::new(0),
             shed: Cell::new(0),
             fd_exhausted: Cell::new(0),
@@ -119,6 +124,12 @@ impl CoreCtx {
     }
     pub fn open_connections(&self) -> usize {
         self.open_connections.get()
+    }
+    pub fn parked_connections(&self) -> usize {
+        self.parked_connections.get()
+    }
+    pub fn set_parked_connections(&self, n: usize) {
+        self.parked_connections.set(n);
     }
     pub fn accepted(&self) -> u64 {
         self.accepted.get()
@@ -142,8 +153,13 @@ impl CoreCtx {
 /// What a core does with each accepted connection. Made once per core (on
 /// that core), so it may hold `Rc` state: buffer pools, caches, DB pools.
 pub trait ConnectionHandler: 'static {
-    /// Serves one connection until it closes.
-    fn serve(self: &Rc<Self>, stream: TcpStream) -> impl Future<Output = ()> + 'static;
+    /// Serves one connection until it closes; `open` counts it open (the
+    /// handler keeps it as long as it keeps the connection, task or not).
+    fn serve(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        open: OpenGuard,
+    ) -> impl Future<Output = ()> + 'static;
     /// Answers a connection beyond the per-core limit (a short 503), then
     /// the runtime closes it.
     fn refuse(self: &Rc<Self>, stream: TcpStream) -> impl Future<Output = ()> + 'static;

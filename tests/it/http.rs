@@ -263,6 +263,47 @@ both_drivers! {
         assert!(waited >= Duration::from_millis(300), "not before the timeout: {waited:?}");
     }
 
+    fn idle_connections_park_and_wake_for_their_next_requests(&[], srv) {
+        let parked = || -> u64 {
+            let text = srv.connect().roundtrip(get("/metrics")).text();
+            text.lines()
+                .filter(|l| l.starts_with("ringside_idle_parked_connections{"))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum()
+        };
+        let mut conns: Vec<_> = (0..40).map(|_| srv.connect()).collect();
+        for c in &mut conns {
+            assert_eq!(c.roundtrip(get("/plaintext")).status, 200);
+        }
+        // Past the hot-read window (one deadline tick, 100 ms at most) the
+        // connections park, with no task.
+        thread::sleep(Duration::from_millis(400));
+        let n = parked();
+        assert!(n >= 40, "{n} connections parked, expected the 40 idle ones");
+        // Each wakes for its next requests, pipelined ones included, and
+        // parks again.
+        for round in 0..2 {
+            for c in &mut conns {
+                c.send(get("/plaintext").repeat(3));
+                for _ in 0..3 {
+                    let r = c.read_response();
+                    assert_eq!(r.status, 200, "round {round}");
+                    assert_eq!(r.text(), "Hello, World!");
+                }
+            }
+            thread::sleep(Duration::from_millis(400));
+        }
+        assert!(parked() >= 40);
+        // Closed by their clients, they wake, read the end and go.
+        drop(conns);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while parked() > 2 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        let left = parked();
+        assert!(left <= 2, "{left} connections still parked after their clients closed");
+    }
+
     fn body_timeout(&["--body-timeout", "500ms"], srv) {
         let mut c = srv.connect();
         c.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc");

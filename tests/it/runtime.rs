@@ -221,6 +221,41 @@ fn graceful_shutdown_epoll() {
     graceful_shutdown_finishes_in_flight_request("epoll");
 }
 
+/// A parked keep-alive connection (idle past the hot-read tick, with no
+/// task) that sends its next request right after the drain starts is
+/// answered, with `Connection: close`; one idle for longer than the drain's
+/// grace is closed at once.
+fn drain_answers_a_parked_connections_last_request(io: &str) {
+    let mut srv = Server::start(io, &["--cores", "1"]);
+    let mut old = srv.connect();
+    assert_eq!(old.roundtrip(get("/plaintext")).status, 200);
+    thread::sleep(Duration::from_millis(1500));
+    let mut recent = srv.connect();
+    assert_eq!(recent.roundtrip(get("/plaintext")).status, 200);
+    thread::sleep(Duration::from_millis(300));
+    srv.signal(libc::SIGTERM);
+    thread::sleep(Duration::from_millis(100));
+    recent.send(get("/plaintext"));
+    let r = recent.read_response();
+    assert_eq!(r.status, 200);
+    assert!(r.closes(), "answered with Connection: close during the drain");
+    assert!(old.is_closed(), "idle past the grace: closed by the drain");
+    let status = srv
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after the drain");
+    assert!(status.success(), "exit 0, got {status:?}");
+}
+
+#[test]
+fn drain_answers_a_parked_connections_last_request_uring() {
+    drain_answers_a_parked_connections_last_request("uring");
+}
+
+#[test]
+fn drain_answers_a_parked_connections_last_request_epoll() {
+    drain_answers_a_parked_connections_last_request("epoll");
+}
+
 #[test]
 fn shutdown_timeout_bounds_the_drain() {
     let mut srv = Server::start("auto", &["--shutdown-timeout", "500ms"]);
