@@ -20,12 +20,13 @@
 #         bench/results/idle.md, bench/results/idle.png (via bench/plot.py),
 #         logs in bench/results/tmp/.
 #
-# Usage: bench/idle.sh [--servers ringside,hyper] [--rounds N] [--conns N]
+# Usage: bench/idle.sh [--servers ringside,hyper] [--rounds N] [--conns "N ..."]
 #                      [--batch N] [--hold SECS] [--after SECS] [--quick]
 #                      [--host 127.0.0.1] [--port BASE] [--no-build] [--no-plot]
 #                      [--out DIR] (results directory, default bench/results)
 #                      [--before BIN] (ringside built from an earlier commit: server "before")
-#   --quick = 1 round, hold 5 s.
+#   --quick = 1 round, hold 5 s. --conns takes one level or several (e.g.
+#   "10000 19800": 19,800 is as many as the 20,000 open-files limit allows).
 set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -35,7 +36,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}
 
 SERVERS_ARG="ringside,hyper"
 ROUNDS=3
-CONNS=10000
+CONNS_LIST=10000
 BATCH=500
 HOLD=10
 AFTER=5
@@ -51,7 +52,7 @@ while (( $# )); do
     case $1 in
         --servers) SERVERS_ARG=${2:?}; shift ;;
         --rounds) ROUNDS=${2:?}; shift ;;
-        --conns) CONNS=${2:?}; shift ;;
+        --conns) CONNS_LIST=${2:?}; shift ;;
         --batch) BATCH=${2:?}; shift ;;
         --hold) HOLD=${2:?}; shift ;;
         --after) AFTER=${2:?}; shift ;;
@@ -70,7 +71,13 @@ done
 
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]] && (( $1 > 0 )); }
 is_uint "$ROUNDS" || die "--rounds must be a positive integer"
-is_uint "$CONNS" || die "--conns must be a positive integer"
+read -ra LEVELS <<<"$CONNS_LIST"
+(( ${#LEVELS[@]} > 0 )) || die "--conns is empty"
+CONNS=0
+for level in "${LEVELS[@]}"; do
+    is_uint "$level" || die "--conns takes positive integers"
+    (( level > CONNS )) && CONNS=$level
+done
 is_uint "$BATCH" || die "--batch must be a positive integer"
 is_uint "$HOLD" || die "--hold must be a positive integer (seconds)"
 [[ "$AFTER" =~ ^[0-9]+$ ]] || die "--after must be a non-negative integer (seconds)"
@@ -84,6 +91,10 @@ NOFILE=$(ulimit -n)
 (( CONNS + 200 <= NOFILE )) || die "--conns $CONNS needs $((CONNS + 200)) open files per process (server and holder each); the limit is $NOFILE"
 read -r PORT_LO PORT_HI </proc/sys/net/ipv4/ip_local_port_range
 (( CONNS + 1000 < PORT_HI - PORT_LO )) || die "--conns $CONNS does not fit the ephemeral port range $PORT_LO-$PORT_HI"
+
+# ringside sheds connections past --max-connections-per-core (16,384 by
+# default); raise it past --conns so what bounds a run is the open-files limit.
+export RINGSIDE_MAX_CONNECTIONS_PER_CORE=$(( CONNS + 100 ))
 
 install_cleanup_trap
 
@@ -99,7 +110,7 @@ CSV="$TMP_DIR/idle.csv"
 FINAL_CSV="$OUT_DIR/idle.csv"
 REV=$(repo_rev)
 # Opening N connections: allow 60 s plus 1 s per 200 connections.
-READY_TIMEOUT=$(( 60 + CONNS / 200 ))
+READY_TIMEOUT=$(( 60 + CONNS / 200 ))  # for the largest level
 
 echo "timestamp,round,server,cores,server_cpus,holder_cpus,conns_requested,conns_open,conn_failures,closed_by_server,unexpected_data,open_s,hold_s,rss_before_bytes,rss_open_bytes,rss_after_bytes,bytes_per_conn,retained_after_close_bytes,idle_cpu_s,server_fds_open,peak_open_bytes,peak_bytes_per_conn,rev" >"$CSV"
 
@@ -173,16 +184,18 @@ $(tail -n 20 "$herr")"
     log "  $server: RSS before $((rss0 / 1024)) KiB, open $((rss1 / 1024)) KiB, after $((rss2 / 1024)) KiB; $per bytes per idle connection, peak while opening $peak_per per connection ($opened open, opened in ${open_s}s), server fds $fds, idle CPU ${idle_cpu}s"
 }
 
-log "plan: servers=${SERVERS[*]} rounds=$ROUNDS conns=$CONNS batch=$BATCH hold=${HOLD}s after=${AFTER}s; server CPU $SERVER_CPUS, holder CPU $HOLDER_CPUS"
+log "plan: servers=${SERVERS[*]} rounds=$ROUNDS conns=${LEVELS[*]} batch=$BATCH hold=${HOLD}s after=${AFTER}s; server CPU $SERVER_CPUS, holder CPU $HOLDER_CPUS"
 log "      raw runs -> $CSV (copied to $FINAL_CSV at the end); logs -> $TMP_DIR"
 port=$PORT_BASE
 for round in $(seq 1 "$ROUNDS"); do
-    for server in "${SERVERS[@]}"; do
-        pick_port "$HOST" "$port"; port=$NEXT_PORT
-        log "round $round/$ROUNDS: $server on CPU $SERVER_CPUS, port $port, $CONNS idle connections"
-        measure_idle "$round" "$server" "$port"
-        port=$((port + 1))
-        sleep 1
+    for CONNS in "${LEVELS[@]}"; do
+        for server in "${SERVERS[@]}"; do
+            pick_port "$HOST" "$port"; port=$NEXT_PORT
+            log "round $round/$ROUNDS: $server on CPU $SERVER_CPUS, port $port, $CONNS idle connections"
+            measure_idle "$round" "$server" "$port"
+            port=$((port + 1))
+            sleep 1
+        done
     done
 done
 

@@ -156,32 +156,28 @@ def plot_idle(plt, rows, out):
     by = {}
     for r in rows:
         by.setdefault(r["server"], []).append(r)
-    conns = ",".join(sorted({r["conns_requested"] for r in rows}))
+    levels = sorted({int(r["conns_requested"]) for r in rows})
     nrounds = len({r["round"] for r in rows})
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
-
-    cfg = [(0, 0, f"{int(conns):,} idle keep-alive connections" if conns.isdigit() else f"{conns} idle connections")]
-    d = {}
-    for s in servers:
-        st = stats([r["bytes_per_conn"] for r in by[s]])
-        if st:
-            d[(cfg[0], s)] = st
-    grouped_bars(ax1, cfg, servers, d, "bytes of server RSS per idle connection",
-                 f"RSS per idle connection (median of {nrounds}, bars = min–max)", lambda v: f"{v:,.0f} B")
     from matplotlib.ticker import FuncFormatter
 
-    ax1.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-
-    phases = [("rss_before_bytes", "before"), ("rss_open_bytes", "connections open"),
-              ("rss_after_bytes", "after close")]
-    cfg2 = [(i, 0, label) for i, (_, label) in enumerate(phases)]
-    d2 = {}
-    for s in servers:
-        for c, (col, _) in zip(cfg2, phases):
-            st = stats([float(r[col]) / (1024 * 1024) for r in by[s]])
-            if st:
-                d2[(c, s)] = st
-    grouped_bars(ax2, cfg2, servers, d2, "server RSS (MiB)", "server RSS (VmRSS)", lambda v: f"{v:.1f}")
+    # One group of bars per level of idle connections, in both panels.
+    cfg = [(i, 0, f"{level:,} idle") for i, level in enumerate(levels)]
+    for ax, col, ylabel, title in (
+        (ax1, "bytes_per_conn", "bytes of server RSS per idle connection",
+         f"RSS per idle connection (median of {nrounds}, bars = min–max)"),
+        (ax2, "peak_bytes_per_conn", "bytes of peak RSS per connection",
+         "peak while they open and make their first request"),
+    ):
+        d = {}
+        for c, level in zip(cfg, levels):
+            for s in servers:
+                st = stats([r.get(col) for r in by[s] if int(r["conns_requested"]) == level and r.get(col)])
+                if st:
+                    d[(c, s)] = st
+        grouped_bars(ax, cfg, servers, d, ylabel, title, lambda v: f"{v:,.0f} B")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -241,17 +241,17 @@ def summarize_idle(rows):
         "figures are median and min – max over the rounds",
         "",
         PINNING_IDLE,
-        "| server | runs | conns open | server fds | bytes per idle conn median | min – max | peak while opening, bytes per conn | RSS before MiB | RSS open MiB "
+        "| idle conns | server | runs | conns open | server fds | bytes per idle conn median | min – max | peak while opening, bytes per conn | RSS before MiB | RSS open MiB "
         "| RSS after close MiB | retained after close MiB | server CPU-s while idle | failed / closed by server |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     groups = {}
     for r in rows:
-        groups.setdefault(r["server"], []).append(r)
+        groups.setdefault((int(r["conns_requested"]), r["server"]), []).append(r)
     order = {"ringside": 0, "before": 1, "hyper": 2}
     mib = 1024 * 1024
-    for s in sorted(groups, key=lambda x: (order.get(x, 9), x)):
-        g = groups[s]
+    for level, s in sorted(groups, key=lambda k: (k[0], order.get(k[1], 9), k[1])):
+        g = groups[(level, s)]
         per = [fnum(r["bytes_per_conn"]) for r in g]
         opened = [fnum(r["conns_open"]) for r in g]
 
@@ -262,7 +262,7 @@ def summarize_idle(rows):
         fails = sum(int(fnum(r["conn_failures"]) or 0) for r in g)
         closed = sum(int(fnum(r["closed_by_server"]) or 0) for r in g)
         out.append(
-            f"| {s} | {len(g)} | {fmt(med(opened))} | {fmt(m('server_fds_open'))} | {fmt(med(per))} | {fmt_range(per)} | "
+            f"| {level:,} | {s} | {len(g)} | {fmt(med(opened))} | {fmt(m('server_fds_open'))} | {fmt(med(per))} | {fmt_range(per)} | "
             f"{fmt(m('peak_bytes_per_conn'))} | {fmt(m('rss_before_bytes', mib), '.1f')} | {fmt(m('rss_open_bytes', mib), '.1f')} | "
             f"{fmt(m('rss_after_bytes', mib), '.1f')} | {fmt(m('retained_after_close_bytes', mib), '.1f')} | "
             f"{fmt(m('idle_cpu_s'), '.2f')} | {fails} / {closed} |"
