@@ -34,6 +34,13 @@ pub enum CoreSelection {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// An HTTPS listener beside the plain one.
+    pub listen_tls: Option<SocketAddr>,
+    /// PEM certificate chain and private key: with both, HTTPS is served.
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub tls_handshake_timeout: Duration,
+    pub max_tls_handshakes_per_core: usize,
     pub cores: CoreSelection,
     pub io: IoMode,
     pub backlog: u32,
@@ -124,6 +131,11 @@ impl Default for Config {
     fn default() -> Self {
         let mut cfg = Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen_tls: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_handshake_timeout: Duration::ZERO,
+            max_tls_handshakes_per_core: 0,
             cores: CoreSelection::All,
             io: IoMode::Auto,
             backlog: 0,
@@ -209,6 +221,24 @@ pub static SETTINGS: &[Setting] = &[
     setting!("listen", "RINGSIDE_LISTEN", "127.0.0.1:8080",
         "address every core listens on (SO_REUSEPORT)",
         |c, v| c.listen = v.parse().map_err(|_| format!("not an IP:port address: {v:?}"))?),
+    setting!("listen-tls", "RINGSIDE_LISTEN_TLS", "",
+        "HTTPS address every core also listens on, beside --listen (needs --tls-cert and --tls-key)",
+        |c, v| c.listen_tls = match v {
+            "" => None,
+            _ => Some(v.parse().map_err(|_| format!("not an IP:port address: {v:?}"))?),
+        }),
+    setting!("tls-cert", "RINGSIDE_TLS_CERT", "",
+        "PEM certificate chain (RSA, ECDSA or Ed25519); with --tls-key, HTTPS is served on --listen-tls, or on --listen without it; SIGHUP reloads both files",
+        |c, v| c.tls_cert = Some(v.to_string()).filter(|s| !s.is_empty())),
+    setting!("tls-key", "RINGSIDE_TLS_KEY", "",
+        "PEM private key of --tls-cert",
+        |c, v| c.tls_key = Some(v.to_string()).filter(|s| !s.is_empty())),
+    setting!("tls-handshake-timeout", "RINGSIDE_TLS_HANDSHAKE_TIMEOUT", "10s",
+        "time a TLS handshake may take from the accept; past it the connection is closed",
+        |c, v| c.tls_handshake_timeout = parse_duration(v)?),
+    setting!("max-tls-handshakes-per-core", "RINGSIDE_MAX_TLS_HANDSHAKES_PER_CORE", "256",
+        "TLS handshakes in progress per core; connections past it are closed at once",
+        |c, v| c.max_tls_handshakes_per_core = parse_int(v, 1, 1 << 20)? as usize),
     setting!("cores", "RINGSIDE_CORES", "all",
         "CPUs to run on: `all` (the allowed set), a count `4`, or a list `0,2-3`",
         |c, v| c.cores = parse_cores(v)?),
@@ -469,7 +499,21 @@ impl Config {
                 "--max-request-line must not exceed --max-head-bytes".into(),
             ));
         }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(ConfigError("--tls-cert needs --tls-key".into())),
+            (None, Some(_)) => return Err(ConfigError("--tls-key needs --tls-cert".into())),
+            (None, None) if self.listen_tls.is_some() => {
+                return Err(ConfigError(
+                    "--listen-tls needs --tls-cert and --tls-key".into(),
+                ))
+            }
+            _ => {}
+        }
+        if self.listen_tls == Some(self.listen) && self.listen.port() != 0 {
+            return Err(ConfigError("--listen-tls must differ from --listen".into()));
+        }
         for (name, d) in [
+            ("--tls-handshake-timeout", self.tls_handshake_timeout),
             ("--head-timeout", self.head_timeout),
             ("--body-timeout", self.body_timeout),
             ("--keepalive-timeout", self.keepalive_timeout),

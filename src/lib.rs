@@ -79,3 +79,4 @@ pub mod config;
 pub mod http;
 pub mod pg;
 pub mod runtime;
+pub mod tls;

@@ -10,7 +10,7 @@ use ringside::config::{Config, LogFormat};
 use ringside::http::HttpCore;
 use ringside::pg::{ConnSettings, PgConfig, PgConn};
 use ringside::runtime::Server;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
@@ -72,8 +72,9 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
 fn serve(config: Config) -> ExitCode {
     let _log_guard = init_logging(config.log_format);
     // Signals are taken by a watcher thread (never by a core): the first
-    // SIGTERM/SIGINT starts the drain, a second one exits at once.
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    // SIGTERM/SIGINT starts the drain, a second one exits at once; SIGHUP
+    // reloads the TLS certificate and key.
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             error!("cannot install signal handlers: {e}");
@@ -98,7 +99,15 @@ fn serve(config: Config) -> ExitCode {
              this instance's listeners are reset when it stops (see deploy/sysctl.d)"
         );
     }
+    let certs = match ringside::tls::CertStore::from_config(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("TLS: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let app_settings = AppSettings::from_config(&config);
+    let core_certs = certs.clone();
     let hub = metrics::Hub::new(cores_wanted(&config));
     let make = move |core: std::rc::Rc<ringside::runtime::CoreCtx>, cfg: &Config| {
         let scrape = hub.take_receiver(core.index).map(|inbox| Scrape {
@@ -111,7 +120,7 @@ fn serve(config: Config) -> ExitCode {
             app_settings.clone(),
             scrape,
         );
-        HttpCore::new(core, cfg, app)
+        HttpCore::with_tls(core, cfg, app, core_certs.clone())
     };
     let server = match Server::start(&config, make) {
         Ok(s) => s,
@@ -121,8 +130,13 @@ fn serve(config: Config) -> ExitCode {
         }
     };
     let cpus: Vec<String> = server.cores.iter().map(|c| c.cpu.to_string()).collect();
+    let (plain_scheme, tls_line) = match (&certs, server.local_tls_addr) {
+        (Some(c), Some(addr)) => ("http", format!(" and https://{addr} ({})", c.describe())),
+        (Some(c), None) => ("https", format!(" ({})", c.describe())),
+        (None, _) => ("http", String::new()),
+    };
     info!(
-        "listening on http://{} with {} core(s) on CPU {} using {}",
+        "listening on {plain_scheme}://{}{tls_line} with {} core(s) on CPU {} using {}",
         server.local_addr,
         server.cores.len(),
         cpus.join(","),
@@ -136,6 +150,18 @@ fn serve(config: Config) -> ExitCode {
     thread::spawn(move || {
         let mut seen = 0;
         for sig in signals.forever() {
+            if sig == SIGHUP {
+                match &certs {
+                    None => info!("SIGHUP: no TLS certificate configured; nothing to reload"),
+                    Some(store) => match store.reload() {
+                        Ok(()) => info!("SIGHUP: TLS certificate reloaded: {}", store.describe()),
+                        Err(e) => error!(
+                            "SIGHUP: TLS certificate not reloaded, the old one stays in use: {e}"
+                        ),
+                    },
+                }
+                continue;
+            }
             seen += 1;
             if seen == 1 {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);

@@ -64,6 +64,11 @@ pub struct Snapshot {
     pub draining: bool,
     pub open_connections: u64,
     pub parked_connections: u64,
+    pub tls_handshakes: u64,
+    pub tls_resumed: u64,
+    pub tls_failed: u64,
+    pub tls_timed_out: u64,
+    pub tls_refused: u64,
     pub accepted: u64,
     pub shed_connections: u64,
     pub fd_exhausted: u64,
@@ -96,6 +101,11 @@ impl Snapshot {
             draining: core.draining(),
             open_connections: core.open_connections() as u64,
             parked_connections: core.parked_connections() as u64,
+            tls_handshakes: core.tls.handshakes.get(),
+            tls_resumed: core.tls.resumed.get(),
+            tls_failed: core.tls.failed.get(),
+            tls_timed_out: core.tls.timed_out.get(),
+            tls_refused: core.tls.refused.get(),
             accepted: core.accepted(),
             shed_connections: core.shed(),
             fd_exhausted: core.fd_exhausted(),
@@ -239,7 +249,7 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
         );
     }
 
-    let per_core: [Family<Snapshot>; 11] = [
+    let per_core: [Family<Snapshot>; 16] = [
         (
             "ringside_open_connections",
             "gauge",
@@ -251,6 +261,36 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
             "gauge",
             "Open keep-alive connections parked idle, with no task (part of the open ones).",
             |s| s.parked_connections,
+        ),
+        (
+            "ringside_tls_handshakes_total",
+            "counter",
+            "TLS handshakes completed.",
+            |s| s.tls_handshakes,
+        ),
+        (
+            "ringside_tls_resumed_total",
+            "counter",
+            "TLS handshakes that resumed a session (part of the completed ones).",
+            |s| s.tls_resumed,
+        ),
+        (
+            "ringside_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed: bad input, unsupported version, unknown name, or the client gave up.",
+            |s| s.tls_failed,
+        ),
+        (
+            "ringside_tls_handshake_timeouts_total",
+            "counter",
+            "TLS handshakes cut at --tls-handshake-timeout.",
+            |s| s.tls_timed_out,
+        ),
+        (
+            "ringside_tls_refused_total",
+            "counter",
+            "TLS connections closed at once: the core had --max-tls-handshakes-per-core in progress.",
+            |s| s.tls_refused,
         ),
         (
             "ringside_accepted_connections_total",

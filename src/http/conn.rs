@@ -13,12 +13,14 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use monoio::net::TcpStream;
 use monoio::time::Instant;
 use ringside_wire::http::{parse_head, Framing, ResponseHead, StatusCode};
 
 use super::exchange::Exchange;
 use super::io::{ConnIo, HotRead, IoFailure, Shared};
 use super::stream::Stream;
+use super::tls::{handshake, HandshakeEnd, TlsStream};
 use super::{HttpCore, Service};
 use crate::runtime::deadlines::{DeadlineKey, DeadlineTable, WaitEnd};
 use crate::runtime::OpenGuard;
@@ -128,6 +130,60 @@ pub(super) async fn serve<S: Service>(
             }
         }
     }
+}
+
+/// Serves an HTTPS connection: the handshake first, within the handshake
+/// timeout and as one of the core's limited handshakes in progress, then
+/// requests as on any connection.
+pub(super) async fn serve_tls<S: Service>(http: Rc<HttpCore<S>>, tcp: TcpStream, open: OpenGuard) {
+    let stream = {
+        let Some(tls) = &http.tls else { return };
+        let counters = &http.shared.core.tls;
+        let bump = |c: &std::cell::Cell<u64>| c.set(c.get() + 1);
+        // Past the limit the socket is closed at once: a handshake costs
+        // real CPU, and a crowd of them must not starve the core.
+        let Some(place) = tls.begin_handshake() else {
+            bump(&counters.refused);
+            return;
+        };
+        let mut stream = match TlsStream::new(tcp, tls.server_config(), http.shared.clone()) {
+            Ok(s) => Box::new(s),
+            Err(e) => {
+                bump(&counters.failed);
+                tracing::debug!(error = %e, "TLS connection not set up");
+                return;
+            }
+        };
+        let table = &http.shared.core.deadlines;
+        let slot = SlotGuard::new(table);
+        let deadline = table.now() + tls.handshake_timeout;
+        let result = handshake(&mut stream, table, slot.1, deadline).await;
+        drop(slot);
+        drop(place);
+        match result {
+            Ok(()) => {
+                bump(&counters.handshakes);
+                if stream.resumed() {
+                    bump(&counters.resumed);
+                }
+            }
+            Err(HandshakeEnd::TimedOut) => {
+                bump(&counters.timed_out);
+                return;
+            }
+            Err(HandshakeEnd::Closed) => {
+                bump(&counters.failed);
+                return;
+            }
+            Err(HandshakeEnd::Failed(e)) => {
+                bump(&counters.failed);
+                tracing::debug!(error = %e, "TLS handshake failed");
+                return;
+            }
+        }
+        stream
+    };
+    serve(http, Stream::Tls(stream), open, Start::Accepted).await
 }
 
 /// During a drain, how long a connection that just answered a request is

@@ -10,10 +10,12 @@ mod idle;
 mod io;
 pub mod render;
 pub mod stream;
+mod tls;
 
 use std::cell::Cell;
 use std::future::Future;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use monoio::net::TcpStream;
@@ -79,6 +81,10 @@ impl HttpSettings {
 /// A core's HTTP state: settings, buffer pool, Date cache, the service.
 pub struct HttpCore<S> {
     shared: Rc<io::Shared>,
+    /// HTTPS state, when a certificate is configured.
+    tls: Option<crate::tls::CoreTls>,
+    /// Which of the runtime's listeners (`--listen`, `--listen-tls`) speak TLS.
+    tls_listener: [bool; 2],
     /// Idle keep-alive connections, parked without a task.
     idle: idle::IdleSet,
     pub service: S,
@@ -89,6 +95,27 @@ impl<S: Service> HttpCore<S> {
     /// this core: the Date cache (no clock read per request, no state shared
     /// between cores) and trimming the buffer pool after a burst.
     pub fn new(core: Rc<CoreCtx>, config: &Config, service: S) -> Rc<Self> {
+        Self::with_tls(core, config, service, None)
+    }
+
+    /// As [`HttpCore::new`], serving HTTPS with `certs` on `--listen-tls`,
+    /// or on `--listen` when there is no `--listen-tls`.
+    pub fn with_tls(
+        core: Rc<CoreCtx>,
+        config: &Config,
+        service: S,
+        certs: Option<Arc<crate::tls::CertStore>>,
+    ) -> Rc<Self> {
+        let tls = certs.and_then(|store| {
+            crate::tls::CoreTls::new(store, config)
+                .inspect_err(|e| tracing::error!("TLS off on core {}: {e}", core.index))
+                .ok()
+        });
+        let tls_listener = match (&tls, config.listen_tls) {
+            (None, _) => [false, false],
+            (Some(_), Some(_)) => [false, true],
+            (Some(_), None) => [true, false],
+        };
         let settings = HttpSettings::from_config(config);
         core.frames.set_max_free(config.pooled_buffers_per_core);
         let buffers = BufPool::new(config.read_buffer_bytes, config.pooled_buffers_per_core)
@@ -113,6 +140,8 @@ impl<S: Service> HttpCore<S> {
             }
         });
         let http = Rc::new(HttpCore {
+            tls,
+            tls_listener,
             idle: idle::new_set(shared.core.clone()),
             shared,
             service,
@@ -145,16 +174,37 @@ impl<S: Service> ConnectionHandler for HttpCore<S> {
         self: &Rc<Self>,
         stream: TcpStream,
         open: OpenGuard,
+        listener: usize,
     ) -> impl Future<Output = ()> + 'static {
-        conn::serve(
-            self.clone(),
-            Stream::Tcp(stream),
-            open,
-            conn::Start::Accepted,
-        )
+        let http = self.clone();
+        let tls = self.tls_listener.get(listener).copied().unwrap_or(false);
+        // The two kinds differ in size: an enum of them would make every
+        // plain connection's task as large as an HTTPS one's.
+        let fut: std::pin::Pin<Box<dyn Future<Output = ()>>> = if tls {
+            Box::pin(conn::serve_tls(http, stream, open))
+        } else {
+            Box::pin(conn::serve(
+                http,
+                Stream::Tcp(stream),
+                open,
+                conn::Start::Accepted,
+            ))
+        };
+        fut
     }
 
-    fn refuse(self: &Rc<Self>, stream: TcpStream) -> impl Future<Output = ()> + 'static {
-        conn::refuse(self.clone(), Stream::Tcp(stream))
+    fn refuse(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        listener: usize,
+    ) -> impl Future<Output = ()> + 'static {
+        // A 503 in plain text means nothing on a TLS port: just close.
+        let tls = self.tls_listener.get(listener).copied().unwrap_or(false);
+        let http = self.clone();
+        async move {
+            if !tls {
+                conn::refuse(http, Stream::Tcp(stream)).await;
+            }
+        }
     }
 }

@@ -22,11 +22,15 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent};
 use monoio::net::TcpStream;
 
+use super::tls::TlsStream;
 use crate::runtime::{read_append, recv_now, send_now};
 
 /// A connection's transport.
 pub enum Stream {
     Tcp(TcpStream),
+    /// HTTPS (boxed: rustls's state is large, and the other transports
+    /// should not pay for it).
+    Tls(Box<TlsStream>),
     Memory(PipeEnd),
 }
 
@@ -36,6 +40,7 @@ impl Stream {
     pub(super) async fn readable(&self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.readable(false).await.map(drop),
+            Stream::Tls(t) => t.tcp().readable(false).await.map(drop),
             Stream::Memory(p) => {
                 Readable(p).await;
                 Ok(())
@@ -43,10 +48,18 @@ impl Stream {
         }
     }
 
+    /// Whether a connection reads directly for its next request while hot
+    /// (`ConnIo::hot_read`): a TLS read cannot be cancelled halfway through
+    /// a record, so an HTTPS connection waits for readability instead.
+    pub(super) fn reads_hot(&self) -> bool {
+        !matches!(self, Stream::Tls(_))
+    }
+
     /// Reads onto the end of `buf` (which has spare capacity).
     pub(super) async fn read_append(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         match self {
             Stream::Tcp(s) => read_append(s, buf).await,
+            Stream::Tls(t) => t.read_plain(buf).await,
             Stream::Memory(p) => {
                 let n = Read(p, &mut buf).await;
                 (Ok(n), buf)
@@ -59,6 +72,7 @@ impl Stream {
     pub(super) fn read_now(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
         match self {
             Stream::Tcp(s) => recv_now(s.as_raw_fd(), buf),
+            Stream::Tls(t) => t.read_plain_now(buf),
             Stream::Memory(p) => Ok(p.take_into(buf)),
         }
     }
@@ -77,6 +91,8 @@ impl Stream {
                 let (res, slice) = s.cancelable_read(buf.slice_mut(len..), cancel).await;
                 (res, slice.into_inner())
             }
+            // No hot reads over TLS (see `reads_hot`): as if cancelled.
+            Stream::Tls(_) => (Err(io::Error::from_raw_os_error(libc::ECANCELED)), buf),
             Stream::Memory(p) => {
                 let mut buf = buf;
                 match p.take_into(&mut buf) {
@@ -95,6 +111,8 @@ impl Stream {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
                 r => r,
             },
+            // Records are encrypted and sent by `write_all`.
+            Stream::Tls(_) => Ok(0),
             Stream::Memory(p) => p.write(buf),
         }
     }
@@ -102,6 +120,7 @@ impl Stream {
     pub(super) async fn write_all(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         match self {
             Stream::Tcp(s) => s.write_all(buf).await,
+            Stream::Tls(t) => t.write_plain(buf).await,
             Stream::Memory(p) => {
                 let n = p.write(&buf);
                 (n, buf)
@@ -113,6 +132,7 @@ impl Stream {
     pub(super) async fn shutdown(&mut self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.shutdown().await,
+            Stream::Tls(t) => t.shutdown().await,
             Stream::Memory(p) => {
                 p.close_write();
                 Ok(())

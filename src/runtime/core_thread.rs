@@ -21,7 +21,8 @@ pub(super) struct CoreStart {
     pub(super) cpu: usize,
     pub(super) driver: IoDriver,
     pub(super) config: Config,
-    pub(super) listener: std::net::TcpListener,
+    /// This core's listeners: `--listen`, then `--listen-tls` if set.
+    pub(super) listeners: Vec<std::net::TcpListener>,
     pub(super) stop: flume::Receiver<()>,
     pub(super) ready: mpsc::Sender<Result<CoreReport, String>>,
 }
@@ -83,17 +84,19 @@ impl CoreStart {
         H: ConnectionHandler,
     {
         let ctx = Rc::new(CoreCtx::new(self.index, self.cpu, self.driver));
-        let listener = match monoio::net::TcpListener::from_std(self.listener) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = self
-                    .ready
-                    .send(Err(format!("core {}: listener: {e}", self.index)));
-                return CoreSummary::default();
+        let mut listeners = Vec::new();
+        for l in self.listeners {
+            match monoio::net::TcpListener::from_std(l) {
+                Ok(l) => listeners.push(l),
+                Err(e) => {
+                    let _ = self
+                        .ready
+                        .send(Err(format!("core {}: listener: {e}", self.index)));
+                    return CoreSummary::default();
+                }
             }
-        };
+        }
         let handler = make_handler(ctx.clone(), &self.config);
-        let listener_fd = listener.as_raw_fd();
 
         // The one cross-core message a core receives: stop. A small task
         // turns it into the core-local drain event.
@@ -132,94 +135,18 @@ impl CoreStart {
             driver: self.driver,
         }));
 
+        // One accept loop per listener, the first in this task; each ends
+        // when the drain starts.
         let max_open = self.config.max_connections_per_core;
-        let mut reserve = fd_reserve::FdReserve::new();
-        let fd_log = LogLimit::default();
-        let mut draining = false;
-        while !draining {
-            // The accept is cancelled the safe way when the drain starts:
-            // the cancel is submitted and the accept still awaited, so a
-            // connection the kernel handed over meanwhile is served, not
-            // dropped with the cancelled operation.
-            let canceller = monoio::io::Canceller::new();
-            let accept = listener.cancelable_accept(canceller.handle());
-            let mut accept = std::pin::pin!(accept);
-            let accepted = monoio::select! {
-                r = &mut accept => r,
-                _ = ctx.drain.wait() => {
-                    draining = true;
-                    let _ = canceller.cancel();
-                    (&mut accept).await
-                }
-            };
-            let admit = |stream: TcpStream| {
-                ctx.accepted.set(ctx.accepted.get() + 1);
-                let _ = stream.set_nodelay(true);
-                let guard = OpenGuard::new(&ctx);
-                if ctx.open_connections.get() > max_open {
-                    ctx.shed.set(ctx.shed.get() + 1);
-                    monoio::spawn(Guarded {
-                        fut: handler.refuse(stream),
-                        _guard: guard,
-                    });
-                } else {
-                    monoio::spawn(handler.serve(stream, guard));
-                }
-            };
-            match accepted {
-                Ok((stream, _peer)) => {
-                    admit(stream);
-                    // One accept operation hands over one connection, and the
-                    // next is only submitted on the next turn of a busy loop:
-                    // 1,000 clients connecting at once would wait seconds for
-                    // their first answer. Take what else the backlog holds now
-                    // with plain non-blocking accepts, a bounded burst.
-                    if !draining {
-                        for _ in 0..ACCEPT_BURST {
-                            match accept_ready(listener_fd, ctx.driver) {
-                                Some(stream) => admit(stream),
-                                None => break,
-                            }
-                        }
-                    }
-                }
-                Err(e) if draining || e.raw_os_error() == Some(libc::ECANCELED) => {
-                    let _ = e;
-                }
-                Err(e) if is_out_of_descriptors(&e) => {
-                    // Waiting connections are answered 503 through the
-                    // spare descriptor rather than left hanging in the
-                    // backlog; a full burst means more wait, so go on at once.
-                    ctx.fd_exhausted.set(ctx.fd_exhausted.get() + 1);
-                    let refused = reserve.refuse_waiting(listener_fd, ACCEPT_BURST);
-                    ctx.refused_no_fd
-                        .set(ctx.refused_no_fd.get() + refused as u64);
-                    if let Some(suppressed) = fd_log.admit() {
-                        tracing::warn!(
-                            core = ctx.index,
-                            refused,
-                            suppressed,
-                            open_connections = ctx.open_connections.get(),
-                            spare_held = reserve.is_held(),
-                            "out of file descriptors ({e}): answering waiting connections \
-                             503; raise the open-files limit (LimitNOFILE=, ulimit -n) or \
-                             lower --max-connections-per-core"
-                        );
-                    }
-                    if refused < ACCEPT_BURST {
-                        monoio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-                Err(e) if is_resource_exhaustion(&e) => {
-                    // Out of memory or buffers: back off instead of spinning
-                    // on the error while connections wait in the backlog.
-                    monoio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(_) => {}
-            }
+        let mut listeners = listeners.into_iter().enumerate();
+        let (_, first) = listeners.next().expect("a core has at least one listener");
+        let others: Vec<_> = listeners
+            .map(|(i, l)| monoio::spawn(accept_on(ctx.clone(), handler.clone(), l, i, max_open)))
+            .collect();
+        accept_on(ctx.clone(), handler.clone(), first, 0, max_open).await;
+        for other in others {
+            other.await;
         }
-        drop(listener);
-        drop(reserve);
 
         // Drain: connections see the fired event, finish what they are
         // doing and close. Wait for them up to the shutdown timeout.
@@ -232,6 +159,104 @@ impl CoreStart {
             accepted: ctx.accepted.get(),
             shed: ctx.shed.get(),
             cut_at_deadline: ctx.open_connections.get(),
+        }
+    }
+}
+
+/// Accepts on one listener until the drain starts, handing each connection
+/// to the handler (or refusing it past the per-core limit), with the
+/// descriptor reserve that answers connections when descriptors run out.
+async fn accept_on<H: ConnectionHandler>(
+    ctx: Rc<CoreCtx>,
+    handler: Rc<H>,
+    listener: monoio::net::TcpListener,
+    listener_index: usize,
+    max_open: usize,
+) {
+    let listener_fd = listener.as_raw_fd();
+    let mut reserve = fd_reserve::FdReserve::new();
+    let fd_log = LogLimit::default();
+    let mut draining = false;
+    while !draining {
+        // The accept is cancelled the safe way when the drain starts:
+        // the cancel is submitted and the accept still awaited, so a
+        // connection the kernel handed over meanwhile is served, not
+        // dropped with the cancelled operation.
+        let canceller = monoio::io::Canceller::new();
+        let accept = listener.cancelable_accept(canceller.handle());
+        let mut accept = std::pin::pin!(accept);
+        let accepted = monoio::select! {
+            r = &mut accept => r,
+            _ = ctx.drain.wait() => {
+                draining = true;
+                let _ = canceller.cancel();
+                (&mut accept).await
+            }
+        };
+        let admit = |stream: TcpStream| {
+            ctx.accepted.set(ctx.accepted.get() + 1);
+            let _ = stream.set_nodelay(true);
+            let guard = OpenGuard::new(&ctx);
+            if ctx.open_connections.get() > max_open {
+                ctx.shed.set(ctx.shed.get() + 1);
+                monoio::spawn(Guarded {
+                    fut: handler.refuse(stream, listener_index),
+                    _guard: guard,
+                });
+            } else {
+                monoio::spawn(handler.serve(stream, guard, listener_index));
+            }
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                admit(stream);
+                // One accept operation hands over one connection, and the
+                // next is only submitted on the next turn of a busy loop:
+                // 1,000 clients connecting at once would wait seconds for
+                // their first answer. Take what else the backlog holds now
+                // with plain non-blocking accepts, a bounded burst.
+                if !draining {
+                    for _ in 0..ACCEPT_BURST {
+                        match accept_ready(listener_fd, ctx.driver) {
+                            Some(stream) => admit(stream),
+                            None => break,
+                        }
+                    }
+                }
+            }
+            Err(e) if draining || e.raw_os_error() == Some(libc::ECANCELED) => {
+                let _ = e;
+            }
+            Err(e) if is_out_of_descriptors(&e) => {
+                // Waiting connections are answered 503 through the
+                // spare descriptor rather than left hanging in the
+                // backlog; a full burst means more wait, so go on at once.
+                ctx.fd_exhausted.set(ctx.fd_exhausted.get() + 1);
+                let refused = reserve.refuse_waiting(listener_fd, ACCEPT_BURST);
+                ctx.refused_no_fd
+                    .set(ctx.refused_no_fd.get() + refused as u64);
+                if let Some(suppressed) = fd_log.admit() {
+                    tracing::warn!(
+                        core = ctx.index,
+                        refused,
+                        suppressed,
+                        open_connections = ctx.open_connections.get(),
+                        spare_held = reserve.is_held(),
+                        "out of file descriptors ({e}): answering waiting connections \
+                             503; raise the open-files limit (LimitNOFILE=, ulimit -n) or \
+                             lower --max-connections-per-core"
+                    );
+                }
+                if refused < ACCEPT_BURST {
+                    monoio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            Err(e) if is_resource_exhaustion(&e) => {
+                // Out of memory or buffers: back off instead of spinning
+                // on the error while connections wait in the backlog.
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(_) => {}
         }
     }
 }

@@ -76,6 +76,8 @@ pub struct CoreCtx {
     pub deadlines: DeadlineTable,
     /// Frames for the futures boxed per request, reused.
     pub frames: FramePool,
+    /// Counters of the HTTPS listener (handshakes, failures).
+    pub tls: crate::tls::TlsCounters,
     open_connections: Cell<usize>,
     /// Open connections parked idle by the HTTP layer, with no task.
     parked_connections: Cell<usize>,
@@ -109,6 +111,7 @@ impl CoreCtx {
             drain: LocalEvent::new(),
             deadlines: DeadlineTable::new(),
             frames: FramePool::new(DEFAULT_FREE_FRAMES),
+            tls: Default::default(),
             open_connections: Cell::new(0),
             parked_connections: Cell::new(0),
             accepted: Cell::new(0),
@@ -155,14 +158,21 @@ impl CoreCtx {
 pub trait ConnectionHandler: 'static {
     /// Serves one connection until it closes; `open` counts it open (the
     /// handler keeps it as long as it keeps the connection, task or not).
+    /// `listener` says where it came in: 0 for `--listen`, 1 for
+    /// `--listen-tls`.
     fn serve(
         self: &Rc<Self>,
         stream: TcpStream,
         open: OpenGuard,
+        listener: usize,
     ) -> impl Future<Output = ()> + 'static;
     /// Answers a connection beyond the per-core limit (a short 503), then
     /// the runtime closes it.
-    fn refuse(self: &Rc<Self>, stream: TcpStream) -> impl Future<Output = ()> + 'static;
+    fn refuse(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        listener: usize,
+    ) -> impl Future<Output = ()> + 'static;
 }
 
 /// Why the server could not start.
@@ -188,6 +198,8 @@ pub struct CoreReport {
 /// A running server: its address, its cores, and the handle that stops it.
 pub struct Server {
     pub local_addr: SocketAddr,
+    /// The `--listen-tls` address, once bound.
+    pub local_tls_addr: Option<SocketAddr>,
     pub cores: Vec<CoreReport>,
     /// Why the io driver was chosen, for the start-up log.
     pub driver_note: String,
@@ -218,22 +230,25 @@ impl Server {
         // Bind every listener here, before any thread starts, so that an
         // address in use fails the start with one clear message. Port 0
         // resolves on the first bind; the others reuse that port.
-        let mut addr = config.listen;
-        let mut listeners = Vec::with_capacity(cpus.len());
-        for _ in &cpus {
-            let l = listener::bind(addr, config.backlog)
-                .map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))?;
-            addr = l
-                .local_addr()
-                .map_err(|e| StartError(format!("listener address: {e}")))?;
-            listeners.push(l);
+        let mut addrs = vec![config.listen];
+        addrs.extend(config.listen_tls);
+        let mut per_core: Vec<Vec<std::net::TcpListener>> =
+            cpus.iter().map(|_| Vec::new()).collect();
+        for addr in addrs.iter_mut() {
+            for listeners in per_core.iter_mut() {
+                let l = listener::bind(*addr, config.backlog)
+                    .map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))?;
+                *addr = l
+                    .local_addr()
+                    .map_err(|e| StartError(format!("listener address: {e}")))?;
+                listeners.push(l);
+            }
         }
-
         let make_handler = Arc::new(make_handler);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<CoreReport, String>>();
         let mut shutdown = Vec::new();
         let mut threads = Vec::new();
-        for (index, (cpu, listener)) in cpus.iter().copied().zip(listeners).enumerate() {
+        for (index, (cpu, listeners)) in cpus.iter().copied().zip(per_core).enumerate() {
             let (stop_tx, stop_rx) = flume::bounded::<()>(1);
             shutdown.push(stop_tx);
             let config = config.clone();
@@ -247,7 +262,7 @@ impl Server {
                         cpu,
                         driver,
                         config,
-                        listener,
+                        listeners,
                         stop: stop_rx,
                         ready: ready_tx,
                     };
@@ -259,7 +274,8 @@ impl Server {
         drop(ready_tx);
 
         let mut server = Server {
-            local_addr: addr,
+            local_addr: addrs[0],
+            local_tls_addr: addrs.get(1).copied(),
             cores: Vec::new(),
             driver_note,
             shutdown,

@@ -34,6 +34,8 @@ macro_rules! both_drivers {
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The `--listen-tls` address, when the server has one.
+    pub tls_addr: Option<SocketAddr>,
     /// The server's stderr lines, as they arrive.
     log: mpsc::Receiver<String>,
     pub start_line: String,
@@ -105,11 +107,20 @@ impl Server {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let first = line
+                        .split("listening on http://")
+                        .nth(1)
+                        .or_else(|| line.split("listening on https://").nth(1));
+                    if let Some(rest) = first {
                         let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                        let tls_addr = line
+                            .split(" and https://")
+                            .nth(1)
+                            .map(|r| r.split_whitespace().next().unwrap().parse().unwrap());
                         return Ok(Server {
                             child: Some(child),
                             addr,
+                            tls_addr,
                             log: rx,
                             start_line: line,
                         });
@@ -197,15 +208,16 @@ impl Response {
     }
 }
 
-/// A client connection that keeps unread bytes between responses.
-pub struct Conn {
-    pub s: TcpStream,
+/// A client connection that keeps unread bytes between responses: over
+/// TCP, or over any other byte stream (a TLS client's).
+pub struct Conn<S = TcpStream> {
+    pub s: S,
     buf: Vec<u8>,
 }
 
-impl Conn {
+impl<S: Read + Write> Conn<S> {
     /// A connection with bytes already read from it.
-    pub fn from_parts(s: TcpStream, buf: Vec<u8>) -> Conn {
+    pub fn from_parts(s: S, buf: Vec<u8>) -> Conn<S> {
         Conn { s, buf }
     }
 

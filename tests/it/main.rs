@@ -12,3 +12,4 @@ mod pgfix;
 mod pipe;
 mod runtime;
 mod techempower;
+mod tls;

@@ -238,7 +238,10 @@ fn drain_answers_a_parked_connections_last_request(io: &str) {
     recent.send(get("/plaintext"));
     let r = recent.read_response();
     assert_eq!(r.status, 200);
-    assert!(r.closes(), "answered with Connection: close during the drain");
+    assert!(
+        r.closes(),
+        "answered with Connection: close during the drain"
+    );
     assert!(old.is_closed(), "idle past the grace: closed by the drain");
     let status = srv
         .wait_exit(Duration::from_secs(10))
