@@ -29,7 +29,6 @@ use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use monoio::net::TcpStream;
 use monoio::time::Instant;
 
 use super::conn::{self, Start, DRAIN_IDLE_GRACE};
@@ -44,7 +43,8 @@ const EVENTS_PER_CALL: usize = 128;
 
 /// One parked connection.
 struct Parked {
-    stream: TcpStream,
+    /// Plain TCP, or HTTPS with no ciphertext pending.
+    stream: Stream,
     open: OpenGuard,
     /// Milliseconds since the set's epoch.
     idle_since_ms: u64,
@@ -117,16 +117,17 @@ impl IdleSet {
         keepalive: Duration,
     ) -> Result<(), (Stream, OpenGuard)> {
         let epoll = self.epoll.borrow();
-        let (stream, epoll) = match (stream, &*epoll) {
-            (Stream::Tcp(s), Some(epoll)) => (s, epoll),
-            (other, _) => return Err((other, open)),
+        let (fd, epoll) = match (&stream, &*epoll) {
+            (Stream::Tcp(s), Some(epoll)) => (s.as_raw_fd(), epoll),
+            (Stream::Tls(t), Some(epoll)) if t.can_park() => (t.tcp().as_raw_fd(), epoll),
+            _ => return Err((stream, open)),
         };
         let (index, generation) = self.vacant_entry();
         let token = (u64::from(generation) << 32) | u64::from(index);
-        if let Err(e) = epoll.arm_oneshot(stream.as_raw_fd(), token, registered) {
+        if let Err(e) = epoll.arm_oneshot(fd, token, registered) {
             self.free.borrow_mut().push(index);
             tracing::debug!(error = %e, "could not park an idle connection; it waits in its task");
-            return Err((Stream::Tcp(stream), open));
+            return Err((stream, open));
         }
         let now_ms = self.to_ms(now);
         self.entries.borrow_mut()[index as usize].parked = Some(Parked {
@@ -330,12 +331,7 @@ fn wake_ready<S: Service>(http: &Rc<HttpCore<S>>, events: &mut ReadyBuf) {
                 // The new task first runs after this loop: it cannot reach
                 // the set while it is borrowed here.
                 if let Some(p) = http.idle.take(token) {
-                    monoio::spawn(conn::serve(
-                        http.clone(),
-                        Stream::Tcp(p.stream),
-                        p.open,
-                        Start::Woken,
-                    ));
+                    monoio::spawn(conn::serve(http.clone(), p.stream, p.open, Start::Woken));
                 }
             }
         }

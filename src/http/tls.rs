@@ -87,6 +87,12 @@ impl TlsStream {
         &self.tcp
     }
 
+    /// Whether the connection can wait for readability alone: no part of a
+    /// record read and nothing left to send.
+    pub(super) fn can_park(&self) -> bool {
+        self.incoming.is_empty() && self.outgoing.is_empty() && !self.read_closed
+    }
+
     /// Runs the state machine over the ciphertext read so far. Plaintext
     /// goes onto the end of `plain` (none is taken without it: during the
     /// handshake, requests that follow it stay for the first read). What

@@ -126,6 +126,18 @@ fn tls_server(pki: &Pki, extra: &[&str]) -> (Server, PathBuf) {
     (Server::start("auto", &args), dir)
 }
 
+trait MetricsOverTls {
+    fn connect_metrics_over_tls(&self, config: &Arc<ClientConfig>) -> String;
+}
+
+impl MetricsOverTls for Server {
+    /// `/metrics`, fetched over a new TLS connection.
+    fn connect_metrics_over_tls(&self, config: &Arc<ClientConfig>) -> String {
+        let mut c = tls_connect(self.addr, config, "localhost").unwrap();
+        c.roundtrip(get("/metrics")).text()
+    }
+}
+
 /// Sum over cores of a `/metrics` counter, scraped over plain HTTP or TLS.
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
@@ -153,6 +165,14 @@ fn https_serves_keepalive_pipelined_and_chunked_requests() {
             assert_eq!(r.status, 200);
             assert_eq!(r.text(), "Hello, World!");
         }
+        // Idle, it parks like a plain connection (no task), and wakes.
+        thread::sleep(Duration::from_millis(300));
+        let text = srv.connect_metrics_over_tls(&config);
+        assert!(
+            metric(&text, "ringside_idle_parked_connections") >= 1,
+            "{text}"
+        );
+        assert_eq!(c.roundtrip(get("/plaintext")).text(), "Hello, World!");
         // Pipelining: five requests in one write, five answers in order.
         c.send(get("/plaintext").repeat(5));
         for _ in 0..5 {
