@@ -3,6 +3,7 @@
 
     hold_idle.py --port 18080 [--host 127.0.0.1] [--conns 10000] [--batch 500]
                  [--path /plaintext] [--max-hold 600] [--source 127.0.0.2]
+                 [--tls-ca CA.pem]   (HTTPS: trust this CA, name "localhost")
 
 Opens the connections in batches (so the server's listen backlog is never the
 bottleneck); on each one it sends one full `GET PATH` request and reads the
@@ -60,10 +61,15 @@ async def connect_from(host, port, source):
     return await asyncio.open_connection(sock=sock)
 
 
+TLS_CONTEXT = None
+
+
 async def open_one(host, port, request, timeout, source):
     """Open a connection, do one request/response; return (reader, writer)."""
     if source:
         opening = connect_from(host, port, source)
+    elif TLS_CONTEXT is not None:
+        opening = asyncio.open_connection(host, port, ssl=TLS_CONTEXT, server_hostname="localhost")
     else:
         opening = asyncio.open_connection(host, port)
     reader, writer = await asyncio.wait_for(opening, timeout)
@@ -167,6 +173,7 @@ def parse_args():
     ap.add_argument("--timeout", type=float, default=10.0, help="per-step timeout of one connection (s)")
     ap.add_argument("--max-hold", type=float, default=600.0, help="hold at most this long (s)")
     ap.add_argument("--source", default=None, help="local address to bind (loopback only)")
+    ap.add_argument("--tls-ca", default=None, help="speak HTTPS, trusting this CA (PEM)")
     a = ap.parse_args()
     try:
         ip = ipaddress.ip_address(a.host)
@@ -183,11 +190,17 @@ def parse_args():
             ap.error(f"--source must be a loopback address, got {a.source}")
     if a.conns < 1 or a.batch < 1:
         ap.error("--conns and --batch must be positive")
+    if a.tls_ca and a.source:
+        ap.error("--tls-ca and --source do not go together")
     return a
 
 
 if __name__ == "__main__":
     args = parse_args()
+    if args.tls_ca:
+        import ssl
+
+        TLS_CONTEXT = ssl.create_default_context(cafile=args.tls_ca)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -40,6 +40,9 @@ impl Stream {
     pub(super) async fn readable(&self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.readable(false).await.map(drop),
+            // Records read with the handshake's last flight (a client's
+            // first request often is) are already here, not in the socket.
+            Stream::Tls(t) if t.has_buffered_input() => Ok(()),
             Stream::Tls(t) => t.tcp().readable(false).await.map(drop),
             Stream::Memory(p) => {
                 Readable(p).await;

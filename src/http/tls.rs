@@ -1,10 +1,12 @@
 //! An HTTPS connection: rustls's unbuffered connection (a sans-I/O state
 //! machine) driven over the core's socket.
 //!
-//! The unbuffered API leaves every buffer to us: ciphertext is read into a
-//! buffer borrowed from the core's pool and decrypted in place, and each
-//! record's plaintext is copied once into the connection's read buffer,
-//! where the HTTP parser sees it as it would a plain socket's bytes.
+//! The unbuffered API leaves the I/O buffers to us: ciphertext is read into
+//! a buffer borrowed from the core's pool and handed to rustls, and each
+//! record's plaintext is copied into the connection's read buffer, where
+//! the HTTP parser sees it as it would a plain socket's bytes. (rustls 0.23
+//! still decrypts each record into a vector of its own before handing it
+//! over; in-place decryption is announced for this API.)
 //! Responses are encrypted from the connection's write buffer into a second
 //! borrowed buffer and sent. Both go back to the pool as soon as they are
 //! empty, so an idle HTTPS connection holds no record buffer, only rustls's
@@ -63,6 +65,9 @@ pub struct TlsStream {
     shared: Rc<Shared>,
     /// The peer sent close_notify: reads see the end.
     read_closed: bool,
+    /// rustls holds decrypted application data not taken yet (the
+    /// handshake stopped at it: a request sent with the client's Finished).
+    plaintext_pending: bool,
     handshake_done: bool,
 }
 
@@ -79,6 +84,7 @@ impl TlsStream {
             outgoing: BytesMut::new(),
             shared,
             read_closed: false,
+            plaintext_pending: false,
             handshake_done: false,
         })
     }
@@ -87,10 +93,16 @@ impl TlsStream {
         &self.tcp
     }
 
+    /// Whether input already read waits to be taken: ciphertext not yet
+    /// processed, or plaintext rustls decrypted with the handshake's end.
+    pub(super) fn has_buffered_input(&self) -> bool {
+        !self.incoming.is_empty() || self.plaintext_pending
+    }
+
     /// Whether the connection can wait for readability alone: no part of a
     /// record read and nothing left to send.
     pub(super) fn can_park(&self) -> bool {
-        self.incoming.is_empty() && self.outgoing.is_empty() && !self.read_closed
+        !self.has_buffered_input() && self.outgoing.is_empty() && !self.read_closed
     }
 
     /// Runs the state machine over the ciphertext read so far. Plaintext
@@ -109,6 +121,7 @@ impl TlsStream {
                 incoming,
                 outgoing,
                 read_closed,
+                plaintext_pending,
                 handshake_done,
                 ..
             } = self;
@@ -119,8 +132,12 @@ impl TlsStream {
                 Ok(ConnectionState::ReadTraffic(mut traffic)) => {
                     *handshake_done = true;
                     match plain.as_deref_mut() {
-                        None => Ok(Some(Progress::Ready)),
+                        None => {
+                            *plaintext_pending = true;
+                            Ok(Some(Progress::Ready))
+                        }
                         Some(out) => {
+                            *plaintext_pending = false;
                             let mut failed = None;
                             while let Some(record) = traffic.next_record() {
                                 match record {

@@ -201,6 +201,29 @@ fn https_serves_keepalive_pipelined_and_chunked_requests() {
     );
 }
 
+/// The first request sent with the handshake's last flight (as wrk and
+/// browsers do) is answered at once, not when more bytes come.
+#[test]
+fn a_request_sent_with_the_clients_finished_is_answered() {
+    let pki = make_pki("ringside test CA", false);
+    let (srv, _dir) = tls_server(&pki, &[]);
+    let config = client_config(&[&pki.ca], false);
+    for _ in 0..5 {
+        let tcp = TcpStream::connect(srv.addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let name = ServerName::try_from("localhost".to_string()).unwrap();
+        let mut conn = ClientConnection::new(config.clone(), name).unwrap();
+        // Written before the handshake: rustls sends it right behind the
+        // client's Finished, in the same write.
+        conn.writer().write_all(get("/plaintext").as_bytes()).unwrap();
+        let mut c: TlsConn = Conn::from_parts(StreamOwned::new(conn, tcp), Vec::new());
+        let start = Instant::now();
+        let r = c.read_response();
+        assert_eq!(r.text(), "Hello, World!");
+        assert!(start.elapsed() < Duration::from_secs(2), "answered late: {:?}", start.elapsed());
+    }
+}
+
 #[test]
 fn https_listener_beside_plain_http_with_an_ed25519_key() {
     let pki = make_pki("ringside test CA", true);
