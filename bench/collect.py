@@ -27,6 +27,8 @@ ORDER = [
     ("orders", "GET /orders: ringside vs threaded vs tokio"),
     ("orders-ab", "GET /orders: this commit against an earlier one (bench/orders.sh --before)"),
     ("orders-pg", "GET /orders against PostgreSQL alone, with and without coalescing"),
+    ("orders-tls", "GET /orders with PostgreSQL over TLS against plain TCP"),
+    ("tls", "HTTPS: ringside against nginx and against plain HTTP"),
     ("techempower-batch", "TechEmpower /db, /fortunes, /queries with and without --db-batch"),
     ("far", "GET /orders with a far-away database"),
     ("far-ab", "GET /orders with a far-away database: this commit against the session's first"),

@@ -50,7 +50,8 @@
 # --far, scale.csv and scale.md with --scale), replaced only when a run
 # completes; logs in bench/results/tmp/.
 #
-# Servers: ringside, coalesce (ringside with --db-coalesce on), threaded,
+# Servers: ringside, coalesce (ringside with --db-coalesce on), tlsdb (ringside
+# with PostgreSQL over TLS, sslmode=require: results in orders-tls.*), threaded,
 # tokio, before (--before BIN), pgbench and pgbench-pipeline (PostgreSQL
 # alone: the page's statement from pgbench, prepared, on as many
 # connections as a server's pool; the pipelined one sends 16 per
@@ -161,6 +162,13 @@ if (( FAR )); then SCENARIO=far; elif (( SCALE )); then SCENARIO=scale; else SCE
 # Against PostgreSQL alone (pgbench) or with coalescing: results go to
 # <scenario>-pg.* (the page against the database's own ceiling).
 if [[ ",$SERVERS_ARG," =~ ,(coalesce|pgbench|pgbench-pipeline), ]]; then SCENARIO="$SCENARIO-pg"; fi
+# tlsdb: ringside with PostgreSQL over TLS (sslmode=require; the cluster is
+# started with ssl = on, the other servers stay on plain TCP to it); results
+# go to <scenario>-tls.*.
+if [[ ",$SERVERS_ARG," =~ ,tlsdb, ]]; then
+    SCENARIO="$SCENARIO-tls"
+    export RINGSIDE_PG_SSL=1
+fi
 # --before BIN: "before" is ringside built from an earlier commit, measured
 # beside this one in the same run; its results go to <scenario>-ab.*.
 if [[ -n "${BEFORE_BIN:-}" ]]; then
@@ -191,9 +199,9 @@ IFS=',' read -ra SERVERS <<<"$SERVERS_ARG"
 (( ${#SERVERS[@]} > 0 )) || die "--servers is empty"
 for s in "${SERVERS[@]}"; do
     case $s in
-        ringside | coalesce | threaded | tokio | pgbench | pgbench-pipeline) ;;
+        ringside | coalesce | tlsdb | threaded | tokio | pgbench | pgbench-pipeline) ;;
         before) [[ -n "${BEFORE_BIN:-}" ]] || die "server 'before' needs --before BIN" ;;
-        *) die "unknown server '$s' (expected ringside, coalesce, threaded, tokio, before, pgbench, pgbench-pipeline)" ;;
+        *) die "unknown server '$s' (expected ringside, coalesce, tlsdb, threaded, tokio, before, pgbench, pgbench-pipeline)" ;;
     esac
 done
 
@@ -311,6 +319,9 @@ start_orders_server() { # name port log
     case $name in
         ringside)
             DATABASE_URL="$SERVER_URL" taskset -c "$SERVER_CPUS" "$RINGSIDE_BIN" serve --listen "$HOST:$port" \
+                --cores "$rcores" --db-pool-size "$POOL" ${cap_ringside[@]+"${cap_ringside[@]}"} >"$logf" 2>&1 & ;;
+        tlsdb)
+            DATABASE_URL="${SERVER_URL/sslmode=disable/sslmode=require}" taskset -c "$SERVER_CPUS" "$RINGSIDE_BIN" serve --listen "$HOST:$port" \
                 --cores "$rcores" --db-pool-size "$POOL" ${cap_ringside[@]+"${cap_ringside[@]}"} >"$logf" 2>&1 & ;;
         coalesce)
             DATABASE_URL="$SERVER_URL" taskset -c "$SERVER_CPUS" "$RINGSIDE_BIN" serve --listen "$HOST:$port" \

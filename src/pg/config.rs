@@ -14,6 +14,63 @@ pub enum PgHost {
     Unix(PathBuf),
 }
 
+/// libpq's `sslmode`: whether to use TLS and what to check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SslMode {
+    /// Never TLS.
+    Disable,
+    /// libpq's `allow` (TLS only if the server insists) is taken as
+    /// `prefer`: ringside does not retry a refused plain connection.
+    /// TLS if the server offers it, unchecked; plain text otherwise.
+    Prefer,
+    /// TLS or nothing; the certificate is checked against `sslrootcert`
+    /// only if that file exists (as libpq does).
+    Require,
+    /// TLS, the certificate chain checked against `sslrootcert`.
+    VerifyCa,
+    /// As `VerifyCa`, and the certificate must name the host.
+    VerifyFull,
+}
+
+/// libpq's `channel_binding` (SCRAM-SHA-256-PLUS over TLS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelBinding {
+    Disable,
+    Prefer,
+    Require,
+}
+
+/// TLS settings of the database connection (libpq's names).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgTls {
+    pub mode: SslMode,
+    /// CA certificates (PEM) for `verify-ca`/`verify-full`, or `system`
+    /// for the system's store; defaults to `~/.postgresql/root.crt`.
+    pub root_cert: Option<PathBuf>,
+    pub root_cert_is_system: bool,
+    /// A client certificate and its key (PEM), for `cert` authentication.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// `direct`: TLS from the first byte with ALPN `postgresql`
+    /// (PostgreSQL 17+), instead of the SSLRequest exchange.
+    pub direct: bool,
+    pub channel_binding: ChannelBinding,
+}
+
+impl Default for PgTls {
+    fn default() -> Self {
+        PgTls {
+            mode: SslMode::Prefer,
+            root_cert: None,
+            root_cert_is_system: false,
+            cert: None,
+            key: None,
+            direct: false,
+            channel_binding: ChannelBinding::Prefer,
+        }
+    }
+}
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct PgConfig {
     pub host: PgHost,
@@ -23,6 +80,7 @@ pub struct PgConfig {
     pub dbname: String,
     pub application_name: String,
     pub connect_timeout: Duration,
+    pub tls: PgTls,
 }
 
 /// The password never reaches a log.
@@ -36,6 +94,7 @@ impl fmt::Debug for PgConfig {
             .field("dbname", &self.dbname)
             .field("application_name", &self.application_name)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -103,6 +162,7 @@ impl PgConfig {
             dbname: String::new(),
             application_name: "ringside".into(),
             connect_timeout: Duration::from_secs(5),
+            tls: PgTls::default(),
         };
         if let Some(h) = env("PGHOST").filter(|h| !h.is_empty()) {
             cfg.host = parse_host(&h);
@@ -122,8 +182,49 @@ impl PgConfig {
         if let Some(a) = env("PGAPPNAME").filter(|a| !a.is_empty()) {
             cfg.application_name = a;
         }
+        for (var, key) in [
+            ("PGSSLMODE", "sslmode"),
+            ("PGSSLROOTCERT", "sslrootcert"),
+            ("PGSSLCERT", "sslcert"),
+            ("PGSSLKEY", "sslkey"),
+            ("PGSSLNEGOTIATION", "sslnegotiation"),
+            ("PGCHANNELBINDING", "channel_binding"),
+        ] {
+            if let Some(v) = env(var).filter(|v| !v.is_empty()) {
+                apply_tls_param(&mut cfg.tls, key, &v).map_err(|e| format!("{var}: {e}"))?;
+            }
+        }
         if let Some(url) = env("DATABASE_URL").filter(|u| !u.is_empty()) {
             apply_url(&mut cfg, &url).map_err(|e| format!("DATABASE_URL: {e}"))?;
+        }
+        // libpq's default root certificate, when it exists.
+        if cfg.tls.root_cert.is_none() && !cfg.tls.root_cert_is_system {
+            if let Some(home) = env("HOME") {
+                let default = PathBuf::from(home).join(".postgresql/root.crt");
+                if default.exists() {
+                    cfg.tls.root_cert = Some(default);
+                }
+            }
+        }
+        if cfg.tls.channel_binding == ChannelBinding::Require && cfg.tls.mode == SslMode::Disable {
+            return Err("channel_binding=require needs TLS, but sslmode=disable".into());
+        }
+        if cfg.tls.mode >= SslMode::VerifyCa
+            && cfg.tls.root_cert.is_none()
+            && !cfg.tls.root_cert_is_system
+        {
+            return Err(format!(
+                "sslmode={} needs a root certificate: set sslrootcert (a PEM file, or `system`), \
+                 or put one in ~/.postgresql/root.crt",
+                if cfg.tls.mode == SslMode::VerifyCa {
+                    "verify-ca"
+                } else {
+                    "verify-full"
+                }
+            ));
+        }
+        if cfg.tls.cert.is_some() != cfg.tls.key.is_some() {
+            return Err("sslcert and sslkey go together".into());
         }
         if cfg.dbname.is_empty() {
             cfg.dbname = cfg.user.clone();
@@ -213,18 +314,50 @@ fn apply_url(cfg: &mut PgConfig, url: &str) -> Result<(), String> {
                 // libpq: zero or negative means wait forever; we keep a bound.
                 cfg.connect_timeout = Duration::from_secs(if secs == 0 { 30 } else { secs.max(2) });
             }
-            "sslmode" => match v.as_str() {
-                "disable" | "allow" | "prefer" => {}
-                "require" | "verify-ca" | "verify-full" => {
-                    return Err(format!(
-                        "sslmode={v} is not supported yet: ringside speaks PostgreSQL without TLS \
-                         (use sslmode=disable, a unix socket, or a TLS-terminating proxy)"
-                    ))
-                }
-                _ => return Err(format!("unknown sslmode {v:?}")),
-            },
+            "sslmode" | "sslrootcert" | "sslcert" | "sslkey" | "sslnegotiation"
+            | "channel_binding" => apply_tls_param(&mut cfg.tls, k, &v)?,
             _ => return Err(format!("unknown parameter {k:?}")),
         }
+    }
+    Ok(())
+}
+
+/// One TLS parameter, by its libpq name.
+fn apply_tls_param(tls: &mut PgTls, key: &str, v: &str) -> Result<(), String> {
+    match key {
+        "sslmode" => {
+            tls.mode = match v {
+                "disable" => SslMode::Disable,
+                "allow" | "prefer" => SslMode::Prefer,
+                "require" => SslMode::Require,
+                "verify-ca" => SslMode::VerifyCa,
+                "verify-full" => SslMode::VerifyFull,
+                _ => return Err(format!("unknown sslmode {v:?}")),
+            }
+        }
+        "sslrootcert" if v == "system" => {
+            tls.root_cert_is_system = true;
+            tls.root_cert = None;
+        }
+        "sslrootcert" => tls.root_cert = Some(PathBuf::from(v)),
+        "sslcert" => tls.cert = Some(PathBuf::from(v)),
+        "sslkey" => tls.key = Some(PathBuf::from(v)),
+        "sslnegotiation" => {
+            tls.direct = match v {
+                "postgres" => false,
+                "direct" => true,
+                _ => return Err(format!("unknown sslnegotiation {v:?} (postgres or direct)")),
+            }
+        }
+        "channel_binding" => {
+            tls.channel_binding = match v {
+                "disable" => ChannelBinding::Disable,
+                "prefer" => ChannelBinding::Prefer,
+                "require" => ChannelBinding::Require,
+                _ => return Err(format!("unknown channel_binding {v:?}")),
+            }
+        }
+        _ => return Err(format!("unknown parameter {key:?}")),
     }
     Ok(())
 }
@@ -321,9 +454,39 @@ mod tests {
     }
 
     #[test]
+    fn tls_parameters() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.tls.mode, SslMode::Prefer, "libpq's default");
+        let c = cfg(&[(
+            "DATABASE_URL",
+            "postgres://h/d?sslmode=verify-full&sslrootcert=/ca.pem&sslcert=/c.pem&sslkey=/k.pem&channel_binding=require&sslnegotiation=direct",
+        )])
+        .unwrap();
+        assert_eq!(c.tls.mode, SslMode::VerifyFull);
+        assert_eq!(
+            c.tls.root_cert.as_deref(),
+            Some(std::path::Path::new("/ca.pem"))
+        );
+        assert!(c.tls.direct);
+        assert_eq!(c.tls.channel_binding, ChannelBinding::Require);
+        let c = cfg(&[("PGSSLMODE", "require"), ("PGCHANNELBINDING", "disable")]).unwrap();
+        assert_eq!(c.tls.mode, SslMode::Require);
+        assert_eq!(c.tls.channel_binding, ChannelBinding::Disable);
+        let e = cfg(&[("DATABASE_URL", "postgres://h/d?sslmode=verify-ca")]).unwrap_err();
+        assert!(e.contains("needs a root certificate"), "{e}");
+        let e = cfg(&[(
+            "DATABASE_URL",
+            "postgres://h/d?sslmode=disable&channel_binding=require",
+        )])
+        .unwrap_err();
+        assert!(e.contains("needs TLS"), "{e}");
+        let e = cfg(&[("DATABASE_URL", "postgres://h/d?sslcert=/c.pem")]).unwrap_err();
+        assert!(e.contains("go together"), "{e}");
+    }
+
+    #[test]
     fn refusals_are_clear() {
-        let e = cfg(&[("DATABASE_URL", "postgres://h/d?sslmode=require")]).unwrap_err();
-        assert!(e.contains("sslmode=require is not supported yet"), "{e}");
+        assert!(cfg(&[("DATABASE_URL", "postgres://h/d?sslmode=sometimes")]).is_err());
         assert!(cfg(&[("DATABASE_URL", "mysql://h/d")]).is_err());
         assert!(cfg(&[("DATABASE_URL", "postgres://h:notaport/d")]).is_err());
         assert!(cfg(&[("DATABASE_URL", "postgres://h/d?bogus=1")]).is_err());

@@ -29,13 +29,16 @@ use bytes::BytesMut;
 use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::{TcpStream, UnixStream};
 use ringside_wire::pg::pipeline::{self, Event, Pipeline, RequestError, RequestId};
-use ringside_wire::pg::{frontend, PgError, Session, Startup, StartupParams, TxStatus};
+use ringside_wire::pg::{
+    frontend, ChannelBindingMode, PgError, Session, Startup, StartupParams, TxStatus,
+};
 
-use super::config::{PgConfig, PgHost};
+use super::config::{ChannelBinding, PgConfig, PgHost};
 use super::QueryError;
 
 mod copy;
 mod socket;
+mod tls;
 
 pub use copy::CopyIn;
 use socket::{read_loop, write_loop, Reader, Writer};
@@ -148,6 +151,8 @@ impl PgConn {
     ) -> Result<Rc<PgConn>, QueryError> {
         let unavailable =
             |e: io::Error| QueryError::Unavailable(format!("connecting to {cfg}: {e}"));
+        // The TLS session's channel-binding data, when there is one.
+        let mut end_point = None;
         let (mut reader, mut writer, fd) = match &cfg.host {
             PgHost::Unix(_) => {
                 let path = cfg.socket_path().expect("unix host has a socket path");
@@ -156,7 +161,7 @@ impl PgConn {
                 let (r, w) = s.into_split();
                 (Reader::Unix(r), Writer::Unix(w), fd)
             }
-            PgHost::Tcp(_) => {
+            PgHost::Tcp(host) => {
                 let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
                 let mut stream = None;
                 for addr in addrs {
@@ -168,11 +173,31 @@ impl PgConn {
                         Err(e) => last = e,
                     }
                 }
-                let s = stream.ok_or_else(|| unavailable(last))?;
+                let mut s = stream.ok_or_else(|| unavailable(last))?;
                 let _ = s.set_nodelay(true);
                 let fd = s.as_raw_fd();
+                let negotiated = tls::negotiate(&mut s, cfg, host).await?;
                 let (r, w) = s.into_split();
-                (Reader::Tcp(r), Writer::Tcp(w), fd)
+                match negotiated {
+                    None => (Reader::Tcp(r), Writer::Tcp(w), fd),
+                    Some(n) => {
+                        end_point = n.server_end_point;
+                        (
+                            Reader::Tls {
+                                half: r,
+                                session: n.session.clone(),
+                                cipher: BytesMut::new(),
+                                closed: false,
+                            },
+                            Writer::Tls {
+                                half: w,
+                                session: n.session,
+                                cipher: BytesMut::new(),
+                            },
+                            fd,
+                        )
+                    }
+                }
             }
         };
         let params = StartupParams {
@@ -181,6 +206,12 @@ impl PgConn {
             application_name: Some(&cfg.application_name),
             options: None,
             password: cfg.password.as_deref().map(str::as_bytes),
+            channel_binding: match cfg.tls.channel_binding {
+                ChannelBinding::Disable => ChannelBindingMode::Disable,
+                ChannelBinding::Prefer => ChannelBindingMode::Prefer,
+                ChannelBinding::Require => ChannelBindingMode::Require,
+            },
+            tls_server_end_point: end_point.as_deref(),
         };
         let mut out = BytesMut::with_capacity(256);
         let mut startup = Startup::try_new(&params, &mut out).map_err(QueryError::Pg)?;
@@ -514,10 +545,23 @@ impl PgConn {
                             }
                         }
                     }
-                    PgHost::Tcp(_) => {
+                    // Over the same kind of connection as the session's:
+                    // TLS first when the settings ask for it.
+                    PgHost::Tcp(host) => {
                         if let Some(addr) = addrs.first() {
                             if let Ok(mut s) = TcpStream::connect_addr(*addr).await {
-                                let _ = s.write_all(buf).await;
+                                match tls::negotiate(&mut s, &cfg, host).await {
+                                    Ok(None) => {
+                                        let _ = s.write_all(buf).await;
+                                    }
+                                    Ok(Some(n)) => {
+                                        let mut out = BytesMut::new();
+                                        if n.session.borrow_mut().seal(&buf, &mut out).is_ok() {
+                                            let _ = s.write_all(out).await;
+                                        }
+                                    }
+                                    Err(_) => {}
+                                }
                             }
                         }
                     }

@@ -9,6 +9,7 @@ mod isolation;
 mod ops;
 mod pgclient;
 mod pgfix;
+mod pgtls;
 mod pipe;
 mod runtime;
 mod techempower;

@@ -242,16 +242,19 @@ fn check_config_on_good_and_bad_files() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(names), "{content}: {err}");
     }
+    // A database setting that cannot work is refused with its reason.
     let out = ringside()
         .args(["check-config"])
         .env(
             "DATABASE_URL",
-            "postgres://u:p@localhost/db?sslmode=require",
+            "postgres://u:p@localhost/db?sslmode=verify-full",
         )
+        .env("HOME", "/nonexistent")
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("sslmode=require"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("sslmode=verify-full needs a root certificate"));
 }
 
 fn free_port() -> u16 {

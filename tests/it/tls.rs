@@ -20,6 +20,7 @@ type TlsConn = Conn<StreamOwned<ClientConnection, TcpStream>>;
 /// A CA and a server certificate it signed, written as PEM files.
 struct Pki {
     ca: CertificateDer<'static>,
+    ca_pem: String,
     cert_pem: String,
     key_pem: String,
 }
@@ -42,6 +43,7 @@ fn make_pki(ca_name: &str, ed25519: bool) -> Pki {
     let leaf = leaf_params.signed_by(&leaf_key, &ca_cert, &ca_key).unwrap();
     Pki {
         ca: ca_cert.der().clone(),
+        ca_pem: ca_cert.pem(),
         cert_pem: leaf.pem(),
         key_pem: leaf_key.serialize_pem(),
     }
@@ -215,12 +217,18 @@ fn a_request_sent_with_the_clients_finished_is_answered() {
         let mut conn = ClientConnection::new(config.clone(), name).unwrap();
         // Written before the handshake: rustls sends it right behind the
         // client's Finished, in the same write.
-        conn.writer().write_all(get("/plaintext").as_bytes()).unwrap();
+        conn.writer()
+            .write_all(get("/plaintext").as_bytes())
+            .unwrap();
         let mut c: TlsConn = Conn::from_parts(StreamOwned::new(conn, tcp), Vec::new());
         let start = Instant::now();
         let r = c.read_response();
         assert_eq!(r.text(), "Hello, World!");
-        assert!(start.elapsed() < Duration::from_secs(2), "answered late: {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "answered late: {:?}",
+            start.elapsed()
+        );
     }
 }
 
@@ -493,4 +501,61 @@ fn start_fails_clearly_on_a_bad_certificate() {
     ]);
     let err = Server::spawn(cmd).err().expect("refused");
     assert!(err.contains("/nonexistent.pem"), "{err}");
+}
+
+/// The article's application over HTTPS: a chunked upload of 10,000
+/// addresses (all rows or none), and `/orders`, through rustls's client and
+/// through curl.
+#[test]
+fn the_application_over_https_upload_and_orders() {
+    use crate::app::{contacts_csv, Db};
+    let db = Db::new(crate::pgfix::shared(), 300);
+    let pki = make_pki("ringside test CA", false);
+    let dir = scratch_dir("app");
+    let (cert, key) = write_pki(&dir, &pki);
+    let srv = db.server(&["--tls-cert", &cert, "--tls-key", &key]);
+    let config = client_config(&[&pki.ca], false);
+    let mut c = tls_connect(srv.addr, &config, "localhost").unwrap();
+    c.send("POST /contacts HTTP/1.1\r\nHost: t\r\nContent-Type: text/csv\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for piece in contacts_csv(10_000, None).chunks(7_000) {
+        c.send(format!("{:x}\r\n", piece.len()));
+        c.send(piece);
+        c.send("\r\n");
+    }
+    c.send("0\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(r.text().contains("\"rows\":10000"), "{}", r.text());
+    assert_eq!(db.count("contacts"), 10_000);
+    // A bad record: nothing added.
+    let mut c = tls_connect(srv.addr, &config, "localhost").unwrap();
+    let bad = contacts_csv(5_000, Some(2_500));
+    c.send(format!(
+        "POST /contacts HTTP/1.1\r\nHost: t\r\nContent-Type: text/csv\r\nContent-Length: {}\r\n\r\n",
+        bad.len()
+    ));
+    c.send_lossy(&bad);
+    assert_eq!(c.read_response().status, 400);
+    assert_eq!(db.count("contacts"), 10_000);
+    // /orders, keep-alive, through curl with the CA.
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, &pki.ca_pem).unwrap();
+    let url = format!("https://localhost:{}/orders", srv.addr.port());
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--cacert"])
+        .arg(&ca_path)
+        .args([&url, &url])
+        .output()
+        .expect("curl (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        body.matches("<tr><td>").count(),
+        400,
+        "two pages of 200 orders"
+    );
 }

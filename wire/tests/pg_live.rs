@@ -91,6 +91,7 @@ fn connect(env: &Env, tcp: bool, user: &str, password: Option<&[u8]>) -> Result<
         application_name: Some("ringside-live-test"),
         options: Some("-c TimeZone=UTC"),
         password,
+        ..Default::default()
     };
     let mut startup = Startup::new(&params, &mut out);
     let mut input = BytesMut::new();

@@ -75,6 +75,7 @@ fn params<'a>(user: &'a str, password: Option<&'a [u8]>) -> StartupParams<'a> {
         application_name: Some(APP),
         options: Some(OPTIONS),
         password,
+        ..Default::default()
     }
 }
 

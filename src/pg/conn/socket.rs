@@ -13,25 +13,71 @@ use monoio::io::{AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf};
 use monoio::net::{TcpStream, UnixStream};
 use ringside_wire::pg::frontend;
 
+use std::os::fd::RawFd;
+
+use super::tls::SharedTls;
 use super::PgConn;
 use crate::runtime::{read_append, send_now};
 
 pub(super) enum Reader {
     Tcp(OwnedReadHalf<TcpStream>),
     Unix(OwnedReadHalf<UnixStream>),
+    /// TLS: ciphertext is read into `cipher`, its plaintext appended to the
+    /// caller's buffer.
+    Tls {
+        half: OwnedReadHalf<TcpStream>,
+        session: SharedTls,
+        cipher: BytesMut,
+        closed: bool,
+    },
 }
 
 pub(super) enum Writer {
     Tcp(OwnedWriteHalf<TcpStream>),
     Unix(OwnedWriteHalf<UnixStream>),
+    Tls {
+        half: OwnedWriteHalf<TcpStream>,
+        session: SharedTls,
+        cipher: BytesMut,
+    },
 }
+
+/// Room for one TLS record and its overhead.
+const TLS_READ_ROOM: usize = 16 * 1024 + 256;
 
 impl Reader {
     /// Appends what arrives to `buf` (which must have spare capacity).
-    pub(super) async fn read(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+    pub(super) async fn read(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         match self {
             Reader::Tcp(r) => read_append(r, buf).await,
             Reader::Unix(r) => read_append(r, buf).await,
+            Reader::Tls {
+                half,
+                session,
+                cipher,
+                closed,
+            } => loop {
+                if *closed {
+                    return (Ok(0), buf);
+                }
+                cipher.clear();
+                cipher.reserve(TLS_READ_ROOM);
+                let (res, c) = read_append(half, std::mem::take(cipher)).await;
+                *cipher = c;
+                match res {
+                    Ok(0) => return (Ok(0), buf),
+                    Ok(_) => {}
+                    Err(e) => return (Err(e), buf),
+                }
+                let start = buf.len();
+                match session.borrow_mut().receive(cipher, &mut buf) {
+                    Ok(open) => *closed = !open,
+                    Err(e) => return (Err(e), buf),
+                }
+                if buf.len() > start {
+                    return (Ok(buf.len() - start), buf);
+                }
+            },
         }
     }
 }
@@ -41,7 +87,76 @@ impl Writer {
         match self {
             Writer::Tcp(w) => w.write_all(buf).await,
             Writer::Unix(w) => w.write_all(buf).await,
+            Writer::Tls {
+                half,
+                session,
+                cipher,
+            } => {
+                cipher.clear();
+                if let Err(e) = session.borrow_mut().seal(&buf, cipher) {
+                    return (Err(e), buf);
+                }
+                let (res, c) = half.write_all(std::mem::take(cipher)).await;
+                *cipher = c;
+                (res.map(|_| buf.len()), buf)
+            }
         }
+    }
+
+    /// Sends all of `out` (encrypted first over TLS): a plain non-blocking
+    /// send, the ring for what the socket did not take. The socket almost
+    /// always has room, and this spares the ring a send op whose completion
+    /// would wake the runtime once more per batch.
+    async fn send(&mut self, fd: RawFd, out: BytesMut) -> (io::Result<()>, BytesMut) {
+        if let Writer::Tls {
+            half,
+            session,
+            cipher,
+        } = self
+        {
+            cipher.clear();
+            if let Err(e) = session.borrow_mut().seal(&out, cipher) {
+                return (Err(e), out);
+            }
+            let (res, c) = send_rest(fd, half, std::mem::take(cipher)).await;
+            *cipher = c;
+            return (res, out);
+        }
+        match send_now(fd, &out) {
+            Ok(n) if n == out.len() => (Ok(()), out),
+            Ok(n) => {
+                let mut out = out;
+                out.advance(n);
+                let (res, b) = self.write_all(out).await;
+                (res.map(drop), b)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let (res, b) = self.write_all(out).await;
+                (res.map(drop), b)
+            }
+            Err(e) => (Err(e), out),
+        }
+    }
+}
+
+/// A plain non-blocking send, then the ring for the rest.
+async fn send_rest(
+    fd: RawFd,
+    half: &mut OwnedWriteHalf<TcpStream>,
+    mut buf: BytesMut,
+) -> (io::Result<()>, BytesMut) {
+    match send_now(fd, &buf) {
+        Ok(n) if n == buf.len() => (Ok(()), buf),
+        Ok(n) => {
+            buf.advance(n);
+            let (res, b) = half.write_all(buf).await;
+            (res.map(drop), b)
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            let (res, b) = half.write_all(buf).await;
+            (res.map(drop), b)
+        }
+        Err(e) => (Err(e), buf),
     }
 }
 
@@ -68,29 +183,11 @@ pub(super) async fn write_loop(conn: Rc<PgConn>, mut writer: Writer) {
     while HasWork(&conn).await {
         // Statements batched since the last write end with one Sync.
         conn.close_batch();
-        let mut out = std::mem::replace(&mut *conn.wbuf.borrow_mut(), spare);
+        let out = std::mem::replace(&mut *conn.wbuf.borrow_mut(), spare);
         let len = out.len() as u64;
         conn.taken_bytes.set(conn.taken_bytes.get() + len);
-        // A plain non-blocking send first: the socket almost always has
-        // room, and this spares the ring a send op whose completion would
-        // wake the runtime once more per batch (a round trip costs one
-        // io_uring_enter instead of two). What it did not take goes through
-        // the ring, which waits for room.
-        let res = match send_now(conn.fd, &out) {
-            Ok(n) if n == out.len() => Ok(()),
-            Ok(n) => {
-                out.advance(n);
-                let (res, b) = writer.write_all(out).await;
-                out = b;
-                res.map(drop)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let (res, b) = writer.write_all(out).await;
-                out = b;
-                res.map(drop)
-            }
-            Err(e) => Err(e),
-        };
+        // (A round trip costs one io_uring_enter instead of two.)
+        let (res, mut out) = writer.send(conn.fd, out).await;
         if let Err(e) = res {
             conn.break_with(format!("write failed: {e}"));
             break;

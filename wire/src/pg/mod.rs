@@ -37,4 +37,4 @@ pub use backend::{message_name, next_message, Message, TxStatus, DEFAULT_MAX_MES
 pub use error::{DbError, PgError};
 pub use pipeline::{Event, Param, Pipeline, RequestError, RequestId, Rows};
 pub use row::{columns, Column, Row};
-pub use startup::{Session, Startup, StartupParams};
+pub use startup::{ChannelBindingMode, Session, Startup, StartupParams};

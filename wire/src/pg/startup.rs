@@ -20,7 +20,9 @@
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+};
 use postgres_protocol::message::frontend;
 
 pub use super::backend::TxStatus;
@@ -40,6 +42,25 @@ pub struct StartupParams<'a> {
     /// Command-line options for the backend, e.g. `-c statement_timeout=5s`.
     pub options: Option<&'a str>,
     pub password: Option<&'a [u8]>,
+    /// SCRAM channel binding (libpq's `channel_binding`).
+    pub channel_binding: ChannelBindingMode,
+    /// The TLS session's `tls-server-end-point` data (RFC 5929: the hash
+    /// of the server's certificate); `None` without TLS.
+    pub tls_server_end_point: Option<&'a [u8]>,
+}
+
+/// libpq's `channel_binding`: whether SCRAM binds the authentication to
+/// the TLS session (SCRAM-SHA-256-PLUS), so that a man in the middle
+/// holding another certificate cannot relay it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChannelBindingMode {
+    /// Never bind.
+    Disable,
+    /// Bind when over TLS and the server offers it.
+    #[default]
+    Prefer,
+    /// Bind, or fail: also when the server authenticates without SCRAM.
+    Require,
 }
 
 /// What startup learned about the session.
@@ -86,6 +107,10 @@ enum State {
 pub struct Startup {
     user: String,
     password: Option<Vec<u8>>,
+    channel_binding: ChannelBindingMode,
+    tls_server_end_point: Option<Vec<u8>>,
+    /// SCRAM-SHA-256-PLUS was used (and the server's proof checked).
+    bound: bool,
     state: State,
     process_id: i32,
     secret_key: i32,
@@ -101,6 +126,9 @@ impl Startup {
         let mut s = Startup {
             user: params.user.to_owned(),
             password: params.password.map(<[u8]>::to_vec),
+            channel_binding: params.channel_binding,
+            tls_server_end_point: params.tls_server_end_point.map(<[u8]>::to_vec),
+            bound: false,
             state: State::Auth,
             process_id: 0,
             secret_key: 0,
@@ -174,6 +202,13 @@ impl Startup {
             (state, Message::NoticeResponse(_)) => state,
 
             (State::Auth | State::Password | State::SaslVerified, Message::AuthenticationOk) => {
+                if self.channel_binding == ChannelBindingMode::Require && !self.bound {
+                    return Err(PgError::Auth(
+                        "channel_binding=require, but the server authenticated us without \
+                         channel binding (it asked for no SCRAM authentication)"
+                            .into(),
+                    ));
+                }
                 State::Params
             }
             (State::Auth, Message::AuthenticationCleartextPassword) => {
@@ -197,16 +232,48 @@ impl Startup {
                     .mechanisms()
                     .collect()
                     .map_err(|e| PgError::protocol("malformed AuthenticationSASL", e))?;
-                if !mechanisms.contains(&SCRAM_SHA_256) {
+                let plus_offered = mechanisms.contains(&SCRAM_SHA_256_PLUS);
+                // The GS2 header tells the server what we did: "p=..." bound,
+                // "y,," we could bind but it cannot, "n,," we cannot (no TLS).
+                let (mechanism, binding) = match (
+                    self.channel_binding,
+                    self.tls_server_end_point.as_ref(),
+                    plus_offered,
+                ) {
+                    (ChannelBindingMode::Disable, _, _) => {
+                        (SCRAM_SHA_256, ChannelBinding::unsupported())
+                    }
+                    (_, Some(end_point), true) => (
+                        SCRAM_SHA_256_PLUS,
+                        ChannelBinding::tls_server_end_point(end_point.clone()),
+                    ),
+                    (ChannelBindingMode::Require, end_point, _) => {
+                        return Err(PgError::Auth(if end_point.is_none() {
+                            "channel_binding=require needs TLS with a certificate whose hash \
+                             is known (not Ed25519)"
+                                .into()
+                        } else {
+                            format!(
+                                "channel_binding=require, but the server offers only {mechanisms:?}"
+                            )
+                        }));
+                    }
+                    (ChannelBindingMode::Prefer, Some(_), false) => {
+                        (SCRAM_SHA_256, ChannelBinding::unrequested())
+                    }
+                    (ChannelBindingMode::Prefer, None, _) => {
+                        (SCRAM_SHA_256, ChannelBinding::unsupported())
+                    }
+                };
+                if !mechanisms.contains(&mechanism) {
                     return Err(PgError::Auth(format!(
-                        "the server offers SASL mechanisms {mechanisms:?}, none of them {SCRAM_SHA_256}"
+                        "the server offers SASL mechanisms {mechanisms:?}, none of them {mechanism}"
                     )));
                 }
-                // No TLS, so no channel binding: "n,," tells the server we cannot.
-                let scram =
-                    ScramSha256::new(self.password(SCRAM_SHA_256)?, ChannelBinding::unsupported());
+                self.bound = mechanism == SCRAM_SHA_256_PLUS;
+                let scram = ScramSha256::new(self.password(mechanism)?, binding);
                 guarded(out, |out| {
-                    frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), out)
+                    frontend::sasl_initial_response(mechanism, scram.message(), out)
                 })
                 .map_err(|e| PgError::protocol("cannot encode SASLInitialResponse", e))?;
                 State::SaslContinue(Box::new(scram))
@@ -352,6 +419,7 @@ mod tests {
             application_name: Some("app"),
             options: None,
             password,
+            ..Default::default()
         }
     }
 
