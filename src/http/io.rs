@@ -192,7 +192,7 @@ impl ConnIo<'_> {
         // time per core, so a burst of connections that go quiet does not
         // pin a buffer each; the rest wait for readability straight away.
         let hot = &self.shared.hot_reads;
-        if self.core_draining() || hot.get() >= MAX_HOT_READS || !self.stream.reads_hot() {
+        if self.core_draining() || hot.get() >= MAX_HOT_READS {
             return HotRead::Idle;
         }
         hot.set(hot.get() + 1);

@@ -51,13 +51,6 @@ impl Stream {
         }
     }
 
-    /// Whether a connection reads directly for its next request while hot
-    /// (`ConnIo::hot_read`): a TLS read cannot be cancelled halfway through
-    /// a record, so an HTTPS connection waits for readability instead.
-    pub(super) fn reads_hot(&self) -> bool {
-        !matches!(self, Stream::Tls(_))
-    }
-
     /// Reads onto the end of `buf` (which has spare capacity).
     pub(super) async fn read_append(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         match self {
@@ -94,8 +87,7 @@ impl Stream {
                 let (res, slice) = s.cancelable_read(buf.slice_mut(len..), cancel).await;
                 (res, slice.into_inner())
             }
-            // No hot reads over TLS (see `reads_hot`): as if cancelled.
-            Stream::Tls(_) => (Err(io::Error::from_raw_os_error(libc::ECANCELED)), buf),
+            Stream::Tls(t) => t.cancelable_read_plain(buf, cancel).await,
             Stream::Memory(p) => {
                 let mut buf = buf;
                 match p.take_into(&mut buf) {

@@ -274,14 +274,16 @@ fn postgres_over_tls_with_every_sslmode_and_check() {
     let (cert, key) = leaf(Some(&t.ca), &["localhost"], "localhost", true);
     t.serve_certificate(&cert, &key);
     run(async {
-        let e = on_tls(&t.url(
-            scram,
-            "localhost",
-            &format!("sslmode=verify-ca&sslrootcert={ca}"),
-        ))
-        .await
-        .unwrap_err();
-        assert!(e.contains("expired"), "{e}");
+        for mode in ["verify-ca", "verify-full"] {
+            let e = on_tls(&t.url(
+                scram,
+                "localhost",
+                &format!("sslmode={mode}&sslrootcert={ca}"),
+            ))
+            .await
+            .unwrap_err();
+            assert!(e.contains("expired"), "{mode}: {e}");
+        }
     });
     let (cert, key) = leaf(None, &["localhost"], "localhost", false);
     t.serve_certificate(&cert, &key);
