@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/keepalive_wake.sh: server CPU per request when every request wakes
 # an idle connection (keep-alive connections that send one request every
-# PERIOD seconds, longer than the hot-read window of one deadline tick).
+# PERIOD seconds, longer than the busy window of one deadline tick).
 #
 # Usage: bench/keepalive_wake.sh [--before BIN] [--conns N] [--period S]
 #                                [--duration S] [--rounds N]

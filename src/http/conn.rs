@@ -18,7 +18,7 @@ use monoio::time::Instant;
 use ringside_wire::http::{parse_head, Framing, ResponseHead, StatusCode};
 
 use super::exchange::Exchange;
-use super::io::{ConnIo, HotRead, IoFailure, Shared};
+use super::io::{ConnIo, IoFailure, Shared};
 use super::stream::Stream;
 use super::tls::{handshake, HandshakeEnd, TlsStream};
 use super::{HttpCore, Service};
@@ -68,7 +68,7 @@ pub(super) async fn serve<S: Service>(
     let mut first_head_by =
         (start == Start::Accepted).then(|| slot.0.now() + http.shared.settings.head_timeout);
     // Whether the socket is in the idle set's epoll set (it parked before).
-    let registered = start == Start::Woken;
+    let mut registered = start == Start::Woken;
     let mut has_input = start == Start::Woken;
     let mut idle_since = slot.0.now();
     loop {
@@ -118,6 +118,23 @@ pub(super) async fn serve<S: Service>(
         }
         idle_since = slot.0.now();
         has_input = false;
+        // A busy connection's next request usually follows soon: wait for
+        // it in this task, on the core's epoll set, until the next tick;
+        // only a connection still quiet then parks (and its task ends).
+        if let Some(fd) = stream.epoll_fd().filter(|_| !http.shared.core.draining()) {
+            if let Some(readable) = http.idle.readable(fd, registered) {
+                registered = true;
+                let soon = slot.0.now() + Duration::from_millis(1);
+                let woke = monoio::select! {
+                    _ = readable => true,
+                    _ = slot.0.wait(slot.1, soon, true) => false,
+                };
+                if woke {
+                    has_input = true;
+                    continue;
+                }
+            }
+        }
         if !http.shared.core.draining() {
             let keepalive = http.shared.settings.keepalive_timeout;
             match http
@@ -294,14 +311,9 @@ async fn process_input<S: Service>(
             if io.flush().await.is_err() {
                 return false;
             }
-            // A busy connection's next request usually follows soon: read
-            // for it directly (one operation) instead of waiting for
-            // readability and then reading (two), until the next tick.
-            match io.hot_read().await {
-                HotRead::Data => continue,
-                HotRead::Idle => return true,
-                HotRead::Closed => return false,
-            }
+            // Nothing left to read: the connection waits for its next
+            // request (in `serve`), holding no buffer.
+            return true;
         }
         if io.wbuf.len() >= settings.write_high_water && io.flush().await.is_err() {
             return false;

@@ -24,9 +24,12 @@
 //! a last request (answered with `Connection: close`), as in-task waits do.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::rc::{Rc, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use monoio::time::Instant;
@@ -69,6 +72,54 @@ pub(super) struct IdleSet {
     /// The watcher's deadline slot: the first park brings its wait
     /// forward to the next tick, from which it expires what is parked.
     watcher_key: Cell<Option<DeadlineKey>>,
+    /// Busy connections waiting in their own task for their next request
+    /// (until the next tick); their events carry `WAITER_TOKEN`.
+    waiters: RefCell<Vec<Waiter>>,
+    free_waiters: RefCell<Vec<u32>>,
+}
+
+/// Marks an event as a waiting task's, not a parked connection's.
+const WAITER_TOKEN: u64 = 1 << 63;
+
+#[derive(Default)]
+struct Waiter {
+    generation: u32,
+    in_use: bool,
+    ready: bool,
+    waker: Option<Waker>,
+}
+
+/// Completes when the socket it was made for turns readable.
+pub(super) struct Readable<'a> {
+    set: &'a IdleSet,
+    index: u32,
+}
+
+impl Future for Readable<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut waiters = self.set.waiters.borrow_mut();
+        let w = &mut waiters[self.index as usize];
+        if w.ready {
+            return Poll::Ready(());
+        }
+        match &w.waker {
+            Some(old) if old.will_wake(cx.waker()) => {}
+            _ => w.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Readable<'_> {
+    fn drop(&mut self) {
+        let mut waiters = self.set.waiters.borrow_mut();
+        let w = &mut waiters[self.index as usize];
+        w.in_use = false;
+        w.ready = false;
+        w.waker = None;
+        self.set.free_waiters.borrow_mut().push(self.index);
+    }
 }
 
 impl IdleSet {
@@ -81,6 +132,8 @@ impl IdleSet {
             epoch: Instant::now(),
             core,
             watcher_key: Cell::new(None),
+            waiters: RefCell::default(),
+            free_waiters: RefCell::default(),
         }
     }
 
@@ -143,6 +196,55 @@ impl IdleSet {
             }
         }
         Ok(())
+    }
+
+    /// Waits, in the caller's task, until `fd` is readable: how a busy
+    /// connection waits for its next request. The epoll set delivers the
+    /// readiness of many sockets in one call, where a read or poll
+    /// operation per connection costs a completion each. `None` when the
+    /// socket cannot be registered (the caller parks or waits otherwise).
+    pub(super) fn readable(&self, fd: RawFd, registered: bool) -> Option<Readable<'_>> {
+        let epoll = self.epoll.borrow();
+        let epoll = epoll.as_ref()?;
+        let index = {
+            let mut waiters = self.waiters.borrow_mut();
+            let index = match self.free_waiters.borrow_mut().pop() {
+                Some(i) => i,
+                None => {
+                    waiters.push(Waiter::default());
+                    (waiters.len() - 1) as u32
+                }
+            };
+            let w = &mut waiters[index as usize];
+            w.generation = w.generation.wrapping_add(1);
+            w.in_use = true;
+            w.ready = false;
+            index
+        };
+        let generation = self.waiters.borrow()[index as usize].generation;
+        let token = WAITER_TOKEN | (u64::from(generation) << 32) | u64::from(index);
+        let waiting = Readable { set: self, index };
+        epoll.arm_oneshot(fd, token, registered).ok()?;
+        Some(waiting)
+    }
+
+    /// Marks a waiting task's socket readable and wakes it.
+    fn wake_waiter(&self, token: u64) {
+        let (index, generation) = (token as u32, ((token & !WAITER_TOKEN) >> 32) as u32);
+        let waker = {
+            let mut waiters = self.waiters.borrow_mut();
+            let Some(w) = waiters.get_mut(index as usize) else {
+                return;
+            };
+            if !w.in_use || w.generation != generation {
+                return;
+            }
+            w.ready = true;
+            w.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     fn vacant_entry(&self) -> (u32, u32) {
@@ -328,6 +430,10 @@ fn wake_ready<S: Service>(http: &Rc<HttpCore<S>>, events: &mut ReadyBuf) {
         if let Some(epoll) = &*http.idle.epoll.borrow() {
             for token in epoll.take_ready(events) {
                 taken += 1;
+                if token & WAITER_TOKEN != 0 {
+                    http.idle.wake_waiter(token);
+                    continue;
+                }
                 // The new task first runs after this loop: it cannot reach
                 // the set while it is borrowed here.
                 if let Some(p) = http.idle.take(token) {

@@ -10,7 +10,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use monoio::io::Canceller;
 use monoio::time::Instant;
 use ringside_wire::http::{Framing, HttpDate, ResponseHead, StatusCode};
 
@@ -82,15 +81,8 @@ impl Drop for ConnIo<'_> {
     }
 }
 
-/// Most connections per core reading while hot (each holds a buffer).
-const MAX_HOT_READS: usize = 1024;
-
 /// What a connection needs from its core, independent of the service type.
 pub(super) struct Shared {
-    /// Connections in a hot read now.
-    pub(super) hot_reads: std::cell::Cell<usize>,
-    /// Cancellers for hot reads, kept for reuse.
-    pub(super) idle_cancellers: std::cell::RefCell<Vec<Canceller>>,
     pub(super) core: Rc<crate::runtime::CoreCtx>,
     pub(super) settings: HttpSettings,
     pub(super) buffers: super::BufPool,
@@ -182,67 +174,6 @@ impl ConnIo<'_> {
         }
     }
 
-    /// Reads for the next request while the connection is hot, that is
-    /// until the core's next deadline tick. Then the read is cancelled the
-    /// safe way: the cancel is submitted and the read still awaited, so
-    /// bytes it took before the cancel landed are kept, not lost. The
-    /// connection then goes idle holding no buffer.
-    pub(super) async fn hot_read(&mut self) -> HotRead {
-        // A hot read lends the kernel a buffer: at most MAX_HOT_READS at a
-        // time per core, so a burst of connections that go quiet does not
-        // pin a buffer each; the rest wait for readability straight away.
-        let hot = &self.shared.hot_reads;
-        if self.core_draining() || hot.get() >= MAX_HOT_READS {
-            return HotRead::Idle;
-        }
-        hot.set(hot.get() + 1);
-        let result = self.hot_read_inner().await;
-        hot.set(hot.get() - 1);
-        result
-    }
-
-    async fn hot_read_inner(&mut self) -> HotRead {
-        if self.rbuf.capacity() == 0 {
-            self.rbuf = self.shared.buffers.take();
-        }
-        if self.rbuf.capacity() == self.rbuf.len() {
-            self.rbuf.reserve(self.read_size);
-        }
-        // Cancellers are reused: making one allocates, and a hot read that
-        // gets its bytes leaves its canceller as good as new.
-        let canceller = self.shared.idle_cancellers.borrow_mut().pop();
-        let mut canceller = canceller.unwrap_or_default();
-        let buf = mem::take(&mut self.rbuf);
-        let (res, buf) = {
-            let read = self.stream.cancelable_read(buf, canceller.handle());
-            let mut read = std::pin::pin!(read);
-            let deadlines = &self.shared.core.deadlines;
-            let until = deadlines.now() + Duration::from_millis(1);
-            monoio::select! {
-                r = &mut read => r,
-                _ = deadlines.wait(self.deadline_key, until, true) => {
-                    // A cancelled canceller is spent; this gives a fresh one.
-                    canceller = canceller.cancel();
-                    (&mut read).await
-                }
-            }
-            // The read is dropped here, before its canceller can go to
-            // another connection: nothing of this read stays registered.
-        };
-        let mut idle = self.shared.idle_cancellers.borrow_mut();
-        if idle.len() < MAX_HOT_READS {
-            idle.push(canceller);
-        }
-        drop(idle);
-        self.rbuf = buf;
-        match res {
-            Ok(0) => HotRead::Closed,
-            Ok(_) => HotRead::Data,
-            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => HotRead::Idle,
-            Err(_) => HotRead::Closed,
-        }
-    }
-
     /// Writes everything queued in `wbuf`, bounded by the write timeout: a
     /// client that stops reading is cut.
     pub(super) async fn flush(&mut self) -> io::Result<()> {
@@ -312,11 +243,4 @@ impl ConnIo<'_> {
             }
         }
     }
-}
-
-/// How a hot read ended.
-pub(super) enum HotRead {
-    Data,
-    Idle,
-    Closed,
 }

@@ -121,8 +121,6 @@ impl<S: Service> HttpCore<S> {
         let buffers = BufPool::new(config.read_buffer_bytes, config.pooled_buffers_per_core)
             .keep_up_to(settings.write_high_water);
         let shared = Rc::new(io::Shared {
-            hot_reads: Cell::new(0),
-            idle_cancellers: Default::default(),
             core,
             settings,
             buffers,

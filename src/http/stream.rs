@@ -18,8 +18,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use super::tls::TlsStream;
@@ -51,6 +50,16 @@ impl Stream {
         }
     }
 
+    /// The socket to wait on in the core's epoll set, when the connection
+    /// can wait there: TCP, or TLS with nothing read and not yet taken.
+    pub(super) fn epoll_fd(&self) -> Option<std::os::fd::RawFd> {
+        match self {
+            Stream::Tcp(s) => Some(s.as_raw_fd()),
+            Stream::Tls(t) if t.can_park() => Some(t.tcp().as_raw_fd()),
+            _ => None,
+        }
+    }
+
     /// Reads onto the end of `buf` (which has spare capacity).
     pub(super) async fn read_append(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         match self {
@@ -70,31 +79,6 @@ impl Stream {
             Stream::Tcp(s) => recv_now(s.as_raw_fd(), buf),
             Stream::Tls(t) => t.read_plain_now(buf),
             Stream::Memory(p) => Ok(p.take_into(buf)),
-        }
-    }
-
-    /// A read that `cancel` may stop safely (what it read before the
-    /// cancel landed is kept); `ECANCELED` when stopped. The pipe has no
-    /// reads in flight: it answers at once, cancelled when nothing waits.
-    pub(super) async fn cancelable_read(
-        &mut self,
-        buf: BytesMut,
-        cancel: CancelHandle,
-    ) -> (io::Result<usize>, BytesMut) {
-        match self {
-            Stream::Tcp(s) => {
-                let len = buf.len();
-                let (res, slice) = s.cancelable_read(buf.slice_mut(len..), cancel).await;
-                (res, slice.into_inner())
-            }
-            Stream::Tls(t) => t.cancelable_read_plain(buf, cancel).await,
-            Stream::Memory(p) => {
-                let mut buf = buf;
-                match p.take_into(&mut buf) {
-                    Some(n) => (Ok(n), buf),
-                    None => (Err(io::Error::from_raw_os_error(libc::ECANCELED)), buf),
-                }
-            }
         }
     }
 

@@ -24,8 +24,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
@@ -372,42 +371,6 @@ impl TlsStream {
                 Ok(_) => {}
                 Err(e) => return (Err(e), plain),
             }
-        }
-    }
-
-    /// One read of ciphertext that `cancel` may stop (what it took before
-    /// the cancel landed stays in `incoming`), then the plaintext it
-    /// completes appended to `plain`. `ECANCELED` when stopped, and also
-    /// when the bytes read complete no record yet: the connection then
-    /// waits for the rest like any idle one (its partial record kept).
-    pub(super) async fn cancelable_read_plain(
-        &mut self,
-        mut plain: BytesMut,
-        cancel: CancelHandle,
-    ) -> (io::Result<usize>, BytesMut) {
-        let start = plain.len();
-        if !self.has_buffered_input() && !self.read_closed {
-            self.reserve_incoming();
-            let len = self.incoming.len();
-            let buf = mem::take(&mut self.incoming);
-            let (res, slice) = self.tcp.cancelable_read(buf.slice_mut(len..), cancel).await;
-            self.incoming = slice.into_inner();
-            match res {
-                Ok(0) => return (Ok(0), plain),
-                Ok(_) => {}
-                Err(e) => {
-                    self.release_incoming_if_empty();
-                    return (Err(e), plain);
-                }
-            }
-        }
-        let progress = self.advance(Some(&mut plain));
-        let sent = self.transmit().await;
-        match progress {
-            Err(e) => (Err(tls_error(e)), plain),
-            Ok(_) if plain.len() > start => (sent.map(|()| plain.len() - start), plain),
-            Ok(Progress::Closed) => (Ok(0), plain),
-            Ok(_) => (Err(io::Error::from_raw_os_error(libc::ECANCELED)), plain),
         }
     }
 

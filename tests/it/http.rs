@@ -275,7 +275,7 @@ both_drivers! {
         for c in &mut conns {
             assert_eq!(c.roundtrip(get("/plaintext")).status, 200);
         }
-        // Past the hot-read window (one deadline tick, 100 ms at most) the
+        // Past the busy window (one deadline tick, 100 ms at most) the
         // connections park, with no task.
         thread::sleep(Duration::from_millis(400));
         let n = parked();

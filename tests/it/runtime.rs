@@ -221,7 +221,7 @@ fn graceful_shutdown_epoll() {
     graceful_shutdown_finishes_in_flight_request("epoll");
 }
 
-/// A parked keep-alive connection (idle past the hot-read tick, with no
+/// A parked keep-alive connection (idle past the busy window of one tick, with no
 /// task) that sends its next request right after the drain starts is
 /// answered, with `Connection: close`; one idle for longer than the drain's
 /// grace is closed at once.
