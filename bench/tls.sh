@@ -21,6 +21,7 @@
 # Output: bench/results/tls.csv, tls.md, tls.png (bench/tls_report.py).
 #
 # Usage: bench/tls.sh [--rounds N] [--duration SECS] [--idle N] [--no-build]
+#                     [--quick] (1 round of 3 s, 1,000 idle) [--out DIR]
 set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -38,6 +39,7 @@ while (( $# )); do
         --duration) DURATION=${2:?}; shift ;;
         --idle) IDLE=${2:?}; shift ;;
         --no-build) BUILD=0 ;;
+        --quick) ROUNDS=1; DURATION=3; IDLE=1000 ;;
         --out) OUT_DIR=${2:?}; shift ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument: $1" ;;
