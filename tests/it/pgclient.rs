@@ -16,7 +16,8 @@ use ringside::pg::{
 
 use crate::pgfix::{shared, Cluster};
 
-fn run<F: Future>(f: F) -> F::Output {
+/// Runs a future on a runtime of the test's own (shared with `pgtls`).
+pub(crate) fn run<F: Future>(f: F) -> F::Output {
     monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build()

@@ -6,7 +6,6 @@
     reason = "geteuid, to give the key file to the cluster's owner"
 )]
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -17,15 +16,8 @@ use ringside::pg::{
     ConnSettings, Param, PgConfig, PgConn, Pool, PoolSettings, QueryError, Statement,
 };
 
+use crate::pgclient::run;
 use crate::pgfix::{shared, Cluster};
-
-fn run<F: Future>(f: F) -> F::Output {
-    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
 
 fn config(url: &str) -> Result<PgConfig, String> {
     PgConfig::from_env(|k| (k == "DATABASE_URL").then(|| url.to_string()))

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use monoio::io::{AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf};
 use monoio::net::{TcpStream, UnixStream};
 use ringside_wire::pg::frontend;
 
@@ -108,52 +108,41 @@ impl Writer {
     /// always has room, and this spares the ring a send op whose completion
     /// would wake the runtime once more per batch.
     async fn send(&mut self, fd: RawFd, out: BytesMut) -> (io::Result<()>, BytesMut) {
-        if let Writer::Tls {
-            half,
-            session,
-            cipher,
-        } = self
-        {
-            cipher.clear();
-            if let Err(e) = session.borrow_mut().seal(&out, cipher) {
-                return (Err(e), out);
+        match self {
+            Writer::Tcp(w) => send_rest(fd, w, out).await,
+            Writer::Unix(w) => send_rest(fd, w, out).await,
+            Writer::Tls {
+                half,
+                session,
+                cipher,
+            } => {
+                cipher.clear();
+                if let Err(e) = session.borrow_mut().seal(&out, cipher) {
+                    return (Err(e), out);
+                }
+                let (res, c) = send_rest(fd, half, std::mem::take(cipher)).await;
+                *cipher = c;
+                (res, out)
             }
-            let (res, c) = send_rest(fd, half, std::mem::take(cipher)).await;
-            *cipher = c;
-            return (res, out);
-        }
-        match send_now(fd, &out) {
-            Ok(n) if n == out.len() => (Ok(()), out),
-            Ok(n) => {
-                let mut out = out;
-                out.advance(n);
-                let (res, b) = self.write_all(out).await;
-                (res.map(drop), b)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let (res, b) = self.write_all(out).await;
-                (res.map(drop), b)
-            }
-            Err(e) => (Err(e), out),
         }
     }
 }
 
 /// A plain non-blocking send, then the ring for the rest.
-async fn send_rest(
+async fn send_rest<W: AsyncWriteRent>(
     fd: RawFd,
-    half: &mut OwnedWriteHalf<TcpStream>,
+    writer: &mut W,
     mut buf: BytesMut,
 ) -> (io::Result<()>, BytesMut) {
     match send_now(fd, &buf) {
         Ok(n) if n == buf.len() => (Ok(()), buf),
         Ok(n) => {
             buf.advance(n);
-            let (res, b) = half.write_all(buf).await;
+            let (res, b) = writer.write_all(buf).await;
             (res.map(drop), b)
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            let (res, b) = half.write_all(buf).await;
+            let (res, b) = writer.write_all(buf).await;
             (res.map(drop), b)
         }
         Err(e) => (Err(e), buf),
