@@ -41,10 +41,12 @@ const ORDERS_LIMIT: i64 = 20;
 static INT_STMT: Statement = Statement {
     sql: INT_SQL,
     param_types: &[0],
+    read_only: true,
 };
 static ORDERS_STMT: Statement = Statement {
     sql: ORDERS_SQL,
     param_types: &[20], // int8, as the server infers for LIMIT
+    read_only: true,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
