@@ -52,6 +52,8 @@ impl Database {
 
     pub fn new(pg: PgConfig, config: &Config) -> Result<Database, String> {
         let addrs = pg.resolve()?;
+        // Certificate files are read here, at start-up, never on a core.
+        crate::pg::conn::preload_tls(&pg)?;
         Ok(Database {
             config: pg,
             addrs,

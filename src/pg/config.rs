@@ -15,7 +15,7 @@ pub enum PgHost {
 }
 
 /// libpq's `sslmode`: whether to use TLS and what to check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SslMode {
     /// Never TLS.
     Disable,
@@ -33,7 +33,7 @@ pub enum SslMode {
 }
 
 /// libpq's `channel_binding` (SCRAM-SHA-256-PLUS over TLS).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ChannelBinding {
     Disable,
     Prefer,
@@ -41,7 +41,7 @@ pub enum ChannelBinding {
 }
 
 /// TLS settings of the database connection (libpq's names).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PgTls {
     pub mode: SslMode,
     /// CA certificates (PEM) for `verify-ca`/`verify-full`, or `system`

@@ -40,6 +40,8 @@ mod copy;
 mod socket;
 mod tls;
 
+pub use tls::preload as preload_tls;
+
 pub use copy::CopyIn;
 use socket::{read_loop, write_loop, Reader, Writer};
 

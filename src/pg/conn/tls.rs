@@ -70,7 +70,7 @@ pub(crate) async fn negotiate(
     if tls.mode == SslMode::Disable {
         return Ok(None);
     }
-    let config = client_config(cfg).map_err(|e| unavailable(cfg, e))?;
+    let config = cached_client_config(cfg).map_err(|e| unavailable(cfg, e))?;
     if !tls.direct {
         let (res, _) = stream.write_all(SSL_REQUEST.to_vec()).await;
         res.map_err(|e| unavailable(cfg, e))?;
@@ -109,8 +109,7 @@ pub(crate) async fn negotiate(
     }
     let name = ServerName::try_from(host.to_string())
         .map_err(|e| unavailable(cfg, format!("{host} is not a name TLS can check: {e}")))?;
-    let mut conn =
-        ClientConnection::new(Arc::new(config), name).map_err(|e| unavailable(cfg, e))?;
+    let mut conn = ClientConnection::new(config, name).map_err(|e| unavailable(cfg, e))?;
     conn.set_buffer_limit(None);
     handshake(stream, &mut conn)
         .await
@@ -220,6 +219,31 @@ fn mode_name(mode: SslMode) -> &'static str {
         SslMode::VerifyCa => "verify-ca",
         SslMode::VerifyFull => "verify-full",
     }
+}
+
+/// The client configuration for `cfg.tls`, made once per process: it
+/// reads certificate files, which must not happen on a core's event loop,
+/// so [`preload`] makes it at start-up and cores only look it up.
+fn cached_client_config(cfg: &PgConfig) -> Result<Arc<ClientConfig>, String> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Cache = Mutex<HashMap<crate::pg::config::PgTls, Result<Arc<ClientConfig>, String>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    cache
+        .entry(cfg.tls.clone())
+        .or_insert_with(|| client_config(cfg).map(Arc::new))
+        .clone()
+}
+
+/// Loads the TLS files of `cfg` (start-up, not on a core): a file that does
+/// not load fails the start with its reason.
+pub fn preload(cfg: &PgConfig) -> Result<(), String> {
+    if cfg.tls.mode == SslMode::Disable || cfg.socket_path().is_some() {
+        return Ok(());
+    }
+    cached_client_config(cfg).map(drop)
 }
 
 /// The rustls client configuration for `cfg.tls`: what is checked of the
