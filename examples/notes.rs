@@ -25,6 +25,7 @@ static COUNT_ORDERS: Statement = Statement {
     sql: "SELECT count(*) FROM orders",
     param_types: &[],
     read_only: true,
+    fresh: false,
 };
 
 /// One per core: it may hold `Rc` state (here, the core's own pool).

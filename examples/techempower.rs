@@ -26,11 +26,13 @@ static WORLD: Statement = Statement {
     sql: "SELECT id, randomnumber FROM world WHERE id = $1",
     param_types: &[23],
     read_only: true,
+    fresh: false,
 };
 static FORTUNES: Statement = Statement {
     sql: "SELECT id, message FROM fortune",
     param_types: &[],
     read_only: true,
+    fresh: false,
 };
 static UPDATE: Statement = Statement {
     sql: "UPDATE world SET randomnumber = t.r FROM \
@@ -38,6 +40,7 @@ static UPDATE: Statement = Statement {
           WHERE world.id = t.id",
     param_types: &[25, 25],
     read_only: false,
+    fresh: false,
 };
 
 pub struct Bench {

@@ -74,6 +74,12 @@ pub struct Config {
     pub body_rate_grace: Duration,
     pub export_batch_rows: usize,
     pub database_url: Option<String>,
+    /// Streaming replicas that serve read-only statements (libpq URLs).
+    pub db_replicas: Vec<String>,
+    pub db_replica_pool_size: usize,
+    pub db_max_replica_lag: Duration,
+    pub db_replica_check_interval: Duration,
+    pub db_replica_fallback: ReplicaFallback,
     pub log_format: LogFormat,
     /// Where each non-default value came from (for `check-config`).
     pub sources: Vec<(&'static str, String, Source)>,
@@ -96,6 +102,15 @@ impl fmt::Display for Source {
             Source::Flag => f.write_str("flag"),
         }
     }
+}
+
+/// Where reads go when no replica may take them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicaFallback {
+    /// To the primary (the default: a dead replica costs no request).
+    Primary,
+    /// Nowhere: 503, so the primary is kept for writes.
+    Fail,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,6 +184,11 @@ impl Default for Config {
             body_rate_grace: Duration::ZERO,
             export_batch_rows: 0,
             database_url: None,
+            db_replicas: Vec::new(),
+            db_replica_pool_size: 0,
+            db_max_replica_lag: Duration::ZERO,
+            db_replica_check_interval: Duration::ZERO,
+            db_replica_fallback: ReplicaFallback::Primary,
             log_format: LogFormat::Text,
             sources: Vec::new(),
             config_file: None,
@@ -215,6 +235,9 @@ macro_rules! setting {
         }
     };
 }
+
+/// Flags that may be given more than once; their values gather.
+const REPEATABLE: &[&str] = &["db-replica"];
 
 /// Every setting the server knows.
 pub static SETTINGS: &[Setting] = &[
@@ -352,6 +375,25 @@ pub static SETTINGS: &[Setting] = &[
     setting!("database-url", "DATABASE_URL", "",
         "PostgreSQL to use (libpq URI); empty: the PG* variables, or no database",
         |c, v| c.database_url = Some(v.to_string()).filter(|s| !s.is_empty())),
+    setting!("db-replica", "RINGSIDE_DB_REPLICAS", "",
+        "a PostgreSQL streaming replica (libpq URL) for read-only statements; repeat the flag for several (the variable takes them separated by spaces, the file an array); writes, COPY and transactions stay on the primary",
+        |c, v| c.db_replicas = v.split_whitespace().map(str::to_string).collect()),
+    setting!("db-replica-pool-size", "RINGSIDE_DB_REPLICA_POOL_SIZE", "2",
+        "PostgreSQL connections per core to each replica",
+        |c, v| c.db_replica_pool_size = parse_int(v, 1, 1024)? as usize),
+    setting!("db-max-replica-lag", "RINGSIDE_DB_MAX_REPLICA_LAG", "5s",
+        "replay lag past which a replica gets no reads until it catches up",
+        |c, v| c.db_max_replica_lag = parse_duration(v)?),
+    setting!("db-replica-check-interval", "RINGSIDE_DB_REPLICA_CHECK_INTERVAL", "1s",
+        "how often each core samples each replica's replay lag (on its own timer, never per request)",
+        |c, v| c.db_replica_check_interval = parse_duration(v)?),
+    setting!("db-replica-fallback", "RINGSIDE_DB_REPLICA_FALLBACK", "primary",
+        "where reads go while no replica may take them: `primary`, or `fail` (503)",
+        |c, v| c.db_replica_fallback = match v {
+            "primary" => ReplicaFallback::Primary,
+            "fail" => ReplicaFallback::Fail,
+            _ => return Err(format!("expected primary or fail, got {v:?}")),
+        }),
     setting!("log-format", "RINGSIDE_LOG_FORMAT", "text",
         "log lines as `text` or `json`",
         |c, v| c.log_format = match v {
@@ -388,7 +430,7 @@ impl Config {
         I: IntoIterator<Item = String>,
         E: Fn(&str) -> Option<String>,
     {
-        let mut flags = Vec::new();
+        let mut flags: Vec<(String, String)> = Vec::new();
         let mut file = env("RINGSIDE_CONFIG").filter(|f| !f.is_empty());
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -407,6 +449,14 @@ impl Config {
             };
             if name == "config" {
                 file = Some(value);
+            } else if let Some((_, earlier)) = flags
+                .iter_mut()
+                .find(|(n, _)| *n == name && REPEATABLE.contains(&n.as_str()))
+            {
+                // A repeatable flag (`--db-replica A --db-replica B`) gathers
+                // its values.
+                earlier.push(' ');
+                earlier.push_str(&value);
             } else {
                 flags.push((name, value));
             }
@@ -453,6 +503,12 @@ impl Config {
                 toml::Value::String(s) => s,
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Array(items) if REPEATABLE.contains(&key.as_str()) => items
+                    .iter()
+                    .map(|i| i.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| format!("{key}: expected an array of strings"))?
+                    .join(" "),
                 other => {
                     return Err(format!(
                         "{key}: expected a string or a number, got a {}",
@@ -485,6 +541,12 @@ impl Config {
             };
             let value = if s.flag == "database-url" {
                 redact_url_password(&value)
+            } else if s.flag == "db-replica" {
+                value
+                    .split_whitespace()
+                    .map(redact_url_password)
+                    .collect::<Vec<_>>()
+                    .join(" ")
             } else {
                 value
             };
@@ -520,6 +582,11 @@ impl Config {
             ("--write-timeout", self.write_timeout),
             ("--db-wait-timeout", self.db_wait_timeout),
             ("--db-query-timeout", self.db_query_timeout),
+            ("--db-max-replica-lag", self.db_max_replica_lag),
+            (
+                "--db-replica-check-interval",
+                self.db_replica_check_interval,
+            ),
             ("--upload-wait-timeout", self.upload_wait_timeout),
             ("--upload-timeout", self.upload_timeout),
         ] {
@@ -794,6 +861,41 @@ mod tests {
             text.contains("keepalive-timeout = \"60s\"  # default"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn replicas_gather_from_repeated_flags_the_environment_and_the_file() {
+        let c = parse(
+            &[
+                "--db-replica",
+                "postgres://r1/db",
+                "--db-replica=postgres://u:pw@r2/db",
+            ],
+            &[("RINGSIDE_DB_REPLICAS", "postgres://env/db")],
+        )
+        .unwrap();
+        assert_eq!(c.db_replicas, ["postgres://r1/db", "postgres://u:pw@r2/db"]);
+        assert!(c.describe().contains("postgres://u:<redacted>@r2/db"));
+        assert!(!c.describe().contains("pw@"));
+        let c = parse(
+            &[],
+            &[("RINGSIDE_DB_REPLICAS", "postgres://a/db  postgres://b/db")],
+        )
+        .unwrap();
+        assert_eq!(c.db_replicas, ["postgres://a/db", "postgres://b/db"]);
+        let c = load(
+            &["--config", "x.toml"],
+            &[],
+            "db-replica = [\"postgres://f1/db\", \"postgres://f2/db\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.db_replicas, ["postgres://f1/db", "postgres://f2/db"]);
+        assert!(Config::default().db_replicas.is_empty());
+        assert_eq!(
+            Config::default().db_replica_fallback,
+            ReplicaFallback::Primary
+        );
+        assert!(parse(&["--db-replica-fallback", "maybe"], &[]).is_err());
     }
 
     #[test]

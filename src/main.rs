@@ -89,7 +89,12 @@ fn serve(config: Config) -> ExitCode {
         }
     };
     match &database {
-        Some(db) => info!("database {}", db.config),
+        Some(db) => {
+            info!("database {}", db.config);
+            for r in &db.replicas {
+                info!("read replica {}", r.config);
+            }
+        }
         None => info!("no database configured (set DATABASE_URL); database routes answer 503"),
     }
     if std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "0")

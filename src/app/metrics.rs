@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::routes::ROUTES;
-use crate::pg::PoolStats;
+use crate::pg::{PoolReport, PoolStats};
 
 /// Request latency bucket bounds, in seconds.
 pub const LATENCY_BUCKETS: [f64; 12] = [
@@ -82,15 +82,13 @@ pub struct Snapshot {
     pub rows_imported: u64,
     pub bytes_imported: u64,
     pub imports_failed: u64,
-    pub pool: Option<PoolStats>,
+    /// The primary's pool first, then each replica's (empty without a
+    /// database).
+    pub pools: Vec<PoolReport>,
 }
 
 impl Snapshot {
-    pub fn of(
-        core: &crate::runtime::CoreCtx,
-        m: &CoreMetrics,
-        pool: Option<PoolStats>,
-    ) -> Snapshot {
+    pub fn of(core: &crate::runtime::CoreCtx, m: &CoreMetrics, pools: Vec<PoolReport>) -> Snapshot {
         Snapshot {
             core: core.index,
             cpu: core.cpu,
@@ -122,7 +120,7 @@ impl Snapshot {
             rows_imported: m.rows_imported.get(),
             bytes_imported: m.bytes_imported.get(),
             imports_failed: m.imports_failed.get(),
-            pool,
+            pools,
         }
     }
 }
@@ -448,12 +446,74 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
             |p| p.busy,
         ),
     ];
-    if snaps.iter().any(|s| s.pool.is_some()) {
+    if snaps.iter().any(|s| !s.pools.is_empty()) {
         for (name, kind, help, get) in pool {
             family(&mut o, name, kind, help);
             for s in snaps {
-                if let Some(p) = &s.pool {
-                    let _ = writeln!(o, "{name}{{core=\"{}\"}} {}", s.core, get(p));
+                for p in &s.pools {
+                    let _ = writeln!(
+                        o,
+                        "{name}{{core=\"{}\",pool=\"{}\"}} {}",
+                        s.core,
+                        p.name,
+                        get(&p.stats)
+                    );
+                }
+            }
+        }
+        let routing: [Family<PoolReport>; 3] = [
+            (
+                "ringside_db_routed_reads_total",
+                "counter",
+                "Read-only statements sent to each pool (the primary, or a replica).",
+                |p| p.routed_reads,
+            ),
+            (
+                "ringside_db_pool_serving",
+                "gauge",
+                "1 while the pool takes reads (a replica: up, and within --db-max-replica-lag).",
+                |p| u64::from(p.serving),
+            ),
+            (
+                "ringside_db_replica_failovers_total",
+                "counter",
+                "Reads run again elsewhere after the replica failed them.",
+                |p| p.failovers,
+            ),
+        ];
+        for (name, kind, help, get) in routing {
+            family(&mut o, name, kind, help);
+            for s in snaps {
+                for p in &s.pools {
+                    let _ = writeln!(
+                        o,
+                        "{name}{{core=\"{}\",pool=\"{}\"}} {}",
+                        s.core,
+                        p.name,
+                        get(p)
+                    );
+                }
+            }
+        }
+        if snaps.iter().any(|s| s.pools.len() > 1) {
+            family(
+                &mut o,
+                "ringside_db_replica_lag_seconds",
+                "gauge",
+                "Each replica's last sampled replay lag (absent while unknown).",
+            );
+            for s in snaps {
+                for p in s.pools.iter().skip(1) {
+                    if let Some(lag) = p.lag {
+                        let _ = writeln!(
+                            o,
+                            "ringside_db_replica_lag_seconds{{core=\"{}\",pool=\"{}\",host=\"{}\"}} {:.3}",
+                            s.core,
+                            p.name,
+                            p.host.replace('\\', "\\\\").replace('"', "\\\""),
+                            lag.as_secs_f64()
+                        );
+                    }
                 }
             }
         }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::http::{Exchange, Service, StatusCode};
-use crate::pg::{PgConfig, Pool, PoolSettings, QueryError};
+use crate::pg::{PgConfig, Pool, PoolSettings, QueryError, ReplicaTarget, Router, RouterSettings};
 use crate::runtime::{CoreCtx, LogLimit};
 use metrics::{CoreMetrics, ScrapeRequest, Snapshot};
 use routes::RouteId;
@@ -29,6 +29,9 @@ pub struct Database {
     pub config: PgConfig,
     pub addrs: Vec<SocketAddr>,
     pub pool: PoolSettings,
+    /// Streaming replicas for read-only statements (`--db-replica`).
+    pub replicas: Vec<ReplicaTarget>,
+    pub routing: RouterSettings,
 }
 
 impl Database {
@@ -41,6 +44,11 @@ impl Database {
                 .iter()
                 .any(|k| std::env::var_os(k).is_some());
         if !configured {
+            if !config.db_replicas.is_empty() {
+                return Err(
+                    "--db-replica needs a primary: set DATABASE_URL (or the PG* variables)".into(),
+                );
+            }
             return Ok(None);
         }
         let pg = PgConfig::from_env(|k| match k {
@@ -54,10 +62,49 @@ impl Database {
         let addrs = pg.resolve()?;
         // Certificate files are read here, at start-up, never on a core.
         crate::pg::conn::preload_tls(&pg)?;
+        let pool = PoolSettings::from_config(config);
+        let mut replicas = Vec::with_capacity(config.db_replicas.len());
+        for url in &config.db_replicas {
+            // Each replica URL over the PG* variables, like DATABASE_URL.
+            let replica = PgConfig::from_env(|k| match k {
+                "DATABASE_URL" => Some(url.clone()),
+                _ => std::env::var(k).ok(),
+            })
+            .map_err(|e| {
+                format!(
+                    "--db-replica {}: {e}",
+                    crate::config::redact_url_password(url)
+                )
+            })?;
+            let addrs = replica.resolve()?;
+            crate::pg::conn::preload_tls(&replica)?;
+            replicas.push(ReplicaTarget {
+                name: replica.describe_host(),
+                config: replica,
+                addrs,
+            });
+        }
+        let replica_pool = PoolSettings {
+            connections: config.db_replica_pool_size,
+            // Exports on a replica hold a connection as on the primary,
+            // always leaving one for the pipelined reads.
+            max_exclusive: pool
+                .max_exclusive
+                .min(config.db_replica_pool_size.saturating_sub(1)),
+            fail_fast: true,
+            ..pool.clone()
+        };
         Ok(Database {
             config: pg,
             addrs,
-            pool: PoolSettings::from_config(config),
+            routing: RouterSettings {
+                max_lag: config.db_max_replica_lag,
+                check_interval: config.db_replica_check_interval,
+                fallback: config.db_replica_fallback,
+                replica_pool,
+            },
+            pool,
+            replicas,
         })
     }
 }
@@ -96,7 +143,7 @@ pub struct Scrape {
 /// The application, one per core.
 pub struct App {
     core: Rc<CoreCtx>,
-    pool: Option<Rc<Pool>>,
+    db: Option<Rc<Router>>,
     settings: AppSettings,
     metrics: Rc<CoreMetrics>,
     scrape_cores: Arc<Vec<flume::Sender<ScrapeRequest>>>,
@@ -112,15 +159,18 @@ impl App {
         settings: AppSettings,
         scrape: Option<Scrape>,
     ) -> Self {
-        let pool = db.map(|d| Pool::new(d.config.clone(), d.addrs.clone(), d.pool.clone()));
+        let db = db.map(|d| {
+            let primary = Pool::new(d.config.clone(), d.addrs.clone(), d.pool.clone());
+            Router::new(primary, &d.replicas, d.routing.clone())
+        });
         let metrics = Rc::new(CoreMetrics::default());
         let scrape_cores = match scrape {
             Some(s) => {
-                let (core, metrics, pool) = (core.clone(), metrics.clone(), pool.clone());
+                let (core, metrics, db) = (core.clone(), metrics.clone(), db.clone());
                 monoio::spawn(async move {
                     while let Ok(reply) = s.inbox.recv_async().await {
-                        let stats = pool.as_ref().map(|p| p.stats());
-                        let _ = reply.try_send(Snapshot::of(&core, &metrics, stats));
+                        let pools = db.as_ref().map(|d| d.reports()).unwrap_or_default();
+                        let _ = reply.try_send(Snapshot::of(&core, &metrics, pools));
                     }
                 });
                 s.cores
@@ -129,7 +179,7 @@ impl App {
         };
         App {
             core,
-            pool,
+            db,
             settings,
             metrics,
             scrape_cores,
@@ -137,8 +187,14 @@ impl App {
         }
     }
 
+    /// The primary's pool (writes, COPY, transactions).
     pub fn pool(&self) -> Option<&Rc<Pool>> {
-        self.pool.as_ref()
+        self.db.as_ref().map(|d| d.primary())
+    }
+
+    /// The primary and the replicas, for reads that may go to either.
+    pub fn router(&self) -> Option<&Rc<Router>> {
+        self.db.as_ref()
     }
 }
 
@@ -199,8 +255,8 @@ impl App {
             metrics::gather(&self.scrape_cores, Duration::from_secs(1)).await
         };
         if snaps.is_empty() {
-            let stats = self.pool.as_ref().map(|p| p.stats());
-            snaps.push(Snapshot::of(&self.core, &self.metrics, stats));
+            let pools = self.db.as_ref().map(|d| d.reports()).unwrap_or_default();
+            snaps.push(Snapshot::of(&self.core, &self.metrics, pools));
         }
         let text = metrics::render(&snaps, missing);
         ex.respond(
@@ -210,14 +266,15 @@ impl App {
         );
     }
 
-    /// Ready while this core accepts and the database answers; 503 while
-    /// draining (so a load balancer stops sending before we stop).
+    /// Ready while this core accepts and the primary answers (whatever the
+    /// replicas do: reads fall back to the primary); 503 while draining (so
+    /// a load balancer stops sending before we stop).
     fn readiness(&self, ex: &mut Exchange<'_, '_>) {
         if self.core.draining() {
             return unavailable(ex, "draining");
         }
-        if let Some(pool) = &self.pool {
-            if pool.stats().ready == 0 {
+        if let Some(pool) = self.pool() {
+            if !pool.is_up() {
                 return unavailable(ex, "database unavailable");
             }
         }
@@ -235,13 +292,18 @@ fn method_not_allowed(ex: &mut Exchange<'_, '_>, allow: &[u8]) {
     );
 }
 
-/// The pool, or a 503 when the server runs without a database.
+/// The primary's pool, or a 503 when the server runs without a database.
 fn pool_or_503<'a>(app: &'a App, ex: &mut Exchange<'_, '_>) -> Option<&'a Rc<Pool>> {
-    if app.pool.is_none() {
+    router_or_503(app, ex).map(|d| d.primary())
+}
+
+/// The router (reads may go to a replica), or a 503 without a database.
+fn router_or_503<'a>(app: &'a App, ex: &mut Exchange<'_, '_>) -> Option<&'a Rc<Router>> {
+    if app.db.is_none() {
         CoreMetrics::add(&app.metrics.db_shed, 1);
         unavailable(ex, "no database configured (set DATABASE_URL)");
     }
-    app.pool.as_ref()
+    app.db.as_ref()
 }
 
 /// 503 with Retry-After and a short reason.

@@ -7,7 +7,7 @@ use crate::http::{BodyOut, Exchange, Out, StatusCode};
 use crate::pg::{Column, Param, PgError, QueryError, Row, Rows, Statement};
 
 use super::text::{csv_field, html_escape, json_string, push_int, rfc3339_micros};
-use super::{pool_or_503, query_param, respond_db_error, App};
+use super::{query_param, respond_db_error, router_or_503, App};
 
 pub const DEFAULT_LIMIT: i64 = 200;
 pub const MAX_LIMIT: i64 = 1000;
@@ -17,6 +17,7 @@ pub static ORDER_TITLES: Statement = Statement {
     sql: "SELECT title FROM orders ORDER BY id LIMIT $1",
     param_types: &[20],
     read_only: true,
+    fresh: false,
 };
 
 static ORDER_EXPORT: Statement = Statement {
@@ -24,6 +25,7 @@ static ORDER_EXPORT: Statement = Statement {
           FROM orders ORDER BY id",
     param_types: &[],
     read_only: true,
+    fresh: false,
 };
 
 const PAGE_HEAD: &[u8] = b"<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">\
@@ -54,7 +56,7 @@ pub async fn list(app: &App, ex: &mut Exchange<'_, '_>) {
             }
         },
     };
-    let Some(pool) = pool_or_503(app, ex) else {
+    let Some(db) = router_or_503(app, ex) else {
         return;
     };
     let json = wants_json(ex);
@@ -63,10 +65,10 @@ pub async fn list(app: &App, ex: &mut Exchange<'_, '_>) {
     } else {
         b"text/html; charset=utf-8"
     };
-    if pool.coalesces() {
+    if db.coalesces() {
         // Identical pages requested while one is still waiting to be sent
         // share its execution and its one rendering.
-        let shared = pool
+        let shared = db
             .query_shared(
                 &ORDER_TITLES,
                 &[Param::I64(limit)],
@@ -79,7 +81,7 @@ pub async fn list(app: &App, ex: &mut Exchange<'_, '_>) {
             Err(e) => respond_db_error(app, ex, &e),
         };
     }
-    let rows = match pool.query(&ORDER_TITLES, &[Param::I64(limit)]).await {
+    let rows = match db.query(&ORDER_TITLES, &[Param::I64(limit)]).await {
         Ok(rows) => rows,
         Err(e) => return respond_db_error(app, ex, &e),
     };
@@ -125,13 +127,14 @@ fn render_titles(rows: &Rows, json: bool, out: &mut BodyOut<'_>) -> Result<(), P
 /// and the next batch is fetched only once the previous one was written
 /// to the client: a slow reader slows the query, memory stays flat.
 pub async fn export(app: &App, ex: &mut Exchange<'_, '_>) {
-    let Some(pool) = pool_or_503(app, ex) else {
+    let Some(db) = router_or_503(app, ex) else {
         return;
     };
     // Held connections are few (--max-uploads-per-core): the export, like
     // an upload, ends by its deadline however slowly the client reads.
     let deadline = Instant::now() + app.settings.upload_timeout;
-    let held = match pool.exclusive().await {
+    // A read-only transaction: on a replica when one serves.
+    let held = match db.exclusive_read().await {
         Ok(h) => h,
         Err(e) => return respond_db_error(app, ex, &e),
     };

@@ -127,6 +127,15 @@ impl fmt::Display for PgConfig {
 }
 
 impl PgConfig {
+    /// `host:port` (or the socket directory and port), without credentials:
+    /// a name for logs and metric labels.
+    pub fn describe_host(&self) -> String {
+        match &self.host {
+            PgHost::Tcp(h) => format!("{h}:{}", self.port),
+            PgHost::Unix(dir) => format!("{}:{}", dir.display(), self.port),
+        }
+    }
+
     /// The socket path for a unix-socket host.
     pub fn socket_path(&self) -> Option<PathBuf> {
         match &self.host {

@@ -78,6 +78,10 @@ pub struct Statement {
     /// connection when its connection breaks before the answer arrives.
     /// Never set it on a statement that writes or has side effects.
     pub read_only: bool,
+    /// A read that must see the latest commits (read-your-writes): with
+    /// replicas (`--db-replica`) it still runs on the primary. Only
+    /// meaningful with `read_only`; writes always run on the primary.
+    pub fresh: bool,
 }
 
 pub use ringside_wire::pg::pipeline::{Param, Rows};

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod conn;
 pub mod pool;
+pub mod router;
 mod wait;
 
 use std::fmt;
@@ -13,6 +14,7 @@ pub use config::{PgConfig, PgHost};
 pub use conn::{ConnSettings, CopyIn, Param, Pending, PgConn, Rows, Statement};
 pub use pool::{Held, Pool, PoolSettings, PoolStats};
 pub use ringside_wire::pg::{Column, PgError, Row};
+pub use router::{PoolReport, ReplicaTarget, Router, RouterSettings};
 
 /// Why a database call failed, in the terms the HTTP layer answers with.
 #[derive(Debug, Clone, PartialEq)]

@@ -61,6 +61,9 @@ pub struct PoolSettings {
     /// Whether read-only statements of different requests share a Sync
     /// (`--db-batch`).
     pub batch: bool,
+    /// With no member up, fail at once (`Unavailable`) rather than wait
+    /// for one: a replica's pool, whose reads the router sends elsewhere.
+    pub fail_fast: bool,
     pub conn: ConnSettings,
 }
 
@@ -77,6 +80,7 @@ impl PoolSettings {
             exclusive_wait_timeout: c.upload_wait_timeout,
             coalesce: c.db_coalesce,
             batch: c.db_batch,
+            fail_fast: false,
             conn: ConnSettings::default(),
         }
     }
@@ -96,6 +100,7 @@ impl Default for PoolSettings {
             exclusive_wait_timeout: Duration::from_secs(10),
             coalesce: false,
             batch: true,
+            fail_fast: false,
             conn: ConnSettings::default(),
         }
     }
@@ -199,6 +204,11 @@ impl Pool {
 
     pub fn settings(&self) -> &PoolSettings {
         &self.settings
+    }
+
+    /// Whether at least one connection is up and not known to be broken.
+    pub fn is_up(&self) -> bool {
+        self.ready_count() > 0
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -568,6 +578,9 @@ impl Pool {
                 return Ok(found);
             }
         }
+        if self.settings.fail_fast && !self.any_usable(avoid) {
+            return Err(QueryError::Unavailable(self.down_reason()));
+        }
         if self.readers.is_full() {
             self.stats.borrow_mut().busy += 1;
             return Err(QueryError::Busy);
@@ -585,6 +598,10 @@ impl Pool {
             // Woken but beaten to it (or woken for a broken connection):
             // keep the place at the head of the queue.
             front = true;
+            if self.settings.fail_fast && !self.any_usable(avoid) {
+                self.readers.wake_one();
+                return Err(QueryError::Unavailable(self.down_reason()));
+            }
             if woke.is_err() || self.closed.get() {
                 self.stats.borrow_mut().busy += 1;
                 return Err(match self.ready_count() {
@@ -601,6 +618,15 @@ impl Pool {
             .iter()
             .filter(|m| m.conn.as_ref().is_some_and(|c| !c.is_broken()))
             .count()
+    }
+
+    /// Whether a member outside `avoid` is up (busy or not).
+    fn any_usable(&self, avoid: &[Rc<PgConn>]) -> bool {
+        self.members.borrow().iter().any(|m| {
+            m.conn
+                .as_ref()
+                .is_some_and(|c| !c.is_broken() && !avoid.iter().any(|a| Rc::ptr_eq(a, c)))
+        })
     }
 
     fn down_reason(&self) -> String {

@@ -11,6 +11,7 @@ mod pgclient;
 mod pgfix;
 mod pgtls;
 mod pipe;
+mod replica;
 mod runtime;
 mod techempower;
 mod tls;

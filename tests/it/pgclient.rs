@@ -59,22 +59,26 @@ static SELECT_INT: Statement = Statement {
     sql: "SELECT $1::int4 AS n",
     param_types: &[0],
     read_only: true,
+    fresh: false,
 };
 static TYPES: Statement = Statement {
     sql: "SELECT 7::int2, 70000::int4, 5000000000::int8, true, 2.5::float8, 'héllo'::text, \
           '2000-01-01 00:00:01+00'::timestamptz, NULL::text",
     param_types: &[],
     read_only: true,
+    fresh: false,
 };
 static BAD_SYNTAX: Statement = Statement {
     sql: "SELEC 1",
     param_types: &[],
     read_only: false,
+    fresh: false,
 };
 static BACKEND_PID: Statement = Statement {
     sql: "SELECT pg_backend_pid()",
     param_types: &[],
     read_only: true,
+    fresh: false,
 };
 
 const USERS: [(&str, Option<&str>); 4] = [
@@ -463,6 +467,7 @@ static DIVIDE: Statement = Statement {
     sql: "SELECT 1000 / $1::int4",
     param_types: &[23],
     read_only: true,
+    fresh: false,
 };
 
 /// Statements of different requests queued in the same turn share one Sync

@@ -52,6 +52,30 @@ impl Cluster {
         c
     }
 
+    /// A streaming replica of `primary` (`pg_basebackup -R`), its own
+    /// throwaway cluster, stopped and removed when dropped.
+    pub fn replica_of(primary: &Cluster) -> Cluster {
+        let dir = temp_dir();
+        let out = Command::new(repo().join("scripts/pg-test-cluster"))
+            .arg("replica")
+            .arg(&primary.dir)
+            .arg(&dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/pg-test-cluster");
+        assert!(out.status.success(), "pg-test-cluster replica failed");
+        let text = String::from_utf8(out.stdout).unwrap();
+        Cluster {
+            port: parse_env(&text, "RINGSIDE_PG_PORT")
+                .unwrap()
+                .parse()
+                .unwrap(),
+            bindir: parse_env(&text, "RINGSIDE_PG_BINDIR").unwrap().into(),
+            dir,
+            owned: true,
+        }
+    }
+
     fn start_new() -> Cluster {
         let dir = temp_dir();
         let out = Command::new(repo().join("scripts/pg-test-cluster"))
@@ -108,6 +132,20 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// `psql_in` that gives `None` instead of failing (a database not
+    /// there yet, a server not up).
+    pub fn try_psql_in(&self, db: &str, sql: &str) -> Option<String> {
+        let out = self
+            .psql_command(db, sql)
+            .args(["-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
     /// Starts psql as the superuser in `db` running `sql`, without waiting

@@ -34,12 +34,14 @@ static ON_TLS: Statement = Statement {
     sql: "SELECT (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())::int4",
     param_types: &[],
     read_only: true,
+    fresh: false,
 };
 
 static SELECT_INT: Statement = Statement {
     sql: "SELECT $1::int4",
     param_types: &[0],
     read_only: true,
+    fresh: false,
 };
 
 async fn on_tls(url: &str) -> Result<i32, String> {
@@ -333,12 +335,14 @@ static SLEEP: Statement = Statement {
     sql: "SELECT pg_sleep(30)::text",
     param_types: &[],
     read_only: true,
+    fresh: false,
 };
 
 static SLEEPERS: Statement = Statement {
     sql: "SELECT count(*)::int4 FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(30)%'",
     param_types: &[],
     read_only: true,
+    fresh: false,
 };
 
 #[test]

@@ -42,11 +42,13 @@ static INT_STMT: Statement = Statement {
     sql: INT_SQL,
     param_types: &[0],
     read_only: true,
+    fresh: false,
 };
 static ORDERS_STMT: Statement = Statement {
     sql: ORDERS_SQL,
     param_types: &[20], // int8, as the server infers for LIMIT
     read_only: true,
+    fresh: false,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
