@@ -2,6 +2,7 @@
 //! spoken to with raw bytes over TCP.
 
 mod app;
+mod balancer;
 mod coalesce;
 mod harness;
 mod http;
