@@ -28,6 +28,7 @@ ORDER = [
     ("orders-ab", "GET /orders: this commit against an earlier one (bench/orders.sh --before)"),
     ("orders-pg", "GET /orders against PostgreSQL alone, with and without coalescing"),
     ("orders-tls", "GET /orders with PostgreSQL over TLS against plain TCP"),
+    ("replica", "GET /orders with reads on a streaming replica, and the scale-out model"),
     ("tls", "HTTPS: ringside against nginx and against plain HTTP"),
     ("techempower-batch", "TechEmpower /db, /fortunes, /queries with and without --db-batch"),
     ("far", "GET /orders with a far-away database"),
