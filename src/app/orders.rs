@@ -6,7 +6,7 @@ use monoio::time::Instant;
 use crate::http::{BodyOut, Exchange, Out, StatusCode};
 use crate::pg::{Column, Param, PgError, QueryError, Row, Rows, Statement};
 
-use super::text::{csv_field, html_escape, json_string, push_int, rfc3339_micros};
+use super::text::{csv_field, html_escape_bytes, json_string_bytes, push_int, rfc3339_micros};
 use super::{query_param, respond_db_error, router_or_503, App};
 
 pub const DEFAULT_LIMIT: i64 = 200;
@@ -107,15 +107,16 @@ fn render_shared(rows: &Rows, json: bool) -> Result<Bytes, QueryError> {
 fn render_titles(rows: &Rows, json: bool, out: &mut BodyOut<'_>) -> Result<(), PgError> {
     out.put(if json { b"[" } else { PAGE_HEAD });
     for (i, row) in rows.iter().enumerate() {
-        let title = row?.req_str(&rows.columns, 0)?;
+        // Copied through as PostgreSQL sent it (UTF-8), escaped byte-wise.
+        let title = row?.req_text(&rows.columns, 0)?;
         if json {
             if i > 0 {
                 out.put_byte(b',');
             }
-            json_string(title, out);
+            json_string_bytes(title, out);
         } else {
             out.put(b"<tr><td>");
-            html_escape(title, out);
+            html_escape_bytes(title, out);
             out.put(b"</td></tr>\n");
         }
     }

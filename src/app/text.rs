@@ -6,38 +6,50 @@ use ringside_wire::http::response::decimal_digits;
 
 pub use crate::http::Out;
 
-/// Appends `s` with the five HTML-significant characters escaped. Most
-/// text has none: two SIMD scans find that, and it goes out in one piece.
+/// Appends `s` with the five HTML-significant characters escaped.
 pub fn html_escape<O: Out + ?Sized>(s: &str, out: &mut O) {
-    let bytes = s.as_bytes();
+    html_escape_bytes(s.as_bytes(), out)
+}
+
+/// `& < > " '` (ASCII, so a byte-wise scan of UTF-8 finds exactly them).
+const HTML_SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'&' as usize] = true;
+    t[b'<' as usize] = true;
+    t[b'>' as usize] = true;
+    t[b'"' as usize] = true;
+    t[b'\'' as usize] = true;
+    t
+};
+
+/// [`html_escape`] of text bytes. One pass with a table: values are short
+/// (a title), where two SIMD scans per value cost more than they find.
+pub fn html_escape_bytes<O: Out + ?Sized>(bytes: &[u8], out: &mut O) {
     let mut start = 0;
-    while let Some(i) = next_html_special(&bytes[start..]) {
-        let at = start + i;
-        out.put(&bytes[start..at]);
-        out.put(match bytes[at] {
-            b'&' => b"&amp;",
-            b'<' => b"&lt;",
-            b'>' => b"&gt;",
-            b'"' => b"&quot;",
-            _ => b"&#39;",
-        });
-        start = at + 1;
+    for (i, &b) in bytes.iter().enumerate() {
+        if HTML_SPECIAL[usize::from(b)] {
+            out.put(&bytes[start..i]);
+            out.put(match b {
+                b'&' => b"&amp;",
+                b'<' => b"&lt;",
+                b'>' => b"&gt;",
+                b'"' => b"&quot;",
+                _ => b"&#39;",
+            });
+            start = i + 1;
+        }
     }
     out.put(&bytes[start..]);
 }
 
-/// Where the first of `& < > " '` is in `bytes`.
-fn next_html_special(bytes: &[u8]) -> Option<usize> {
-    let a = memchr::memchr3(b'&', b'<', b'>', bytes);
-    let limit = a.unwrap_or(bytes.len());
-    let b = memchr::memchr2(b'"', b'\'', &bytes[..limit]);
-    b.or(a)
-}
-
 /// Appends `s` as a JSON string, quotes included.
 pub fn json_string<O: Out + ?Sized>(s: &str, out: &mut O) {
+    json_string_bytes(s.as_bytes(), out)
+}
+
+/// [`json_string`] of text bytes.
+pub fn json_string_bytes<O: Out + ?Sized>(bytes: &[u8], out: &mut O) {
     out.put_byte(b'"');
-    let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc: &[u8] = match b {
