@@ -9,7 +9,7 @@
 //! HTTPS side drives the unbuffered API for its thousands of connections).
 
 use std::cell::RefCell;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -504,12 +504,19 @@ impl TlsSession {
                 .conn
                 .process_new_packets()
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            let n = state.plaintext_bytes_to_read();
-            if n > 0 {
-                let len = plain.len();
-                plain.resize(len + n, 0);
-                let got = self.conn.reader().read(&mut plain[len..])?;
-                plain.truncate(len + got);
+            // Copied once from rustls's buffer, without zero-filling room
+            // for it first.
+            let mut left = state.plaintext_bytes_to_read();
+            let mut reader = self.conn.reader();
+            while left > 0 {
+                let chunk = reader.fill_buf()?;
+                let got = chunk.len().min(left);
+                if got == 0 {
+                    break;
+                }
+                plain.extend_from_slice(&chunk[..got]);
+                reader.consume(got);
+                left -= got;
             }
             if state.peer_has_closed() {
                 open = false;
