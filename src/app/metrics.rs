@@ -125,6 +125,17 @@ impl Snapshot {
     }
 }
 
+/// `core="0",pool="replica1",host="10.0.0.21:5432"`: a pool's labels (the
+/// host escaped as Prometheus label values need).
+fn pool_labels(core: usize, p: &PoolReport) -> String {
+    let host = p
+        .host
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    format!("core=\"{core}\",pool=\"{}\",host=\"{host}\"", p.name)
+}
+
 /// One metric family rendered from a getter: name, type, help, value.
 type Family<T> = (&'static str, &'static str, &'static str, fn(&T) -> u64);
 
@@ -451,13 +462,7 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
             family(&mut o, name, kind, help);
             for s in snaps {
                 for p in &s.pools {
-                    let _ = writeln!(
-                        o,
-                        "{name}{{core=\"{}\",pool=\"{}\"}} {}",
-                        s.core,
-                        p.name,
-                        get(&p.stats)
-                    );
+                    let _ = writeln!(o, "{name}{{{}}} {}", pool_labels(s.core, p), get(&p.stats));
                 }
             }
         }
@@ -485,13 +490,7 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
             family(&mut o, name, kind, help);
             for s in snaps {
                 for p in &s.pools {
-                    let _ = writeln!(
-                        o,
-                        "{name}{{core=\"{}\",pool=\"{}\"}} {}",
-                        s.core,
-                        p.name,
-                        get(p)
-                    );
+                    let _ = writeln!(o, "{name}{{{}}} {}", pool_labels(s.core, p), get(p));
                 }
             }
         }
@@ -507,10 +506,8 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
                     if let Some(lag) = p.lag {
                         let _ = writeln!(
                             o,
-                            "ringside_db_replica_lag_seconds{{core=\"{}\",pool=\"{}\",host=\"{}\"}} {:.3}",
-                            s.core,
-                            p.name,
-                            p.host.replace('\\', "\\\\").replace('"', "\\\""),
+                            "ringside_db_replica_lag_seconds{{{}}} {:.3}",
+                            pool_labels(s.core, p),
                             lag.as_secs_f64()
                         );
                     }

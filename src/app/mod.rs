@@ -94,6 +94,7 @@ impl Database {
             fail_fast: true,
             ..pool.clone()
         };
+        let primary_name = pg.describe_host();
         Ok(Database {
             config: pg,
             addrs,
@@ -102,6 +103,7 @@ impl Database {
                 check_interval: config.db_replica_check_interval,
                 fallback: config.db_replica_fallback,
                 replica_pool,
+                primary_name,
             },
             pool,
             replicas,

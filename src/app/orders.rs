@@ -134,15 +134,12 @@ pub async fn export(app: &App, ex: &mut Exchange<'_, '_>) {
     // Held connections are few (--max-uploads-per-core): the export, like
     // an upload, ends by its deadline however slowly the client reads.
     let deadline = Instant::now() + app.settings.upload_timeout;
-    // A read-only transaction: on a replica when one serves.
-    let held = match db.exclusive_read().await {
+    // A read-only transaction (portals live until it ends): on a replica
+    // when one serves.
+    let held = match db.read_transaction().await {
         Ok(h) => h,
         Err(e) => return respond_db_error(app, ex, &e),
     };
-    // Portals live until their transaction ends.
-    if let Err(e) = held.simple("BEGIN READ ONLY").await {
-        return respond_db_error(app, ex, &e);
-    }
     let batch = app.settings.export_batch_rows as i32;
     let mut next = Some(held.open_portal(&ORDER_EXPORT, &[], batch).await);
     let mut started = false;

@@ -211,6 +211,13 @@ impl Pool {
         self.ready_count() > 0
     }
 
+    /// Whether a connection is up, not broken and not suspect (a query on
+    /// it passed its deadline and it has not answered since): whether a
+    /// read sent now would find a connection that answers.
+    pub fn serves(&self) -> bool {
+        self.any_usable(&[])
+    }
+
     pub fn stats(&self) -> PoolStats {
         let mut s = *self.stats.borrow();
         let members = self.members.borrow();
@@ -405,6 +412,26 @@ impl Pool {
     /// pipelined queries. The member it gets first finishes the pipelined
     /// queries it carries, taking no new ones.
     pub async fn exclusive(self: &Rc<Self>) -> Result<Held, QueryError> {
+        self.exclusive_waiting(true).await
+    }
+
+    /// [`Pool::exclusive`] without queueing for a place: `Busy` at once when
+    /// every place is taken (a replica's, whose reader goes elsewhere then).
+    pub async fn exclusive_now(self: &Rc<Self>) -> Result<Held, QueryError> {
+        self.exclusive_waiting(false).await
+    }
+
+    async fn exclusive_waiting(self: &Rc<Self>, queue: bool) -> Result<Held, QueryError> {
+        if !queue
+            && (self.exclusive_claims.get() >= self.settings.max_exclusive
+                || !self.exclusives.is_empty())
+        {
+            self.stats.borrow_mut().busy += 1;
+            return Err(QueryError::Busy);
+        }
+        if self.settings.fail_fast && !self.any_usable(&[]) {
+            return Err(QueryError::Unavailable(self.down_reason()));
+        }
         let deadline = Instant::now() + self.settings.exclusive_wait_timeout;
         let claim = self.claim_exclusive(deadline).await?;
         let (index, conn) = match self.reserve_member(deadline).await {
@@ -620,12 +647,13 @@ impl Pool {
             .count()
     }
 
-    /// Whether a member outside `avoid` is up (busy or not).
+    /// Whether a member outside `avoid` is up and answering (busy or not).
     fn any_usable(&self, avoid: &[Rc<PgConn>]) -> bool {
         self.members.borrow().iter().any(|m| {
-            m.conn
-                .as_ref()
-                .is_some_and(|c| !c.is_broken() && !avoid.iter().any(|a| Rc::ptr_eq(a, c)))
+            m.suspect_since.is_none()
+                && m.conn
+                    .as_ref()
+                    .is_some_and(|c| !c.is_broken() && !avoid.iter().any(|a| Rc::ptr_eq(a, c)))
         })
     }
 

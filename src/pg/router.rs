@@ -3,15 +3,27 @@
 //!
 //! A core's router keeps the core's primary pool and one small pool per
 //! replica. A read-only statement not marked `fresh` goes to a replica that
-//! is up and whose replay lag, sampled on the core's own timer (never per
+//! is up and whose lag, sampled on the core's own timer (never per
 //! request), is within `--db-max-replica-lag`; the replicas take turns.
 //! Everything else (writes, COPY, transactions, fresh reads) runs on the
 //! primary. With no replica usable, reads go to the primary, or get 503
-//! with `--db-replica-fallback fail`. A read that fails on a replica because
-//! the replica went away runs once more, on another replica or the primary,
-//! and that replica takes no reads until a new sample says it is back.
+//! with `--db-replica-fallback fail`. A read that a replica fails because it
+//! went away, stalled, was full or cancelled the read for replay runs once
+//! more, on another replica or the primary; a replica that went away or
+//! stalled takes no reads until a new sample says it is back.
+//!
+//! Lag is measured in WAL, not in commit times: each tick the core notes
+//! the primary's WAL position, and a replica's lag is the age of the newest
+//! such note its replay has reached. A replica whose replication broke
+//! falls behind the primary's advancing position (its own "received"
+//! position would not move, and comparing against it would call it fresh),
+//! an idle primary costs nothing, and a long VACUUM or COPY on the primary
+//! is not mistaken for lag. A server that is not in recovery (promoted)
+//! gets no reads. While the primary cannot be sampled, the replica's own
+//! replay timestamp stands in.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
@@ -21,6 +33,7 @@ use super::conn::{Param, Rows, Statement};
 use super::pool::{Held, Pool, PoolSettings, PoolStats};
 use super::QueryError;
 use crate::config::ReplicaFallback;
+use monoio::time::Instant;
 
 /// A replica as configured: resolved before the cores start (`Send`; each
 /// core makes its own pool from it).
@@ -40,6 +53,8 @@ pub struct RouterSettings {
     pub fallback: ReplicaFallback,
     /// The pool settings of each replica's pool.
     pub replica_pool: PoolSettings,
+    /// The primary's `host:port`, for metric labels.
+    pub primary_name: String,
 }
 
 /// One pool's figures for `/metrics`.
@@ -47,7 +62,7 @@ pub struct RouterSettings {
 pub struct PoolReport {
     /// `primary`, or `replica<N>` (1-based, in configuration order).
     pub name: String,
-    /// The replica's `host:port`; empty for the primary.
+    /// The server's `host:port`.
     pub host: String,
     pub stats: PoolStats,
     /// Read-only statements the router sent to this pool.
@@ -73,6 +88,8 @@ struct Replica {
     failovers: Cell<u64>,
     /// Whether the last log line said it serves (logs name transitions).
     announced: Cell<bool>,
+    /// Set while the server says it is not in recovery (logged once).
+    promoted: Cell<bool>,
 }
 
 /// A core's primary pool and replica pools.
@@ -83,22 +100,48 @@ pub struct Router {
     /// Round-robin cursor over the replicas.
     next: Cell<usize>,
     primary_reads: Cell<u64>,
+    /// The primary's WAL position as this core sampled it, oldest first,
+    /// covering a little more than the lag bound.
+    primary_wal: RefCell<VecDeque<(Instant, u64)>>,
 }
 
-/// The replay lag in milliseconds: 0 when everything received has been
-/// replayed (an idle primary is not lag), else the age of the last replayed
-/// commit. On a server that is not in recovery (a primary named as a
-/// replica, or one just promoted) it is 0.
-static REPLICA_LAG: Statement = Statement {
-    sql: "SELECT CASE \
-            WHEN NOT pg_is_in_recovery() THEN 0 \
-            WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0 \
-            ELSE COALESCE((EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) * 1000)::int8, 0) \
-          END::int8",
+/// The primary's WAL position, in bytes.
+static PRIMARY_WAL: Statement = Statement {
+    sql: "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::int8",
+    param_types: &[],
+    read_only: true,
+    fresh: true,
+};
+
+/// A replica's state: in recovery (1) or not, its replay position in bytes,
+/// and the age in milliseconds of its last replayed commit (0 when it has
+/// replayed all it received; the stand-in while the primary cannot be
+/// sampled).
+static REPLICA_POSITION: Statement = Statement {
+    sql: "SELECT pg_is_in_recovery()::int4, \
+            pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::int8, \
+            CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0 \
+            ELSE (EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) * 1000)::int8 END",
     param_types: &[],
     read_only: true,
     fresh: false,
 };
+
+/// Reads a replica had in flight or was asked for, and lost: worth running
+/// again elsewhere. `out` says the replica itself is in trouble (no reads
+/// until its next good sample), not merely full.
+fn worth_moving(e: &QueryError) -> Option<bool> {
+    if e.is_connection_lost() || matches!(e, QueryError::Unavailable(_) | QueryError::Timeout) {
+        return Some(true);
+    }
+    match e {
+        QueryError::Busy => Some(false),
+        // 40001: cancelled for a conflict with recovery; 40P01: a buffer
+        // pin deadlock with replay.
+        _ if matches!(e.sqlstate(), Some("40001" | "40P01")) => Some(false),
+        _ => None,
+    }
+}
 
 impl Router {
     /// Makes the core's router: the primary's pool, one pool per replica,
@@ -122,6 +165,7 @@ impl Router {
                 routed: Cell::new(0),
                 failovers: Cell::new(0),
                 announced: Cell::new(false),
+                promoted: Cell::new(false),
             })
             .collect::<Vec<_>>();
         let router = Rc::new(Router {
@@ -130,7 +174,11 @@ impl Router {
             settings,
             next: Cell::new(0),
             primary_reads: Cell::new(0),
+            primary_wal: RefCell::new(VecDeque::new()),
         });
+        if !router.replicas.is_empty() {
+            monoio::spawn(sample_primary(Rc::downgrade(&router)));
+        }
         for i in 0..router.replicas.len() {
             monoio::spawn(sample_lag(Rc::downgrade(&router), i));
         }
@@ -182,25 +230,36 @@ impl Router {
         }
     }
 
-    /// A connection held for a sequence of reads (a read-only transaction,
-    /// a cursor): on a replica when one serves, else on the primary.
-    pub async fn exclusive_read(&self) -> Result<Held, QueryError> {
+    /// A connection held for a sequence of reads, in a `BEGIN READ ONLY`
+    /// transaction (a cursor, an export): on a replica when one serves and
+    /// has a held connection free at once, else on the primary. A replica
+    /// that fails the `BEGIN` sends it to the primary.
+    pub async fn read_transaction(&self) -> Result<Held, QueryError> {
         static READ_TRANSACTION: Statement = Statement {
-            sql: "",
+            sql: "BEGIN READ ONLY",
             param_types: &[],
             read_only: true,
             fresh: false,
         };
-        let (pool, replica) = self.pick(&READ_TRANSACTION, None)?;
-        if replica.is_some() && pool.settings().max_exclusive == 0 {
-            return self.primary.exclusive().await;
-        }
-        match (replica, pool.exclusive().await) {
-            (Some(i), Err(e)) if self.replica_failed(i, &e) => {
-                let (pool, _) = self.pick(&READ_TRANSACTION, Some(i))?;
-                pool.exclusive().await
+        let mut avoid = None;
+        loop {
+            let (pool, replica) = self.pick(&READ_TRANSACTION, avoid)?;
+            let Some(i) = replica else {
+                let held = pool.exclusive().await?;
+                held.simple(READ_TRANSACTION.sql).await?;
+                return Ok(held);
+            };
+            // A replica's held connections are not queued for: when its
+            // few are taken, the primary serves.
+            let begun = match pool.exclusive_now().await {
+                Ok(held) => held.simple(READ_TRANSACTION.sql).await.map(|_| held),
+                Err(e) => Err(e),
+            };
+            match begun {
+                Ok(held) => return Ok(held),
+                Err(e) if avoid.is_none() && self.replica_failed(i, &e) => avoid = Some(i),
+                Err(e) => return Err(e),
             }
-            (_, r) => r,
         }
     }
 
@@ -241,26 +300,44 @@ impl Router {
     }
 
     fn serving(&self, r: &Replica) -> bool {
-        !r.failed.get() && r.lag.get().is_some_and(|l| l <= self.settings.max_lag) && r.pool.is_up()
+        !r.failed.get()
+            && r.lag.get().is_some_and(|l| l <= self.settings.max_lag)
+            && r.pool.serves()
     }
 
     /// Whether a read that failed on replica `i` with `e` should run again
-    /// elsewhere: the replica went away (down, restarting, its backend
-    /// ended) or cancelled the read for a conflict with replay. The replica
-    /// then takes no reads until its next good sample.
+    /// elsewhere (see [`worth_moving`]); a replica that went away or
+    /// stalled then takes no reads until its next good sample.
     fn replica_failed(&self, i: usize, e: &QueryError) -> bool {
-        let gone = e.is_connection_lost()
-            || matches!(e, QueryError::Unavailable(_))
-            // 40001: canceling statement due to conflict with recovery.
-            || e.sqlstate() == Some("40001");
-        if gone {
-            let r = &self.replicas[i];
-            r.failovers.set(r.failovers.get() + 1);
-            if !r.failed.replace(true) {
-                tracing::warn!(replica = %r.name, "a read failed on a replica ({e}); it takes no reads until it answers again");
-            }
+        let Some(out) = worth_moving(e) else {
+            return false;
+        };
+        let r = &self.replicas[i];
+        r.failovers.set(r.failovers.get() + 1);
+        if out && !r.failed.replace(true) {
+            tracing::warn!(replica = %r.name, "a read failed on a replica ({e}); it takes no reads until it answers again");
         }
-        gone
+        true
+    }
+
+    /// The lag of a replica at `replay` in the primary's WAL: the age of
+    /// the newest sample of the primary's position it has replayed.
+    /// `None` when no sample is old enough to tell.
+    fn wal_lag(&self, replay: u64, now: Instant) -> Option<Duration> {
+        let samples = self.primary_wal.borrow();
+        let newest_reached = samples.iter().rev().find(|(_, lsn)| *lsn <= replay);
+        match (newest_reached, samples.back(), samples.front()) {
+            (Some((_, lsn)), Some((_, newest)), _) if lsn == newest => Some(Duration::ZERO),
+            (Some((t, _)), _, _) => Some(now.saturating_duration_since(*t)),
+            // Behind every sample: at least as old as the oldest, which
+            // says it is past the bound once the samples cover it.
+            (None, _, Some((t, _)))
+                if now.saturating_duration_since(*t) >= self.settings.max_lag =>
+            {
+                Some(now.saturating_duration_since(*t))
+            }
+            _ => None,
+        }
     }
 
     /// Every pool's figures.
@@ -268,7 +345,7 @@ impl Router {
         let mut out = Vec::with_capacity(1 + self.replicas.len());
         out.push(PoolReport {
             name: "primary".into(),
-            host: String::new(),
+            host: self.settings.primary_name.clone(),
             stats: self.primary.stats(),
             routed_reads: self.primary_reads.get(),
             lag: None,
@@ -298,24 +375,104 @@ impl Router {
     }
 }
 
-/// Samples replica `i`'s replay lag every `check_interval` (sooner while it
-/// is unknown), for as long as the router lives.
+/// How long one sample may take: a server that does not answer within it
+/// counts as unreachable (a stalled replica loses its reads at once).
+fn sample_bound(settings: &RouterSettings) -> Duration {
+    settings.check_interval.max(Duration::from_millis(500))
+}
+
+/// Notes the primary's WAL position every `check_interval`, keeping a
+/// little more than `max_lag` of history.
+async fn sample_primary(router: Weak<Router>) {
+    loop {
+        let Some(r) = router.upgrade() else { return };
+        let primary = r.primary.clone();
+        let bound = sample_bound(&r.settings);
+        let keep = r.settings.max_lag + 2 * r.settings.check_interval;
+        let interval = r.settings.check_interval;
+        drop(r);
+        let taken = Instant::now();
+        let position = monoio::time::timeout(bound, primary.query(&PRIMARY_WAL, &[])).await;
+        let Some(r) = router.upgrade() else { return };
+        if let Ok(Ok(rows)) = position {
+            let lsn = rows
+                .iter()
+                .next()
+                .and_then(|row| row.ok()?.req_i64(&rows.columns, 0).ok());
+            if let Some(lsn) = lsn {
+                let mut samples = r.primary_wal.borrow_mut();
+                samples.push_back((taken, lsn.max(0) as u64));
+                while samples.len() > 1
+                    && samples
+                        .front()
+                        .is_some_and(|(t, _)| taken.saturating_duration_since(*t) > keep)
+                {
+                    samples.pop_front();
+                }
+            }
+        } else {
+            // Unknown now: the replicas' own replay times stand in.
+            r.primary_wal.borrow_mut().clear();
+        }
+        drop(r);
+        monoio::time::sleep(interval).await;
+    }
+}
+
+/// What one sample of a replica says.
+struct Position {
+    in_recovery: bool,
+    replay: Option<u64>,
+    replay_age: Option<Duration>,
+}
+
+/// Samples replica `i`'s lag every `check_interval` (sooner while it is
+/// unknown), for as long as the router lives.
 async fn sample_lag(router: Weak<Router>, i: usize) {
     loop {
         let Some(r) = router.upgrade() else { return };
         let replica = &r.replicas[i];
         let pool = replica.pool.clone();
-        let lag = if pool.is_up() {
-            match pool.query(&REPLICA_LAG, &[]).await {
-                Ok(rows) => rows
-                    .iter()
-                    .next()
-                    .and_then(|row| row.ok()?.req_i64(&rows.columns, 0).ok())
-                    .map(|ms| Duration::from_millis(ms.max(0) as u64)),
-                Err(_) => None,
+        let bound = sample_bound(&r.settings);
+        let position = if pool.is_up() {
+            match monoio::time::timeout(bound, pool.query(&REPLICA_POSITION, &[])).await {
+                Ok(Ok(rows)) => rows.iter().next().and_then(|row| {
+                    let row = row.ok()?;
+                    Some(Position {
+                        in_recovery: row.req_i32(&rows.columns, 0).ok()? == 1,
+                        replay: row.get_i64(&rows.columns, 1).ok()?.map(|v| v.max(0) as u64),
+                        replay_age: row
+                            .get_i64(&rows.columns, 2)
+                            .ok()?
+                            .map(|ms| Duration::from_millis(ms.max(0) as u64)),
+                    })
+                }),
+                _ => None,
             }
         } else {
             None
+        };
+        let lag = match &position {
+            Some(p) if !p.in_recovery => {
+                if !replica.promoted.replace(true) {
+                    tracing::error!(replica = %replica.name, "a configured replica is not in recovery (promoted, or a primary): it gets no reads");
+                }
+                None
+            }
+            Some(p) => {
+                replica.promoted.set(false);
+                let by_wal = p.replay.and_then(|replay| {
+                    (!r.primary_wal.borrow().is_empty())
+                        .then(|| r.wal_lag(replay, Instant::now()))
+                        .flatten()
+                });
+                match by_wal {
+                    Some(l) => Some(l),
+                    None if r.primary_wal.borrow().is_empty() => p.replay_age,
+                    None => None,
+                }
+            }
+            None => None,
         };
         replica.lag.set(lag);
         if lag.is_some() {
@@ -331,7 +488,7 @@ async fn sample_lag(router: Weak<Router>, i: usize) {
                     tracing::warn!(replica = %replica.name, lag_ms = l.as_millis() as u64, max_lag_ms = r.settings.max_lag.as_millis() as u64, "replica lags too far behind; reads leave it")
                 }
                 None => {
-                    tracing::warn!(replica = %replica.name, "replica unreachable; reads leave it")
+                    tracing::warn!(replica = %replica.name, "replica unreachable or its lag unknown; reads leave it")
                 }
             }
         }

@@ -121,30 +121,7 @@ fn metrics_from_every_core_move_with_traffic_and_pass_promtool() {
     assert!(sample(&after, "ringside_request_duration_seconds_count", &[]) >= 40.0);
     assert_eq!(sample(&after, "ringside_scrape_missing_cores", &[]), 0.0);
 
-    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("promtool (Debian's prometheus package; scripts/test installs it)");
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(after.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_accepts(&after);
 }
 
 #[test]
@@ -403,4 +380,32 @@ fn command_line_mistakes_point_to_help() {
     ] {
         assert!(text.contains(line), "--help names {line:?}: {text}");
     }
+}
+
+/// Fails unless `promtool check metrics` accepts `text`.
+pub(crate) fn promtool_accepts(text: &str) {
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("promtool (Debian's prometheus package; scripts/test installs it)");
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
