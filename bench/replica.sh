@@ -18,8 +18,8 @@
 # (postmaster and children, from /proc). In the replica layout every /orders
 # must have been routed to the replica (ringside_db_routed_reads_total).
 #
-# Output: bench/results/replica.csv and replica.md (medians, ratios and the
-# scale-out projection); logs in bench/results/tmp/.
+# Output: bench/results/replica.csv, replica.md (medians, ratios and the
+# scale-out projection) and replica.png; logs in bench/results/tmp/.
 #
 # Usage: bench/replica.sh [--conns N] [--rounds N] [--duration SECS]
 #                         [--warmup SECS] [--orders N] [--db-pool-size N]
@@ -170,8 +170,9 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 mkdir -p "$OUT_DIR"
-python3 "$BENCH_DIR/replica_report.py" "$CSV" "bench/replica.sh$ORIG_ARGS" >"$TMP_DIR/replica.md"
+python3 "$BENCH_DIR/replica_report.py" "$CSV" "bench/replica.sh$ORIG_ARGS" "$TMP_DIR/replica.png" >"$TMP_DIR/replica.md"
 cp "$CSV" "$OUT_DIR/replica.csv"
 cp "$TMP_DIR/replica.md" "$OUT_DIR/replica.md"
+[[ -f "$TMP_DIR/replica.png" ]] && cp "$TMP_DIR/replica.png" "$OUT_DIR/replica.png"
 log "results: $OUT_DIR/replica.csv, $OUT_DIR/replica.md"
 cat "$OUT_DIR/replica.md"

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""bench/replica_report.py CSV COMMAND: the Markdown summary of bench/replica.sh.
+"""bench/replica_report.py CSV COMMAND [PNG]: the Markdown summary of bench/replica.sh
+(and, with PNG and matplotlib, a chart of req/s and CPU per request by layout).
 
 Medians per layout (primary only, reads on a replica), the ratio, and the
 scale-out model built from the measured CPU cost per request of each part.
@@ -60,6 +61,32 @@ def main():
         w(f"| {n} | {cap:,.0f} | {m:.1f} | {m * 8:.0f} |")
     w("\nA projection from per-request CPU, not a measurement of N hosts: this machine has 2 CPUs.")
     print("\n".join(out))
+    if len(sys.argv) > 3:
+        plot(sys.argv[3], p, r)
+
+
+def plot(path, p, r):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    names = ["primary only", "reads on the replica"]
+    a.bar(names, [median(p, "rps"), median(r, "rps")], color=["#888", "#2a7"])
+    a.set_title("/orders req/s (median)")
+    parts = [("ringside", "server_cpu_s_per_10k"), ("primary", "primary_cpu_s_per_10k"),
+             ("replica", "replica_cpu_s_per_10k")]
+    bottom = [0.0, 0.0]
+    for label, key in parts:
+        vals = [median(p, key) * 100, median(r, key) * 100]
+        b.bar(names, vals, bottom=bottom, label=label)
+        bottom = [x + y for x, y in zip(bottom, vals)]
+    b.set_title("CPU µs per request, by process")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":
