@@ -135,7 +135,7 @@ for round in $(seq 1 "$ROUNDS"); do
         wait_ready "$layout" "$SERVER_PID" "$HOST" "$PORT" "$logf"
         if [[ $layout == replica ]]; then
             for _ in $(seq 1 100); do
-                curl -s "http://$HOST:$PORT/metrics" | grep -q '^ringside_db_pool_serving{core="0",pool="replica1"} 1' && break
+                curl -s "http://$HOST:$PORT/metrics" | grep -q '^ringside_db_pool_serving{core="0",pool="replica1",.*} 1$' && break
                 sleep 0.1
             done
         fi
