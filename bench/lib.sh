@@ -57,17 +57,20 @@ cleanup() {
     [[ -n "$SNAPSHOT_DIR" && -d "$SNAPSHOT_DIR" ]] && rm -rf "$SNAPSHOT_DIR"
     exit "$rc"
 }
-# Like `cleanup`, and also stops the throwaway PostgreSQL cluster in
-# $PG_DIR, if one was started (scripts/pg-test-cluster).
+# Like `cleanup`, and also stops the throwaway PostgreSQL clusters in
+# $PG_DIR and $EXTRA_PG_DIRS (a replica, say), if started
+# (scripts/pg-test-cluster).
 PG_DIR=""
+EXTRA_PG_DIRS=()
 cleanup_with_cluster() {
-    local rc=$? pid
+    local rc=$? pid dir
     trap - EXIT INT TERM
     for pid in "${TRACKED_PIDS[@]}"; do stop_pid "$pid"; done
-    if [[ -n "$PG_DIR" ]]; then
-        "$ROOT_DIR/scripts/pg-test-cluster" stop "$PG_DIR" >/dev/null 2>&1 \
-            || log "warning: could not stop the cluster in $PG_DIR"
-    fi
+    for dir in ${EXTRA_PG_DIRS[@]+"${EXTRA_PG_DIRS[@]}"} "$PG_DIR"; do
+        [[ -n "$dir" ]] || continue
+        "$ROOT_DIR/scripts/pg-test-cluster" stop "$dir" >/dev/null 2>&1 \
+            || log "warning: could not stop the cluster in $dir"
+    done
     exit "$rc"
 }
 install_cluster_cleanup_trap() {

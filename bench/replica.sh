@@ -74,20 +74,7 @@ need_cmd wrk "apt-get install wrk"
 need_cmd psql "apt-get install postgresql-client"
 raise_nofile
 
-REPLICA_DIR=""
-cleanup_replica_bench() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${TRACKED_PIDS[@]}"; do stop_pid "$pid"; done
-    for d in "$REPLICA_DIR" "$PG_DIR"; do
-        [[ -n "$d" ]] && { "$ROOT_DIR/scripts/pg-test-cluster" stop "$d" >/dev/null 2>&1 \
-            || log "warning: could not stop the cluster in $d"; }
-    done
-    exit "$rc"
-}
-trap cleanup_replica_bench EXIT
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated"; exit 143' TERM
+install_cluster_cleanup_trap # stops the primary and the replica too
 
 (( BUILD )) && build_ringside
 [[ -x "$RINGSIDE_BIN" ]] || die "no ringside binary at $RINGSIDE_BIN (drop --no-build)"
@@ -100,6 +87,7 @@ REV=$(repo_rev)
 
 start_bench_cluster "$PG_CPUS" ringside_bench "$ORDERS"
 REPLICA_DIR="$PG_DIR-replica"
+EXTRA_PG_DIRS=("$REPLICA_DIR")
 env=$("$ROOT_DIR/scripts/pg-test-cluster" replica "$PG_DIR" "$REPLICA_DIR") || die "could not start the replica"
 RPORT=$(sed -n 's/^PGPORT=//p' <<<"$env")
 RDATA=$(sed -n 's/^RINGSIDE_PG_DATA=//p' <<<"$env")

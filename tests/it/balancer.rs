@@ -5,7 +5,7 @@
 //! its rows in the database, or failed with none of them there.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -14,15 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::app::{contacts_csv, Db};
 use crate::harness::{get, Server};
+use crate::ops::free_port;
 use crate::pgfix::shared;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Haproxy {
     child: Child,

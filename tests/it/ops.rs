@@ -234,7 +234,7 @@ fn check_config_on_good_and_bad_files() {
         .contains("sslmode=verify-full needs a root certificate"));
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -56,35 +56,26 @@ impl Cluster {
     /// throwaway cluster, stopped and removed when dropped.
     pub fn replica_of(primary: &Cluster) -> Cluster {
         let dir = temp_dir();
-        let out = Command::new(repo().join("scripts/pg-test-cluster"))
-            .arg("replica")
-            .arg(&primary.dir)
-            .arg(&dir)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/pg-test-cluster");
-        assert!(out.status.success(), "pg-test-cluster replica failed");
-        let text = String::from_utf8(out.stdout).unwrap();
-        Cluster {
-            port: parse_env(&text, "RINGSIDE_PG_PORT")
-                .unwrap()
-                .parse()
-                .unwrap(),
-            bindir: parse_env(&text, "RINGSIDE_PG_BINDIR").unwrap().into(),
-            dir,
-            owned: true,
-        }
+        let primary_dir = primary.dir.to_string_lossy().into_owned();
+        let mut c = Self::from_script(&["replica", &primary_dir], dir);
+        c.owned = true;
+        c
     }
 
     fn start_new() -> Cluster {
-        let dir = temp_dir();
+        Self::from_script(&["start"], temp_dir())
+    }
+
+    /// Runs `scripts/pg-test-cluster ARGS DIR` and reads the cluster it
+    /// made from its KEY=value output.
+    fn from_script(args: &[&str], dir: PathBuf) -> Cluster {
         let out = Command::new(repo().join("scripts/pg-test-cluster"))
-            .arg("start")
+            .args(args)
             .arg(&dir)
             .stderr(Stdio::inherit())
             .output()
             .expect("run scripts/pg-test-cluster");
-        assert!(out.status.success(), "pg-test-cluster start failed");
+        assert!(out.status.success(), "pg-test-cluster {args:?} failed");
         let text = String::from_utf8(out.stdout).unwrap();
         Cluster {
             port: parse_env(&text, "RINGSIDE_PG_PORT")

@@ -60,6 +60,26 @@ fn primary_and_replica(orders: u64) -> (Cluster, Cluster, String, String, String
     (primary, replica, name, url, replica_url)
 }
 
+/// A server on `cores` cores reading from `replica_url`, with `extra`
+/// flags, once every core routes reads to the replica.
+fn server_on_replica(url: &str, replica_url: &str, cores: u32, extra: &[&str]) -> Server {
+    let cores_text = cores.to_string();
+    let mut args = vec![
+        "--cores",
+        &cores_text,
+        "--db-replica",
+        replica_url,
+        "--db-replica-check-interval",
+        "100ms",
+    ];
+    args.extend_from_slice(extra);
+    let srv = Server::start_with_env("auto", &args, &[("DATABASE_URL", url)]);
+    wait_for("every core routes reads to the replica", || {
+        serving(&srv, "replica1") == f64::from(cores)
+    });
+    srv
+}
+
 fn serving(srv: &Server, pool: &str) -> f64 {
     metric(
         srv,
@@ -107,21 +127,7 @@ fn orders_load<'scope>(
 #[test]
 fn reads_on_the_replica_writes_on_the_primary_and_a_stopped_replica_costs_no_read() {
     let (primary, replica, name, url, replica_url) = primary_and_replica(300);
-    let srv = Server::start_with_env(
-        "auto",
-        &[
-            "--cores",
-            "2",
-            "--db-replica",
-            &replica_url,
-            "--db-replica-check-interval",
-            "100ms",
-        ],
-        &[("DATABASE_URL", &url)],
-    );
-    wait_for("both cores route reads to the replica", || {
-        serving(&srv, "replica1") == 2.0
-    });
+    let srv = server_on_replica(&url, &replica_url, 2, &[]);
 
     let mut c = srv.connect();
     for _ in 0..20 {
@@ -188,21 +194,7 @@ fn reads_on_the_replica_writes_on_the_primary_and_a_stopped_replica_costs_no_rea
 #[test]
 fn a_replica_whose_replay_is_paused_past_the_lag_bound_loses_its_reads() {
     let (primary, replica, name, url, replica_url) = primary_and_replica(20);
-    let srv = Server::start_with_env(
-        "auto",
-        &[
-            "--cores",
-            "1",
-            "--db-replica",
-            &replica_url,
-            "--db-max-replica-lag",
-            "1s",
-            "--db-replica-check-interval",
-            "100ms",
-        ],
-        &[("DATABASE_URL", &url)],
-    );
-    wait_for("the replica serves", || serving(&srv, "replica1") == 1.0);
+    let srv = server_on_replica(&url, &replica_url, 1, &["--db-max-replica-lag", "1s"]);
 
     replica.psql("SELECT pg_wal_replay_pause()");
     // Commits keep arriving on the primary; the replica receives them but
@@ -451,21 +443,7 @@ fn signal_all(pids: &[i32], sig: i32) {
 #[test]
 fn a_stalled_replica_loses_its_reads_without_a_failed_request() {
     let (_primary, replica, _name, url, replica_url) = primary_and_replica(300);
-    let srv = Server::start_with_env(
-        "auto",
-        &[
-            "--cores",
-            "1",
-            "--db-replica",
-            &replica_url,
-            "--db-replica-check-interval",
-            "100ms",
-            "--db-query-timeout",
-            "1s",
-        ],
-        &[("DATABASE_URL", &url)],
-    );
-    wait_for("the replica serves", || serving(&srv, "replica1") == 1.0);
+    let srv = server_on_replica(&url, &replica_url, 1, &["--db-query-timeout", "1s"]);
     let stop = AtomicBool::new(false);
     let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
     let stalled = replica_processes(&replica);
