@@ -166,6 +166,24 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn html_escape_bytes_replaces_exactly_the_five(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let mut plain = Vec::new();
+            for &b in &bytes {
+                match b {
+                    b'&' => plain.extend_from_slice(b"&amp;"),
+                    b'<' => plain.extend_from_slice(b"&lt;"),
+                    b'>' => plain.extend_from_slice(b"&gt;"),
+                    b'"' => plain.extend_from_slice(b"&quot;"),
+                    b'\'' => plain.extend_from_slice(b"&#39;"),
+                    _ => plain.push(b),
+                }
+            }
+            let mut out = Vec::new();
+            html_escape_bytes(&bytes, &mut out);
+            proptest::prop_assert_eq!(out, plain);
+        }
+
         /// The SIMD search escapes exactly what a byte-by-byte one does.
         #[test]
         fn html_escape_is_the_plain_replacement(s in "[a-z&<>\"' éあ]{0,40}") {

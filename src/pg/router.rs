@@ -320,24 +320,13 @@ impl Router {
         true
     }
 
-    /// The lag of a replica at `replay` in the primary's WAL: the age of
-    /// the newest sample of the primary's position it has replayed.
-    /// `None` when no sample is old enough to tell.
     fn wal_lag(&self, replay: u64, now: Instant) -> Option<Duration> {
-        let samples = self.primary_wal.borrow();
-        let newest_reached = samples.iter().rev().find(|(_, lsn)| *lsn <= replay);
-        match (newest_reached, samples.back(), samples.front()) {
-            (Some((_, lsn)), Some((_, newest)), _) if lsn == newest => Some(Duration::ZERO),
-            (Some((t, _)), _, _) => Some(now.saturating_duration_since(*t)),
-            // Behind every sample: at least as old as the oldest, which
-            // says it is past the bound once the samples cover it.
-            (None, _, Some((t, _)))
-                if now.saturating_duration_since(*t) >= self.settings.max_lag =>
-            {
-                Some(now.saturating_duration_since(*t))
-            }
-            _ => None,
-        }
+        lag_in_wal(
+            &self.primary_wal.borrow(),
+            replay,
+            now,
+            self.settings.max_lag,
+        )
     }
 
     /// Every pool's figures.
@@ -372,6 +361,28 @@ impl Router {
         for r in &self.replicas {
             r.pool.close();
         }
+    }
+}
+
+/// The lag of a replica at `replay` in the primary's WAL, given the
+/// primary's positions sampled at times (oldest first): the age of the
+/// newest sample it has replayed, 0 if that is the newest. Behind every
+/// sample it is at least as old as the oldest, which tells once the
+/// samples span `max_lag`; before that, `None` (unknown).
+fn lag_in_wal(
+    samples: &VecDeque<(Instant, u64)>,
+    replay: u64,
+    now: Instant,
+    max_lag: Duration,
+) -> Option<Duration> {
+    let newest_reached = samples.iter().rev().find(|(_, lsn)| *lsn <= replay);
+    match (newest_reached, samples.back(), samples.front()) {
+        (Some((_, lsn)), Some((_, newest)), _) if lsn == newest => Some(Duration::ZERO),
+        (Some((t, _)), _, _) => Some(now.saturating_duration_since(*t)),
+        (None, _, Some((t, _))) if now.saturating_duration_since(*t) >= max_lag => {
+            Some(now.saturating_duration_since(*t))
+        }
+        _ => None,
     }
 }
 
@@ -498,5 +509,57 @@ async fn sample_lag(router: Weak<Router>, i: usize) {
         };
         drop(r);
         monoio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_the_age_of_the_newest_primary_position_replayed() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let max = Duration::from_secs(5);
+        // The primary at 100, 200, 300 (bytes of WAL), a second apart.
+        let samples: VecDeque<_> = [(at(0), 100), (at(1000), 200), (at(2000), 300)].into();
+        let now = at(2500);
+        assert_eq!(
+            lag_in_wal(&samples, 300, now, max),
+            Some(Duration::ZERO),
+            "caught up"
+        );
+        assert_eq!(
+            lag_in_wal(&samples, 400, now, max),
+            Some(Duration::ZERO),
+            "ahead"
+        );
+        assert_eq!(
+            lag_in_wal(&samples, 250, now, max),
+            Some(Duration::from_millis(1500)),
+            "has what the primary had at 1 s"
+        );
+        // Behind every sample: unknown until the samples span the bound.
+        assert_eq!(lag_in_wal(&samples, 50, now, max), None);
+        assert_eq!(
+            lag_in_wal(&samples, 50, at(6000), max),
+            Some(Duration::from_secs(6)),
+            "at least as old as the oldest sample: past the bound"
+        );
+        // An idle primary: every sample at the same position.
+        let idle: VecDeque<_> = [(at(0), 100), (at(1000), 100)].into();
+        assert_eq!(lag_in_wal(&idle, 100, at(9000), max), Some(Duration::ZERO));
+        // A replica whose replication stopped: the primary moves on, and
+        // its lag grows with the time since it was last level.
+        let moving: VecDeque<_> = [(at(0), 100), (at(3000), 150), (at(6000), 220)].into();
+        assert_eq!(
+            lag_in_wal(&moving, 150, at(6000), max),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            lag_in_wal(&moving, 100, at(6000), max),
+            Some(Duration::from_secs(6))
+        );
+        assert_eq!(lag_in_wal(&VecDeque::new(), 100, now, max), None);
     }
 }
