@@ -94,11 +94,11 @@ impl Writer {
                 session,
                 cipher,
             } => {
-                cipher.clear();
-                if let Err(e) = session.borrow_mut().seal(&buf, cipher) {
-                    return (Err(e), buf);
-                }
-                let (res, c) = half.write_all(std::mem::take(cipher)).await;
+                let sealed = match seal(session, cipher, &buf) {
+                    Ok(sealed) => sealed,
+                    Err(e) => return (Err(e), buf),
+                };
+                let (res, c) = half.write_all(sealed).await;
                 *cipher = c;
                 (res.map(|_| buf.len()), buf)
             }
@@ -118,16 +118,24 @@ impl Writer {
                 session,
                 cipher,
             } => {
-                cipher.clear();
-                if let Err(e) = session.borrow_mut().seal(&out, cipher) {
-                    return (Err(e), out);
-                }
-                let (res, c) = send_rest(fd, half, std::mem::take(cipher)).await;
+                let sealed = match seal(session, cipher, &out) {
+                    Ok(sealed) => sealed,
+                    Err(e) => return (Err(e), out),
+                };
+                let (res, c) = send_rest(fd, half, sealed).await;
                 *cipher = c;
                 (res, out)
             }
         }
     }
+}
+
+/// `plain` encrypted into the connection's cipher buffer, taken out for
+/// the write (the caller puts it back).
+fn seal(session: &SharedTls, cipher: &mut BytesMut, plain: &[u8]) -> io::Result<BytesMut> {
+    cipher.clear();
+    session.borrow_mut().seal(plain, cipher)?;
+    Ok(std::mem::take(cipher))
 }
 
 /// A plain non-blocking send, then the ring for the rest.
