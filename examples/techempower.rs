@@ -125,9 +125,9 @@ const JSON: &[u8] = b"application/json";
 
 impl Service for Bench {
     async fn call(&self, ex: &mut Exchange<'_, '_>) {
-        match ex.path() {
-            "/plaintext" => ex.respond(StatusCode::OK, b"text/plain", b"Hello, World!"),
-            "/json" => {
+        match ex.path_bytes() {
+            b"/plaintext" => ex.respond(StatusCode::OK, b"text/plain", b"Hello, World!"),
+            b"/json" => {
                 // Serialized per request, as the rules ask.
                 let message = "Hello, World!";
                 let _ = ex.respond_rendered(StatusCode::OK, JSON, &[], |out| {
@@ -137,7 +137,7 @@ impl Service for Bench {
                     Ok::<(), Infallible>(())
                 });
             }
-            "/db" => {
+            b"/db" => {
                 let id = self.random_id();
                 let world = match self.pool.query(&WORLD, &[Param::I32(id)]).await {
                     Ok(rows) => first_world(&rows),
@@ -153,11 +153,11 @@ impl Service for Bench {
                     Err(e) => ex.respond_error(StatusCode::SERVICE_UNAVAILABLE, &e),
                 }
             }
-            "/queries" => match self.worlds(Self::count(ex)).await {
+            b"/queries" => match self.worlds(Self::count(ex)).await {
                 Ok(w) => ex.respond(StatusCode::OK, JSON, &worlds_json(&w)),
                 Err(e) => ex.respond_error(StatusCode::SERVICE_UNAVAILABLE, &e),
             },
-            "/updates" => {
+            b"/updates" => {
                 let mut worlds = match self.worlds(Self::count(ex)).await {
                     Ok(w) => w,
                     Err(e) => return ex.respond_error(StatusCode::SERVICE_UNAVAILABLE, &e),
@@ -183,7 +183,7 @@ impl Service for Bench {
                     Err(e) => ex.respond_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
                 }
             }
-            "/fortunes" => {
+            b"/fortunes" => {
                 let rows = match self.pool.query(&FORTUNES, &[]).await {
                     Ok(r) => r,
                     Err(e) => {

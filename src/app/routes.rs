@@ -98,10 +98,10 @@ pub const ROUTES: [Route; 9] = [
 ];
 
 /// The route serving `path` (`Other` when none does).
-pub fn find(path: &str) -> &'static Route {
+pub fn find(path: &[u8]) -> &'static Route {
     ROUTES
         .iter()
-        .find(|r| r.paths.contains(&path))
+        .find(|r| r.paths.iter().any(|p| p.as_bytes() == path))
         .unwrap_or(&ROUTES[RouteId::Other as usize])
 }
 
@@ -124,7 +124,7 @@ mod tests {
         for (i, r) in ROUTES.iter().enumerate() {
             assert_eq!(r.index(), i, "{}", r.label);
         }
-        assert_eq!(find("/orders.json").id, RouteId::Orders);
-        assert_eq!(find("/nope").id, RouteId::Other);
+        assert_eq!(find(b"/orders.json").id, RouteId::Orders);
+        assert_eq!(find(b"/nope").id, RouteId::Other);
     }
 }

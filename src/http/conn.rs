@@ -18,6 +18,7 @@ use monoio::time::Instant;
 use ringside_wire::http::{parse_head, Framing, ResponseHead, StatusCode};
 
 use super::exchange::Exchange;
+use super::idle::{WatchGuard, WatchId};
 use super::io::{ConnIo, IoFailure, Shared};
 use super::stream::Stream;
 use super::tls::{handshake, HandshakeEnd, TlsStream};
@@ -45,8 +46,20 @@ impl Drop for SlotGuard<'_> {
 pub(super) enum Start {
     /// Just accepted: wait for the first request, within the head timeout.
     Accepted,
-    /// Woken from the core's idle set: bytes (or the end) are there.
-    Woken,
+    /// Woken from the core's idle set, with its watch there: bytes (or the
+    /// end) are probably there.
+    Woken(WatchId),
+}
+
+/// What handling the arrived bytes came to.
+enum Served {
+    /// Everything read was answered. `bytes_waiting`: the last read filled
+    /// its room, so more may be in the socket with no event to announce it.
+    Idle { bytes_waiting: bool },
+    /// The event was stale: nothing was there to read.
+    Nothing,
+    /// The connection is closed.
+    Closed,
 }
 
 /// Serves one connection until it closes or parks in the core's idle set.
@@ -67,9 +80,13 @@ pub(super) async fn serve<S: Service>(
     // The first head must be complete within the head timeout of the accept.
     let mut first_head_by =
         (start == Start::Accepted).then(|| slot.0.now() + http.shared.settings.head_timeout);
-    // Whether the socket is in the idle set's epoll set (it parked before).
-    let mut registered = start == Start::Woken;
-    let mut has_input = start == Start::Woken;
+    // The socket's registration in the idle set's epoll set, made the
+    // first time the connection waits there and kept until it closes.
+    let (mut has_input, woken_with) = match start {
+        Start::Woken(id) => (true, Some(id)),
+        Start::Accepted => (false, None),
+    };
+    let mut watch = WatchGuard::new(&http.idle, woken_with);
     let mut idle_since = slot.0.now();
     loop {
         if !has_input {
@@ -112,37 +129,51 @@ pub(super) async fn serve<S: Service>(
                 Wake::TimedOut | Wake::Drained | Wake::Closed => return,
             }
         }
-        let work = process_input(&http, &mut stream, slot.1, first_head_by.take());
-        if !http.shared.core.frames.boxed(work).await {
-            return;
-        }
-        idle_since = slot.0.now();
-        has_input = false;
-        // A busy connection's next request usually follows soon: wait for
-        // it in this task, on the core's epoll set, until the next tick;
-        // only a connection still quiet then parks (and its task ends).
-        if let Some(fd) = stream.epoll_fd().filter(|_| !http.shared.core.draining()) {
-            if let Some(readable) = http.idle.readable(fd, registered) {
-                registered = true;
-                let soon = slot.0.now() + Duration::from_millis(1);
-                let woke = monoio::select! {
-                    _ = readable => true,
-                    _ = slot.0.wait(slot.1, soon, true) => false,
-                };
-                if woke {
-                    has_input = true;
+        let work = process_input(&http, &mut stream, slot.1, first_head_by);
+        match http.shared.core.frames.boxed(work).await {
+            Served::Closed => return,
+            // A stale event before the first request: wait for it again.
+            Served::Nothing if first_head_by.is_some() => {
+                has_input = false;
+                continue;
+            }
+            Served::Nothing => {}
+            Served::Idle { bytes_waiting } => {
+                first_head_by = None;
+                idle_since = slot.0.now();
+                if bytes_waiting {
                     continue;
                 }
             }
         }
-        if !http.shared.core.draining() {
+        has_input = false;
+        // A busy connection's next request usually follows soon: wait for
+        // it in this task, on the core's epoll set, until the next tick;
+        // only a connection still quiet then parks (and its task ends).
+        let draining = http.shared.core.draining();
+        if let Some(id) = stream
+            .epoll_fd()
+            .filter(|_| !draining)
+            .and_then(|fd| watch.get(fd))
+        {
+            let soon = slot.0.now() + Duration::from_millis(1);
+            let woke = monoio::select! {
+                _ = http.idle.readable(id) => true,
+                _ = slot.0.wait(slot.1, soon, true) => false,
+            };
+            if woke {
+                has_input = true;
+                continue;
+            }
+        }
+        if !draining {
             let keepalive = http.shared.settings.keepalive_timeout;
             match http
                 .idle
-                .park(stream, open, registered, idle_since, keepalive)
+                .park(&mut watch, stream, open, idle_since, keepalive)
             {
                 Ok(()) => return,
-                // A pipe, or parking is off: wait here.
+                // A pipe, parking is off, or bytes came meanwhile: wait here.
                 Err((s, o)) => (stream, open) = (s, o),
             }
         }
@@ -247,15 +278,22 @@ async fn answer_and_close(
 
 /// Handles the bytes that arrived: every complete request in order, reading
 /// more while a head or body is incomplete, until everything read has been
-/// answered and sent. Returns false once the connection is closed.
+/// answered and sent. Its first read does not wait: a stale
+/// event finds nothing and the connection goes back to waiting.
 async fn process_input<S: Service>(
     http: &HttpCore<S>,
     stream: &mut Stream,
     key: DeadlineKey,
     mut first_head_by: Option<Instant>,
-) -> bool {
+) -> Served {
     let settings = &http.shared.settings;
     let mut io = ConnIo::new(stream, &http.shared, key);
+    // Woken by an event that may be stale: look before waiting on a read.
+    match io.read_if_ready() {
+        Ok(true) => {}
+        Ok(false) => return Served::Nothing,
+        Err(_) => return Served::Closed,
+    }
     loop {
         // A head must be complete within the head timeout, counted from the
         // accept for a new connection, from its first byte otherwise.
@@ -269,23 +307,23 @@ async fn process_input<S: Service>(
                     // Answers to earlier pipelined requests go out before
                     // waiting on the network for the rest of this one.
                     if io.flush().await.is_err() {
-                        return false;
+                        return Served::Closed;
                     }
                     match io.read_more(head_deadline).await {
                         Ok(()) => {}
                         Err(IoFailure::Timeout) => {
                             io.queue_error(StatusCode::REQUEST_TIMEOUT, "request head timed out");
                             io.close_gracefully().await;
-                            return false;
+                            return Served::Closed;
                         }
                         // EOF or reset, possibly after half a head: nothing to answer.
-                        Err(_) => return false,
+                        Err(_) => return Served::Closed,
                     }
                 }
                 Err(e) => {
                     io.queue_error(StatusCode(e.status()), e.message());
                     io.close_gracefully().await;
-                    return false;
+                    return Served::Closed;
                 }
             }
         };
@@ -298,25 +336,27 @@ async fn process_input<S: Service>(
         }
         let (keep_alive, io_failed) = ex.into_parts();
         if io_failed {
-            return false;
+            return Served::Closed;
         }
         if !keep_alive {
             io.close_gracefully().await;
-            return false;
+            return Served::Closed;
         }
         // Pipelining: answers accumulate while complete requests remain
         // buffered, and go out together once none does (or once enough is
         // queued). With nothing left to read, the connection goes idle.
         if io.rbuf.is_empty() {
             if io.flush().await.is_err() {
-                return false;
+                return Served::Closed;
             }
             // Nothing left to read: the connection waits for its next
             // request (in `serve`), holding no buffer.
-            return true;
+            return Served::Idle {
+                bytes_waiting: io.bytes_waiting(),
+            };
         }
         if io.wbuf.len() >= settings.write_high_water && io.flush().await.is_err() {
-            return false;
+            return Served::Closed;
         }
     }
 }

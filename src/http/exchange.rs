@@ -132,6 +132,11 @@ impl<'c, 'io> Exchange<'c, 'io> {
         self.head.path()
     }
 
+    /// The path as bytes, unchecked for UTF-8: for routing by literal.
+    pub fn path_bytes(&self) -> &[u8] {
+        self.head.path_bytes()
+    }
+
     /// Sets this route's body limit (the server's default otherwise). Only
     /// before the first `body_chunk`.
     pub fn set_body_limit(&mut self, max: u64) {

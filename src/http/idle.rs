@@ -11,11 +11,11 @@
 //! The epoll set is one descriptor per core, watched by one readability
 //! operation of the core's own ring (or its epoll driver), so waking is
 //! still part of the core's single event loop: nothing blocks, nothing is
-//! shared between cores. Registrations are one-shot, so an event arrives
-//! once per park; a socket's registration is re-armed (`EPOLL_CTL_MOD`)
-//! when it parks again and vanishes when the socket closes. Each event
-//! carries the entry's index and generation, so a late event for an entry
-//! that was since closed or reused is ignored.
+//! shared between cores. A socket is registered once, edge-triggered, the
+//! first time its connection waits, and stays so until it closes: no wait,
+//! busy or parked, costs an `epoll_ctl` (docs/connection.md). Each event
+//! carries the slot's index and generation, so a late event for a slot
+//! that was since freed or reused is ignored.
 //!
 //! Deadlines: the watcher wakes on each tick of the core's deadline table
 //! while anything is parked and closes what has been idle past the
@@ -26,6 +26,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
+use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
@@ -54,17 +55,54 @@ struct Parked {
     deadline_ms: u64,
 }
 
-struct Entry {
-    generation: u32,
-    parked: Option<Parked>,
+/// A connection's place in the set, named by its socket's registration for
+/// the connection's whole life, busy or parked: the registration is made
+/// once and never changed, so waiting costs no `epoll_ctl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct WatchId {
+    index: u32,
+    /// Never zero, so `Option<WatchId>` takes no more room (the
+    /// connection's future holds one).
+    generation: NonZeroU32,
 }
 
-/// A core's parked connections.
+impl WatchId {
+    fn token(self) -> u64 {
+        (u64::from(self.generation.get()) << 32) | u64::from(self.index)
+    }
+
+    fn from_token(token: u64) -> Option<Self> {
+        Some(WatchId {
+            index: token as u32,
+            generation: NonZeroU32::new((token >> 32) as u32)?,
+        })
+    }
+}
+
+enum Slot {
+    Free,
+    /// Its connection has a task. `ready`: an event came since the task
+    /// last looked (edge-triggered: each arrival of bytes brings one).
+    Busy {
+        ready: bool,
+        waker: Option<Waker>,
+    },
+    Parked(Parked),
+}
+
+struct Watch {
+    /// Bumped each time the slot is taken (never zero once used).
+    generation: u32,
+    slot: Slot,
+}
+
+/// A core's watched connections: the parked ones, and the busy ones that
+/// wait here for their next request.
 pub(super) struct IdleSet {
     /// None when parking is off: the set could not be made, or its watcher
     /// ended.
     epoll: RefCell<Option<EpollSet>>,
-    entries: RefCell<Vec<Entry>>,
+    watches: RefCell<Vec<Watch>>,
     free: RefCell<Vec<u32>>,
     parked: Cell<usize>,
     epoch: Instant,
@@ -72,53 +110,93 @@ pub(super) struct IdleSet {
     /// The watcher's deadline slot: the first park brings its wait
     /// forward to the next tick, from which it expires what is parked.
     watcher_key: Cell<Option<DeadlineKey>>,
-    /// Busy connections waiting in their own task for their next request
-    /// (until the next tick); their events carry `WAITER_TOKEN`.
-    waiters: RefCell<Vec<Waiter>>,
-    free_waiters: RefCell<Vec<u32>>,
 }
 
-/// Marks an event as a waiting task's, not a parked connection's.
-const WAITER_TOKEN: u64 = 1 << 63;
-
-#[derive(Default)]
-struct Waiter {
-    generation: u32,
-    in_use: bool,
-    ready: bool,
-    waker: Option<Waker>,
-}
-
-/// Completes when the socket it was made for turns readable.
+/// Completes when an event for its connection's socket came.
 pub(super) struct Readable<'a> {
     set: &'a IdleSet,
-    index: u32,
+    id: WatchId,
 }
 
 impl Future for Readable<'_> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut waiters = self.set.waiters.borrow_mut();
-        let w = &mut waiters[self.index as usize];
-        if w.ready {
+        let mut watches = self.set.watches.borrow_mut();
+        let Some(w) = watches
+            .get_mut(self.id.index as usize)
+            .filter(|w| w.generation == self.id.generation.get())
+        else {
             return Poll::Ready(());
+        };
+        match &mut w.slot {
+            Slot::Busy { ready, waker } => {
+                if std::mem::take(ready) {
+                    *waker = None;
+                    return Poll::Ready(());
+                }
+                match waker {
+                    Some(old) if old.will_wake(cx.waker()) => {}
+                    _ => *waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
         }
-        match &w.waker {
-            Some(old) if old.will_wake(cx.waker()) => {}
-            _ => w.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
     }
 }
 
 impl Drop for Readable<'_> {
     fn drop(&mut self) {
-        let mut waiters = self.set.waiters.borrow_mut();
-        let w = &mut waiters[self.index as usize];
-        w.in_use = false;
-        w.ready = false;
-        w.waker = None;
-        self.set.free_waiters.borrow_mut().push(self.index);
+        if let Some(Watch {
+            generation,
+            slot: Slot::Busy { waker, .. },
+        }) = self
+            .set
+            .watches
+            .borrow_mut()
+            .get_mut(self.id.index as usize)
+        {
+            if *generation == self.id.generation.get() {
+                *waker = None;
+            }
+        }
+    }
+}
+
+/// A busy connection's watch, given back when its task ends (a parked
+/// connection's is the set's to give back).
+pub(super) struct WatchGuard<'a> {
+    set: &'a IdleSet,
+    id: Option<WatchId>,
+}
+
+impl<'a> WatchGuard<'a> {
+    /// `id`: the watch a connection woken from the set already has.
+    pub(super) fn new(set: &'a IdleSet, id: Option<WatchId>) -> Self {
+        WatchGuard { set, id }
+    }
+
+    /// The connection's watch, registering `fd` on first use. `None` when
+    /// the set is off or the registration failed (the caller waits in its
+    /// task).
+    pub(super) fn get(&mut self, fd: RawFd) -> Option<WatchId> {
+        if self.id.is_none() {
+            self.id = self.set.register(fd);
+        }
+        self.id
+    }
+
+    /// Gives the watch up to the set, with the connection (parking).
+    fn take(&mut self) -> Option<WatchId> {
+        self.id.take()
+    }
+}
+
+impl Drop for WatchGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.set.release(id);
+        }
     }
 }
 
@@ -126,14 +204,12 @@ impl IdleSet {
     fn new(epoll: Option<EpollSet>, core: Rc<CoreCtx>) -> Self {
         IdleSet {
             epoll: RefCell::new(epoll),
-            entries: RefCell::default(),
+            watches: RefCell::default(),
             free: RefCell::default(),
             parked: Cell::new(0),
             epoch: Instant::now(),
             core,
             watcher_key: Cell::new(None),
-            waiters: RefCell::default(),
-            free_waiters: RefCell::default(),
         }
     }
 
@@ -149,46 +225,109 @@ impl IdleSet {
 
     /// Whether the table holds room a burst left behind.
     fn has_slack(&self) -> bool {
-        self.entries.borrow().capacity() > 64
+        self.watches.borrow().capacity() > 64
     }
 
     fn to_ms(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
-    /// Parks an idle TCP connection until its socket is readable or
-    /// `keepalive` passes. Gives the stream back when it cannot be parked (a
-    /// pipe, parking off, or the registration failed): the caller then
-    /// waits in its own task. `registered` says the socket is already in
-    /// the epoll set (it parked before), disarmed by its one-shot event.
+    /// A busy watch for `fd`, registered in the epoll set for good.
+    fn register(&self, fd: RawFd) -> Option<WatchId> {
+        let epoll = self.epoll.borrow();
+        let epoll = epoll.as_ref()?;
+        let id = {
+            let mut watches = self.watches.borrow_mut();
+            let index = match self.free.borrow_mut().pop() {
+                Some(i) => i,
+                None => {
+                    watches.push(Watch {
+                        generation: 0,
+                        slot: Slot::Free,
+                    });
+                    (watches.len() - 1) as u32
+                }
+            };
+            let w = &mut watches[index as usize];
+            let generation =
+                NonZeroU32::new(w.generation.wrapping_add(1)).unwrap_or(NonZeroU32::MIN);
+            w.generation = generation.get();
+            w.slot = Slot::Busy {
+                ready: false,
+                waker: None,
+            };
+            WatchId { index, generation }
+        };
+        match epoll.watch(fd, id.token()) {
+            Ok(()) => Some(id),
+            Err(e) => {
+                tracing::debug!(error = %e, "could not watch a connection; it waits in its task");
+                self.release(id);
+                None
+            }
+        }
+    }
+
+    /// Frees a busy connection's watch. Its socket's registration ends
+    /// when the socket closes; a late event finds the generation changed.
+    fn release(&self, id: WatchId) {
+        let mut watches = self.watches.borrow_mut();
+        if let Some(w) = watches.get_mut(id.index as usize) {
+            if w.generation == id.generation.get() && matches!(w.slot, Slot::Busy { .. }) {
+                w.slot = Slot::Free;
+                self.free.borrow_mut().push(id.index);
+            }
+        }
+    }
+
+    /// Waits, in the caller's task, for the next event on its socket: how
+    /// a busy connection waits for its next request. The epoll set hands
+    /// over the readiness of many sockets in one call, where a read or poll
+    /// operation per connection costs a completion each. An event may be
+    /// stale (its bytes already read): the caller's first read then finds
+    /// nothing and it waits again.
+    pub(super) fn readable(&self, id: WatchId) -> Readable<'_> {
+        Readable { set: self, id }
+    }
+
+    /// Parks an idle connection until its socket gets bytes or `keepalive`
+    /// passes. Gives the stream back when it cannot be parked (parking
+    /// off, or an event came that the connection has not looked at): the
+    /// caller then waits in its own task.
     pub(super) fn park(
         &self,
+        watch: &mut WatchGuard<'_>,
         stream: Stream,
         open: OpenGuard,
-        registered: bool,
         now: Instant,
         keepalive: Duration,
     ) -> Result<(), (Stream, OpenGuard)> {
-        let epoll = self.epoll.borrow();
-        let (fd, epoll) = match (&stream, &*epoll) {
-            (Stream::Tcp(s), Some(epoll)) => (s.as_raw_fd(), epoll),
-            (Stream::Tls(t), Some(epoll)) if t.can_park() => (t.tcp().as_raw_fd(), epoll),
-            _ => return Err((stream, open)),
+        let parkable = match &stream {
+            Stream::Tcp(s) => Some(s.as_raw_fd()),
+            Stream::Tls(t) if t.can_park() => Some(t.tcp().as_raw_fd()),
+            _ => None,
         };
-        let (index, generation) = self.vacant_entry();
-        let token = (u64::from(generation) << 32) | u64::from(index);
-        if let Err(e) = epoll.arm_oneshot(fd, token, registered) {
-            self.free.borrow_mut().push(index);
-            tracing::debug!(error = %e, "could not park an idle connection; it waits in its task");
+        let (Some(fd), true) = (parkable, self.epoll.borrow().is_some()) else {
             return Err((stream, open));
-        }
+        };
+        let Some(id) = watch.get(fd) else {
+            return Err((stream, open));
+        };
         let now_ms = self.to_ms(now);
-        self.entries.borrow_mut()[index as usize].parked = Some(Parked {
-            stream,
-            open,
-            idle_since_ms: now_ms,
-            deadline_ms: now_ms + keepalive.as_millis() as u64,
-        });
+        {
+            let mut watches = self.watches.borrow_mut();
+            let w = &mut watches[id.index as usize];
+            if !matches!(w.slot, Slot::Busy { ready: false, .. }) {
+                return Err((stream, open));
+            }
+            w.slot = Slot::Parked(Parked {
+                stream,
+                open,
+                idle_since_ms: now_ms,
+                deadline_ms: now_ms + keepalive.as_millis() as u64,
+            });
+        }
+        watch.take();
         self.set_parked(self.parked.get() + 1);
         if self.parked.get() == 1 {
             if let Some(key) = self.watcher_key.get() {
@@ -198,87 +337,40 @@ impl IdleSet {
         Ok(())
     }
 
-    /// Waits, in the caller's task, until `fd` is readable: how a busy
-    /// connection waits for its next request. The epoll set delivers the
-    /// readiness of many sockets in one call, where a read or poll
-    /// operation per connection costs a completion each. `None` when the
-    /// socket cannot be registered (the caller parks or waits otherwise).
-    pub(super) fn readable(&self, fd: RawFd, registered: bool) -> Option<Readable<'_>> {
-        let epoll = self.epoll.borrow();
-        let epoll = epoll.as_ref()?;
-        let index = {
-            let mut waiters = self.waiters.borrow_mut();
-            let index = match self.free_waiters.borrow_mut().pop() {
-                Some(i) => i,
-                None => {
-                    waiters.push(Waiter::default());
-                    (waiters.len() - 1) as u32
-                }
-            };
-            let w = &mut waiters[index as usize];
-            w.generation = w.generation.wrapping_add(1);
-            w.in_use = true;
-            w.ready = false;
-            index
-        };
-        let generation = self.waiters.borrow()[index as usize].generation;
-        let token = WAITER_TOKEN | (u64::from(generation) << 32) | u64::from(index);
-        let waiting = Readable { set: self, index };
-        epoll.arm_oneshot(fd, token, registered).ok()?;
-        Some(waiting)
-    }
-
-    /// Marks a waiting task's socket readable and wakes it.
-    fn wake_waiter(&self, token: u64) {
-        let (index, generation) = (token as u32, ((token & !WAITER_TOKEN) >> 32) as u32);
-        let waker = {
-            let mut waiters = self.waiters.borrow_mut();
-            let Some(w) = waiters.get_mut(index as usize) else {
-                return;
-            };
-            if !w.in_use || w.generation != generation {
-                return;
+    /// An event for `token`: a busy connection is marked (and woken if it
+    /// waits); a parked one is handed back with its watch.
+    fn event(&self, token: u64) -> Option<(Parked, WatchId)> {
+        let id = WatchId::from_token(token)?;
+        let (parked, waker) = {
+            let mut watches = self.watches.borrow_mut();
+            let w = watches.get_mut(id.index as usize)?;
+            if w.generation != id.generation.get() {
+                return None;
             }
-            w.ready = true;
-            w.waker.take()
+            match &mut w.slot {
+                Slot::Free => return None,
+                Slot::Busy { ready, waker } => {
+                    *ready = true;
+                    (None, waker.take())
+                }
+                Slot::Parked(_) => {
+                    let busy = Slot::Busy {
+                        ready: false,
+                        waker: None,
+                    };
+                    match std::mem::replace(&mut w.slot, busy) {
+                        Slot::Parked(p) => (Some(p), None),
+                        _ => unreachable!("matched as parked"),
+                    }
+                }
+            }
         };
         if let Some(waker) = waker {
             waker.wake();
         }
-    }
-
-    fn vacant_entry(&self) -> (u32, u32) {
-        let mut entries = self.entries.borrow_mut();
-        match self.free.borrow_mut().pop() {
-            Some(i) => {
-                let e = &mut entries[i as usize];
-                e.generation = e.generation.wrapping_add(1);
-                (i, e.generation)
-            }
-            None => {
-                entries.push(Entry {
-                    generation: 0,
-                    parked: None,
-                });
-                ((entries.len() - 1) as u32, 0)
-            }
-        }
-    }
-
-    /// Takes the connection an event names, if it is still parked.
-    fn take(&self, token: u64) -> Option<Parked> {
-        let (index, generation) = (token as u32, (token >> 32) as u32);
-        let parked = {
-            let mut entries = self.entries.borrow_mut();
-            let e = entries.get_mut(index as usize)?;
-            if e.generation != generation {
-                return None;
-            }
-            e.parked.take()?
-        };
-        self.free.borrow_mut().push(index);
+        let parked = parked?;
         self.set_parked(self.parked.get() - 1);
-        Some(parked)
+        Some((parked, id))
     }
 
     /// Closes what passed its deadline (dropping a socket closes it and
@@ -288,24 +380,26 @@ impl IdleSet {
         let now_ms = self.to_ms(now);
         let mut expired = Vec::new();
         {
-            let mut entries = self.entries.borrow_mut();
+            let mut watches = self.watches.borrow_mut();
             let mut free = self.free.borrow_mut();
-            for (i, e) in entries.iter_mut().enumerate() {
-                if e.parked.as_ref().is_some_and(|p| p.deadline_ms <= now_ms) {
-                    expired.extend(e.parked.take());
+            for (i, w) in watches.iter_mut().enumerate() {
+                if matches!(&w.slot, Slot::Parked(p) if p.deadline_ms <= now_ms) {
+                    if let Slot::Parked(p) = std::mem::replace(&mut w.slot, Slot::Free) {
+                        expired.push(p);
+                    }
                     free.push(i as u32);
                 }
             }
             self.set_parked(self.parked.get() - expired.len());
             // Shrink once most of the table is free, as the deadline table does.
-            if entries.capacity() > 64 && free.len() * 2 >= entries.len() {
-                while entries.last().is_some_and(|e| e.parked.is_none()) {
-                    entries.pop();
+            if watches.capacity() > 64 && free.len() * 2 >= watches.len() {
+                while watches.last().is_some_and(|w| matches!(w.slot, Slot::Free)) {
+                    watches.pop();
                 }
-                let len = entries.len() as u32;
+                let len = watches.len() as u32;
                 free.retain(|&i| i < len);
-                if entries.capacity() > 2 * entries.len() {
-                    entries.shrink_to_fit();
+                if watches.capacity() > 2 * watches.len() {
+                    watches.shrink_to_fit();
                     free.shrink_to_fit();
                 }
             }
@@ -317,25 +411,42 @@ impl IdleSet {
     /// within what is left of it.
     fn start_drain(&self) {
         let grace = DRAIN_IDLE_GRACE.as_millis() as u64;
-        for e in self.entries.borrow_mut().iter_mut() {
-            if let Some(p) = &mut e.parked {
+        for w in self.watches.borrow_mut().iter_mut() {
+            if let Slot::Parked(p) = &mut w.slot {
                 p.deadline_ms = p.deadline_ms.min(p.idle_since_ms + grace);
             }
         }
     }
 
-    /// Closes every parked connection and stops parking.
+    /// Closes every parked connection and stops parking. Busy connections
+    /// keep their watches until their tasks end; those waiting here are
+    /// woken (their wait also ends at the next tick).
     fn close_all(&self) {
         self.epoll.borrow_mut().take();
-        let all: Vec<Parked> = self
-            .entries
-            .borrow_mut()
-            .drain(..)
-            .filter_map(|e| e.parked)
-            .collect();
-        self.free.borrow_mut().clear();
+        let mut closed = Vec::new();
+        let mut wakers = Vec::new();
+        {
+            let mut watches = self.watches.borrow_mut();
+            let mut free = self.free.borrow_mut();
+            for (i, w) in watches.iter_mut().enumerate() {
+                match &mut w.slot {
+                    Slot::Parked(_) => {
+                        if let Slot::Parked(p) = std::mem::replace(&mut w.slot, Slot::Free) {
+                            closed.push(p);
+                        }
+                        free.push(i as u32);
+                    }
+                    Slot::Busy { ready, waker } => {
+                        *ready = true;
+                        wakers.extend(waker.take());
+                    }
+                    Slot::Free => {}
+                }
+            }
+        }
         self.set_parked(0);
-        drop(all);
+        drop(closed);
+        wakers.into_iter().for_each(Waker::wake);
     }
 }
 
@@ -423,21 +534,23 @@ pub(super) async fn watch<S: Service>(http: Weak<HttpCore<S>>, core: Rc<CoreCtx>
     table.release(key);
 }
 
-/// Takes the ready events and gives each named connection a task again.
+/// Takes the ready events: marks (and wakes) the busy connections they
+/// name and gives each parked one a task again.
 fn wake_ready<S: Service>(http: &Rc<HttpCore<S>>, events: &mut ReadyBuf) {
     loop {
         let mut taken = 0;
         if let Some(epoll) = &*http.idle.epoll.borrow() {
             for token in epoll.take_ready(events) {
                 taken += 1;
-                if token & WAITER_TOKEN != 0 {
-                    http.idle.wake_waiter(token);
-                    continue;
-                }
                 // The new task first runs after this loop: it cannot reach
                 // the set while it is borrowed here.
-                if let Some(p) = http.idle.take(token) {
-                    monoio::spawn(conn::serve(http.clone(), p.stream, p.open, Start::Woken));
+                if let Some((p, id)) = http.idle.event(token) {
+                    monoio::spawn(conn::serve(
+                        http.clone(),
+                        p.stream,
+                        p.open,
+                        Start::Woken(id),
+                    ));
                 }
             }
         }

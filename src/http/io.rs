@@ -126,8 +126,33 @@ impl ConnIo<'_> {
         }
     }
 
-    /// Reads more bytes onto the end of `rbuf`, giving up at `deadline`.
-    pub(super) async fn read_more(&mut self, deadline: Instant) -> Result<(), IoFailure> {
+    /// Whether the last read filled its room (more may be in the socket).
+    pub(super) fn bytes_waiting(&self) -> bool {
+        self.bytes_waiting
+    }
+
+    /// One read that does not wait, for a connection woken by an event
+    /// that may be stale: `Ok(false)` when nothing was there.
+    pub(super) fn read_if_ready(&mut self) -> Result<bool, IoFailure> {
+        let room = self.make_read_room();
+        match self.stream.read_now(&mut self.rbuf) {
+            Ok(Some(0)) => Err(IoFailure::Closed),
+            Ok(Some(n)) => {
+                self.reads_fill = n == room;
+                self.bytes_waiting = self.reads_fill;
+                Ok(true)
+            }
+            Ok(None) => {
+                self.bytes_waiting = false;
+                Ok(false)
+            }
+            Err(_) => Err(IoFailure::Error),
+        }
+    }
+
+    /// Takes a read buffer if there is none and makes room in it; returns
+    /// the room.
+    fn make_read_room(&mut self) -> usize {
         if self.rbuf.capacity() == 0 {
             self.rbuf = self.shared.buffers.take();
         }
@@ -140,7 +165,12 @@ impl ConnIo<'_> {
         if self.rbuf.capacity() - self.rbuf.len() < MIN_READ_SPARE.min(wanted) {
             self.rbuf.reserve(wanted);
         }
-        let room = self.rbuf.capacity() - self.rbuf.len();
+        self.rbuf.capacity() - self.rbuf.len()
+    }
+
+    /// Reads more bytes onto the end of `rbuf`, giving up at `deadline`.
+    pub(super) async fn read_more(&mut self, deadline: Instant) -> Result<(), IoFailure> {
+        let room = self.make_read_room();
         if self.bytes_waiting {
             match self.stream.read_now(&mut self.rbuf) {
                 Ok(Some(0)) => return Err(IoFailure::Closed),

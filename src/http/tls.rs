@@ -69,6 +69,9 @@ pub struct TlsStream {
     /// handshake stopped at it: a request sent with the client's Finished).
     plaintext_pending: bool,
     handshake_done: bool,
+    /// The last read of ciphertext filled its room: more may be in the
+    /// socket, with no new edge-triggered event to say so.
+    socket_may_hold_more: bool,
 }
 
 impl TlsStream {
@@ -86,6 +89,7 @@ impl TlsStream {
             read_closed: false,
             plaintext_pending: false,
             handshake_done: false,
+            socket_may_hold_more: false,
         })
     }
 
@@ -102,7 +106,10 @@ impl TlsStream {
     /// Whether the connection can wait for readability alone: no part of a
     /// record read and nothing left to send.
     pub(super) fn can_park(&self) -> bool {
-        !self.has_buffered_input() && self.outgoing.is_empty() && !self.read_closed
+        !self.has_buffered_input()
+            && self.outgoing.is_empty()
+            && !self.read_closed
+            && !self.socket_may_hold_more
     }
 
     /// Runs the state machine over the ciphertext read so far. Plaintext
@@ -331,16 +338,20 @@ impl TlsStream {
     /// Reads ciphertext through the ring; `Ok(0)` at the end of the stream.
     pub(super) async fn fill(&mut self) -> io::Result<usize> {
         self.reserve_incoming();
+        let room = self.incoming.capacity() - self.incoming.len();
         let buf = mem::take(&mut self.incoming);
         let (res, buf) = read_append(&mut self.tcp, buf).await;
         self.incoming = buf;
+        self.socket_may_hold_more = matches!(res, Ok(n) if n == room);
         res
     }
 
     /// Reads the ciphertext that is there now; `Ok(None)` when none is.
     pub(super) fn fill_now(&mut self) -> io::Result<Option<usize>> {
         self.reserve_incoming();
+        let room = self.incoming.capacity() - self.incoming.len();
         let res = recv_now(self.tcp.as_raw_fd(), &mut self.incoming);
+        self.socket_may_hold_more = matches!(res, Ok(Some(n)) if n == room);
         self.release_incoming_if_empty();
         res
     }

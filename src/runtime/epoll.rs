@@ -7,7 +7,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// An epoll set of one-shot read registrations, each naming a `u64` token.
+/// An epoll set of edge-triggered read registrations, each naming a `u64` token.
 pub struct EpollSet {
     fd: OwnedFd,
 }
@@ -24,13 +24,15 @@ impl EpollSet {
         Ok(EpollSet { fd })
     }
 
-    /// Asks for one event carrying `token` when `fd` turns readable (or
-    /// hangs up). `registered` says `fd` is in the set already, disarmed by
-    /// its last event; it only picks which call is tried first.
-    pub fn arm_oneshot(&self, fd: RawFd, token: u64, registered: bool) -> io::Result<()> {
+    /// Registers `fd` for good, edge-triggered: an event carrying `token`
+    /// each time bytes arrive (or the peer hangs up), with no call to
+    /// re-arm it. Its owner must read until a read comes back short before
+    /// it relies on the next event. The registration ends when `fd`
+    /// closes.
+    pub fn watch(&self, fd: RawFd, token: u64) -> io::Result<()> {
         let ctl = |op| {
             let mut event = libc::epoll_event {
-                events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
+                events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
                 u64: token,
             };
             // SAFETY: epoll_ctl on descriptors the caller keeps open; `event`
@@ -41,13 +43,12 @@ impl EpollSet {
                 Err(io::Error::last_os_error())
             }
         };
-        let (first, second) = if registered {
-            (libc::EPOLL_CTL_MOD, libc::EPOLL_CTL_ADD)
-        } else {
-            (libc::EPOLL_CTL_ADD, libc::EPOLL_CTL_MOD)
-        };
-        // The second call covers a registration that was lost track of.
-        ctl(first).or_else(|_| ctl(second))
+        // A descriptor number still registered under an old token (its
+        // socket not yet released) is taken over.
+        ctl(libc::EPOLL_CTL_ADD).or_else(|e| match e.raw_os_error() {
+            Some(libc::EEXIST) => ctl(libc::EPOLL_CTL_MOD),
+            _ => Err(e),
+        })
     }
 
     /// Takes the events ready now, without waiting, into `buf`; returns

@@ -108,6 +108,14 @@ impl RequestHead {
         }
         self.str_at(self.path.0, self.path.1)
     }
+    /// The path as bytes, as `path` gives it but without a UTF-8 check:
+    /// what a router matching against literals needs.
+    pub fn path_bytes(&self) -> &[u8] {
+        if self.path.0 == self.path.1 {
+            return b"/";
+        }
+        &self.bytes[self.path.0 as usize..self.path.1 as usize]
+    }
     /// The query without its '?', if any: "limit=5".
     pub fn query(&self) -> Option<&str> {
         (self.query.0 != 0).then(|| self.str_at(self.query.0, self.query.1))
@@ -583,7 +591,13 @@ fn analyze(req: &httparse::Request<'_, '_>, view: &[u8], len: usize) -> Result<M
     let target_end = target_start + target.len();
     let (path, query) = split_target(target.as_bytes());
     let at = |i: usize| (target_start + i) as u32;
-    let headers_start = memchr::memchr(b'\n', view).map_or(len, |i| i + 1);
+    // httparse took exactly "SP HTTP/1.x" then CRLF or LF after the target.
+    let version_end = target_end + 1 + 8;
+    let headers_start = version_end + if view[version_end] == b'\r' { 2 } else { 1 };
+    debug_assert_eq!(
+        Some(headers_start),
+        memchr::memchr(b'\n', view).map(|i| i + 1)
+    );
 
     Ok(Meta {
         head_len: len,
@@ -680,7 +694,8 @@ fn split_target(t: &[u8]) -> ((usize, usize), Option<(usize, usize)>) {
             None => 0,
         },
     };
-    match memchr::memchr(b'?', &t[path_start..]) {
+    // Targets are short: a plain scan beats a search call's setup.
+    match t[path_start..].iter().position(|&b| b == b'?') {
         Some(q) => (
             (path_start, path_start + q),
             Some((path_start + q + 1, t.len())),
