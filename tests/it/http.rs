@@ -115,6 +115,31 @@ both_drivers! {
         assert_eq!(c.read_response().text(), "Hello, World!");
     }
 
+    // Sockets wait on the core's epoll set edge-triggered: a batch larger
+    // than a read's room must be read to its end without a new event, and
+    // the connection must still wake for what comes after it went quiet.
+    fn a_batch_larger_than_a_read_is_answered_and_the_connection_wakes_again(&[], srv) {
+        let mut c = srv.connect();
+        // 64-byte requests: a read of the pool's buffer (4 KiB by default,
+        // any power of two) ends exactly between two of them, so the read
+        // that filled its room leaves nothing half-parsed and more in the
+        // socket, with no new event coming for it.
+        let one = "GET /plaintext HTTP/1.1\r\nHost: t\r\nX: 01234567890123456789012\r\n\r\n";
+        assert_eq!(one.len(), 64);
+        let n = 1_024;
+        let batch = one.repeat(n);
+        c.send(&batch);
+        for i in 0..n {
+            let r = c.read_response();
+            assert_eq!((i, r.status), (i, 200));
+        }
+        for pause_ms in [0, 20, 300] {
+            thread::sleep(Duration::from_millis(pause_ms));
+            let r = c.roundtrip(get("/plaintext"));
+            assert_eq!(r.text(), "Hello, World!", "after a {pause_ms} ms pause");
+        }
+    }
+
     fn content_length_and_chunked_bodies(&[], srv) {
         let mut c = srv.connect();
         let r = c.roundtrip("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world");
