@@ -239,11 +239,11 @@ impl App {
         match route.id {
             RouteId::Plaintext => ex.respond(StatusCode::OK, TEXT, b"Hello, World!"),
             RouteId::Healthz => ex.respond(StatusCode::OK, TEXT, b"ok\n"),
-            RouteId::Echo => frames.boxed(echo(ex)).await,
-            RouteId::Orders => frames.boxed(orders::list(self, ex)).await,
-            RouteId::Export => frames.boxed(orders::export(self, ex)).await,
-            RouteId::Contacts => frames.boxed(contacts::upload(self, ex)).await,
-            RouteId::Metrics => frames.boxed(self.metrics_page(ex)).await,
+            RouteId::Echo => frames.boxed_with(|| echo(ex)).await,
+            RouteId::Orders => frames.boxed_with(|| orders::list(self, ex)).await,
+            RouteId::Export => frames.boxed_with(|| orders::export(self, ex)).await,
+            RouteId::Contacts => frames.boxed_with(|| contacts::upload(self, ex)).await,
+            RouteId::Metrics => frames.boxed_with(|| self.metrics_page(ex)).await,
             RouteId::Readyz => self.readiness(ex),
             RouteId::Other => ex.respond_error(StatusCode::NOT_FOUND, "no such route"),
         }

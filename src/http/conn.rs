@@ -129,8 +129,12 @@ pub(super) async fn serve<S: Service>(
                 Wake::TimedOut | Wake::Drained | Wake::Closed => return,
             }
         }
-        let work = process_input(&http, &mut stream, slot.1, first_head_by);
-        match http.shared.core.frames.boxed(work).await {
+        let (h, s, key) = (&http, &mut stream, slot.1);
+        let frames = &http.shared.core.frames;
+        match frames
+            .boxed_with(move || process_input(h, s, key, first_head_by))
+            .await
+        {
             Served::Closed => return,
             // A stale event before the first request: wait for it again.
             Served::Nothing if first_head_by.is_some() => {

@@ -48,6 +48,15 @@ impl FramePool {
     /// Moves `future` into a frame of the pool: like `Box::pin`, without an
     /// allocation once a frame of its layout was given back.
     pub fn boxed<F: Future>(&self, future: F) -> PooledFuture<'_, F> {
+        self.boxed_with(|| future)
+    }
+
+    /// [`Self::boxed`] for a future made by `make`, which is called with
+    /// the frame ready: the future can be built where it will live rather
+    /// than built aside and copied in whole (a connection's work future is
+    /// over a kilobyte, and it is made for each request).
+    #[inline(always)]
+    pub fn boxed_with<F: Future>(&self, make: impl FnOnce() -> F) -> PooledFuture<'_, F> {
         let layout = Layout::new::<F>();
         let frame: NonNull<F> = if layout.size() == 0 {
             NonNull::dangling()
@@ -57,7 +66,7 @@ impl FramePool {
         // SAFETY: `frame` is valid for writes of an `F` (a fresh or reused
         // allocation of F's layout, or dangling for a zero-sized F) and
         // holds no value yet.
-        unsafe { frame.as_ptr().write(future) };
+        unsafe { frame.as_ptr().write(make()) };
         PooledFuture {
             frame,
             pool: self,
