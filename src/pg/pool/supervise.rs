@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::{Member, Pool};
 use crate::pg::conn::PgConn;
+use crate::runtime::deadlines::DeadlineTable;
 
 /// A small pseudo-random number (xorshift, seeded per core from the clock):
 /// enough to spread reconnects, no dependency for it.
@@ -100,12 +101,19 @@ pub(super) async fn supervise(pool: Weak<Pool>, index: usize) {
     }
 }
 
-/// Clears suspects that answered again, and closes those that stay stuck
-/// (a backend stopped with SIGSTOP never answers its cancel).
+/// Ticks the pool's query deadlines; clears suspects that answered again,
+/// and closes those that stay stuck (a backend stopped with SIGSTOP never
+/// answers its cancel).
 pub(super) async fn watch_suspects(pool: Weak<Pool>) {
+    // Also the ticker of the pool's query deadlines: an eighth of the query
+    // timeout, 20 to 100 ms.
+    let tick = pool.upgrade().map_or(Duration::from_millis(100), |p| {
+        DeadlineTable::tick_for(&[p.settings.query_timeout])
+    });
     loop {
-        monoio::time::sleep(Duration::from_millis(100)).await;
+        monoio::time::sleep(tick).await;
         let Some(p) = pool.upgrade() else { return };
+        p.deadlines.tick(monoio::time::Instant::now());
         let limit = p.settings.query_timeout * 2;
         let mut members = p.members.borrow_mut();
         let mut woke = false;
