@@ -223,7 +223,7 @@ impl PgConn {
                             Reader::Tls {
                                 half: r,
                                 session: n.session.clone(),
-                                cipher: BytesMut::new(),
+                                cipher: n.leftover,
                                 closed: false,
                             },
                             Writer::Tls {

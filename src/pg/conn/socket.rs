@@ -22,8 +22,8 @@ use crate::runtime::{read_append, send_now};
 pub(super) enum Reader {
     Tcp(OwnedReadHalf<TcpStream>),
     Unix(OwnedReadHalf<UnixStream>),
-    /// TLS: ciphertext is read into `cipher`, its plaintext appended to the
-    /// caller's buffer.
+    /// TLS: ciphertext is read into `cipher` and decrypted there, its
+    /// plaintext appended to the caller's buffer.
     Tls {
         half: OwnedReadHalf<TcpStream>,
         session: SharedTls,
@@ -59,25 +59,32 @@ impl Reader {
                 cipher,
                 closed,
             } => loop {
+                // Complete records already here (read with the handshake's
+                // end, or behind the last record taken) come first.
+                let start = buf.len();
+                if !cipher.is_empty() {
+                    match session.borrow_mut().receive(cipher, &mut buf) {
+                        Ok(open) => *closed |= !open,
+                        Err(e) => return (Err(e), buf),
+                    }
+                }
+                if buf.len() > start {
+                    return (Ok(buf.len() - start), buf);
+                }
                 if *closed {
                     return (Ok(0), buf);
                 }
-                cipher.clear();
-                cipher.reserve(TLS_READ_ROOM);
+                // What is left is the start of a record: it stays, and the
+                // read goes on behind it.
+                if cipher.capacity() - cipher.len() < TLS_READ_ROOM / 4 {
+                    cipher.reserve(TLS_READ_ROOM);
+                }
                 let (res, c) = read_append(half, std::mem::take(cipher)).await;
                 *cipher = c;
                 match res {
                     Ok(0) => return (Ok(0), buf),
                     Ok(_) => {}
                     Err(e) => return (Err(e), buf),
-                }
-                let start = buf.len();
-                match session.borrow_mut().receive(cipher, &mut buf) {
-                    Ok(open) => *closed = !open,
-                    Err(e) => return (Err(e), buf),
-                }
-                if buf.len() > start {
-                    return (Ok(buf.len() - start), buf);
                 }
             },
         }
