@@ -10,10 +10,14 @@ use std::net::Ipv6Addr;
 pub fn is_valid_host(value: &[u8]) -> bool {
     // Almost every Host is a plain name or IPv4 address, maybe with a port:
     // one table lookup per byte up to the colon, no search calls.
-    let plain = value.iter().position(|&b| !PLAIN_REG_NAME[usize::from(b)]);
-    match plain {
+    let plain = value
+        .iter()
+        .take_while(|&&b| PLAIN_REG_NAME[usize::from(b)])
+        .count();
+    match value.get(plain) {
         None => return true,
-        Some(colon) if value[colon] == b':' => {
+        Some(b':') => {
+            let colon = plain;
             let port = &value[colon + 1..];
             if port.len() <= 5 && port.iter().all(u8::is_ascii_digit) {
                 return parse_port(port) <= 65535;

@@ -310,12 +310,17 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<RequestH
 
     // httparse starts over on every call; run it only when it can decide
     // something, so a head trickling in costs a memchr scan per call.
-    if limit_err.is_none() && !worth_parsing(view, limits.max_headers) {
+    if limit_err.is_none()
+        && !ends_with_blank_line(view)
+        && !worth_parsing(view, limits.max_headers)
+    {
         return Ok(None);
     }
     match parse_view(view, limits.max_headers)? {
         Some(meta) => {
-            bytes::Buf::advance(buf, start);
+            if start > 0 {
+                bytes::Buf::advance(buf, start);
+            }
             let bytes = buf.split_to(meta.head_len).freeze();
             Ok(Some(meta.into_head(bytes)))
         }
@@ -349,6 +354,14 @@ fn skip_empty_lines(buf: &[u8]) -> Result<Option<usize>, HeadError> {
         )),
         Some(_) => Ok(Some(pos)),
     }
+}
+
+/// A view ending with an empty line holds a complete first head (its end is
+/// that line or an earlier one), so httparse reaches a verdict on it: the
+/// usual case, a head or a pipelined batch that arrived whole, skips the
+/// scan in `worth_parsing`.
+fn ends_with_blank_line(view: &[u8]) -> bool {
+    matches!(view, [.., b'\n', b'\r', b'\n'] | [.., b'\n', b'\n'])
 }
 
 /// Whether httparse could reach a verdict on `view` (which is within the
@@ -526,30 +539,42 @@ fn analyze(req: &httparse::Request<'_, '_>, view: &[u8], len: usize) -> Result<M
     let mut conn_close = false;
     let mut conn_keep_alive = false;
     let mut expect_continue = false;
+    // httparse strips the whitespace around each value.
     for hdr in req.headers.iter() {
-        let name = hdr.name;
-        let value = trim_ows(hdr.value);
-        if name.eq_ignore_ascii_case("host") {
-            hosts += 1;
-            host_valid &= super::host::is_valid_host(value);
-        } else if name.eq_ignore_ascii_case("content-length") {
-            for item in value.split(|&b| b == b',') {
-                let n = parse_decimal(trim_ows(item))
-                    .ok_or(HeadError::BadRequest("invalid Content-Length"))?;
-                if content_length.is_some_and(|prev| prev != n) {
-                    return Err(HeadError::BadRequest("conflicting Content-Length"));
+        let name = hdr.name.as_bytes();
+        // The names that matter have distinct lengths: one compare per field.
+        match name.len() {
+            4 if eq_lowercase(name, b"host") => {
+                hosts += 1;
+                host_valid &= super::host::is_valid_host(hdr.value);
+            }
+            14 if eq_lowercase(name, b"content-length") => {
+                for item in hdr.value.split(|&b| b == b',') {
+                    let n = parse_decimal(trim_ows(item))
+                        .ok_or(HeadError::BadRequest("invalid Content-Length"))?;
+                    if content_length.is_some_and(|prev| prev != n) {
+                        return Err(HeadError::BadRequest("conflicting Content-Length"));
+                    }
+                    content_length = Some(n);
                 }
-                content_length = Some(n);
             }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            te.add(value);
-        } else if name.eq_ignore_ascii_case("connection") {
-            for token in value.split(|&b| b == b',').map(trim_ows) {
-                conn_close |= token.eq_ignore_ascii_case(b"close");
-                conn_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            17 if eq_lowercase(name, b"transfer-encoding") => te.add(hdr.value),
+            10 if eq_lowercase(name, b"connection") => {
+                let value = hdr.value;
+                // Nearly always a single token: no split.
+                if eq_lowercase(value, b"keep-alive") {
+                    conn_keep_alive = true;
+                } else {
+                    for token in value.split(|&b| b == b',').map(trim_ows) {
+                        conn_close |= token.eq_ignore_ascii_case(b"close");
+                        conn_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                    }
+                }
             }
-        } else if name.eq_ignore_ascii_case("expect") {
-            expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
+            6 if eq_lowercase(name, b"expect") => {
+                expect_continue |= hdr.value.eq_ignore_ascii_case(b"100-continue");
+            }
+            _ => {}
         }
     }
 
@@ -679,6 +704,57 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
     })
 }
 
+/// `s` equals `lower` ignoring ASCII case, for `lower` made of lowercase
+/// letters, digits and '-' and `s` bytes httparse accepted in a field name or
+/// value. Compares eight bytes at a time with the case bit set: for those
+/// bytes only letters differ by that bit alone (the other bytes that would
+/// match, 0x0D and 0x10-0x19, are control characters httparse refuses).
+fn eq_lowercase(s: &[u8], lower: &[u8]) -> bool {
+    debug_assert!(lower
+        .iter()
+        .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+    if s.len() != lower.len() {
+        return false;
+    }
+    let mut a = s.chunks_exact(8);
+    let mut b = lower.chunks_exact(8);
+    for (x, y) in a.by_ref().zip(b.by_ref()) {
+        let x = u64::from_le_bytes(x.try_into().unwrap_or_default());
+        let y = u64::from_le_bytes(y.try_into().unwrap_or_default());
+        if x | 0x2020_2020_2020_2020 != y {
+            return false;
+        }
+    }
+    a.remainder()
+        .iter()
+        .zip(b.remainder())
+        .all(|(&x, &y)| x | 0x20 == y)
+}
+
+/// The offset of the first `needle` in `hay`, eight bytes at a time (a
+/// target is short: this beats a search call's setup and a byte loop).
+fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let pattern = LOW * u64::from(needle);
+    let mut chunks = hay.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in chunks.by_ref() {
+        let x = u64::from_le_bytes(chunk.try_into().unwrap_or_default()) ^ pattern;
+        // The lowest flagged byte is exact (false flags only sit above a zero).
+        let zero = x.wrapping_sub(LOW) & !x & HIGH;
+        if zero != 0 {
+            return Some(offset + (zero.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == needle)
+        .map(|i| offset + i)
+}
+
 /// (path range, query range) within the target, query without its '?'.
 /// An empty path range stands for "/" (absolute-form without a path).
 fn split_target(t: &[u8]) -> ((usize, usize), Option<(usize, usize)>) {
@@ -694,8 +770,7 @@ fn split_target(t: &[u8]) -> ((usize, usize), Option<(usize, usize)>) {
             None => 0,
         },
     };
-    // Targets are short: a plain scan beats a search call's setup.
-    match t[path_start..].iter().position(|&b| b == b'?') {
+    match find_byte(&t[path_start..], b'?') {
         Some(q) => (
             (path_start, path_start + q),
             Some((path_start + q + 1, t.len())),
@@ -1404,5 +1479,48 @@ mod tests {
             "{}",
             std::mem::size_of::<RequestHead>()
         );
+    }
+
+    mod word_helpers {
+        use super::super::{eq_lowercase, find_byte};
+        use proptest::prelude::*;
+
+        /// The bytes httparse lets through in names and values, weighted
+        /// toward the ones that differ from a target by the case bit alone.
+        fn field_byte() -> impl Strategy<Value = u8> {
+            prop_oneof![
+                prop::sample::select(b"kKeEpP-aAlLiIvVcCoOsS01hHtTnNx@[^~`{ \t".to_vec()),
+                (0x20u8..=0xff).prop_filter("DEL", |&b| b != 0x7f),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn eq_lowercase_is_eq_ignore_ascii_case(
+                s in proptest::collection::vec(field_byte(), 0..20),
+                target in prop::sample::select(vec![
+                    &b"host"[..], b"keep-alive", b"content-length",
+                    b"transfer-encoding", b"connection", b"expect", b"100-continue",
+                ]),
+                copy in any::<bool>(),
+            ) {
+                // Half the time, a case-mangled copy of the target itself.
+                let s = if copy {
+                    target.iter().zip(s.iter().chain(std::iter::repeat(&b'a')))
+                        .map(|(&t, &m)| if m & 1 == 1 { t.to_ascii_uppercase() } else { t })
+                        .collect()
+                } else {
+                    s
+                };
+                prop_assert_eq!(eq_lowercase(&s, target), s.eq_ignore_ascii_case(target));
+            }
+
+            #[test]
+            fn find_byte_is_position(
+                hay in proptest::collection::vec(prop::sample::select(b"/?a\xbf\x3e\x40".to_vec()), 0..40),
+            ) {
+                prop_assert_eq!(find_byte(&hay, b'?'), hay.iter().position(|&b| b == b'?'));
+            }
+        }
     }
 }

@@ -117,49 +117,113 @@ impl ResponseHead<'_> {
     /// `Content-Length: n\r\n[Connection: close\r\n][extra]\r\n`.
     /// Integers are formatted without allocation.
     pub fn encode(&self, date: &HttpDate, out: &mut BytesMut) {
-        let reason = self.status.reason();
-        let extra_len: usize = self.extra.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
-        // One reservation for the usual head (fixed parts are ~120 bytes).
-        out.reserve(128 + reason.len() + self.content_type.map_or(0, |c| c.len()) + extra_len);
+        // The usual head is assembled on the stack and appended in one copy:
+        // one capacity check instead of one per piece, and the fixed-size
+        // pieces copied without a call.
+        let mut head = StackHead::new();
+        if self.encode_into(date, &mut head) {
+            out.extend_from_slice(head.as_bytes());
+        } else {
+            self.encode_into(date, out);
+        }
+    }
 
+    /// Writes the head into `out`; false if `out` ran out of room (only a
+    /// `StackHead` can), in which case what it holds is to be discarded.
+    fn encode_into<O: HeadOut>(&self, date: &HttpDate, out: &mut O) -> bool {
         if self.status.0 == 200 {
             // Nearly every response: its fixed start in one piece.
-            out.extend_from_slice(b"HTTP/1.1 200 OK\r\nServer: ringside\r\nDate: ");
+            out.put(b"HTTP/1.1 200 OK\r\nServer: ringside\r\nDate: ");
         } else {
-            out.extend_from_slice(b"HTTP/1.1 ");
-            put_decimal(out, u64::from(self.status.0));
-            out.extend_from_slice(b" ");
-            out.extend_from_slice(reason.as_bytes());
-            out.extend_from_slice(b"\r\nServer: ringside\r\nDate: ");
+            out.put(b"HTTP/1.1 ");
+            let mut digits = [0u8; 20];
+            out.put(decimal_digits(u64::from(self.status.0), 1, &mut digits));
+            out.put(b" ");
+            out.put(self.status.reason().as_bytes());
+            out.put(b"\r\nServer: ringside\r\nDate: ");
         }
-        out.extend_from_slice(date.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        out.put(date.as_bytes());
+        out.put(b"\r\n");
         if let Some(ct) = self.content_type {
-            out.extend_from_slice(b"Content-Type: ");
-            out.extend_from_slice(ct);
-            out.extend_from_slice(b"\r\n");
+            out.put(b"Content-Type: ");
+            out.put(ct);
+            out.put(b"\r\n");
         }
         match self.framing {
             Framing::Length(n) => {
-                out.extend_from_slice(b"Content-Length: ");
-                put_decimal(out, n);
-                out.extend_from_slice(b"\r\n");
+                out.put(b"Content-Length: ");
+                let mut digits = [0u8; 20];
+                out.put(decimal_digits(n, 1, &mut digits));
+                out.put(b"\r\n");
             }
-            Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+            Framing::Chunked => {
+                out.put(b"Transfer-Encoding: chunked\r\n");
+            }
             Framing::None => {}
         }
         if !self.keep_alive {
-            out.extend_from_slice(b"Connection: close\r\n");
+            out.put(b"Connection: close\r\n");
         } else if self.http10 {
-            out.extend_from_slice(b"Connection: keep-alive\r\n");
+            out.put(b"Connection: keep-alive\r\n");
         }
         for (name, value) in self.extra {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
+            out.put(name.as_bytes());
+            out.put(b": ");
+            out.put(value);
+            out.put(b"\r\n");
         }
-        out.extend_from_slice(b"\r\n");
+        out.put(b"\r\n")
+    }
+}
+
+/// Where `ResponseHead::encode_into` writes.
+trait HeadOut {
+    /// Appends `bytes`; returns false once out of room.
+    fn put(&mut self, bytes: &[u8]) -> bool;
+}
+
+impl HeadOut for BytesMut {
+    fn put(&mut self, bytes: &[u8]) -> bool {
+        self.extend_from_slice(bytes);
+        true
+    }
+}
+
+/// A head of up to `STACK_HEAD` bytes, built on the stack. Once a piece
+/// does not fit, it stays full and every later `put` fails.
+struct StackHead {
+    buf: [u8; STACK_HEAD],
+    len: usize,
+}
+
+const STACK_HEAD: usize = 256;
+
+impl StackHead {
+    fn new() -> Self {
+        StackHead {
+            buf: [0; STACK_HEAD],
+            len: 0,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl HeadOut for StackHead {
+    fn put(&mut self, bytes: &[u8]) -> bool {
+        match self.buf.get_mut(self.len..self.len + bytes.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
+                self.len += bytes.len();
+                true
+            }
+            None => {
+                self.len = STACK_HEAD + 1;
+                false
+            }
+        }
     }
 }
 
@@ -188,12 +252,6 @@ pub fn encode_chunk_head(len: usize, out: &mut BytesMut) {
 /// Appends the last chunk and the end of the (empty) trailer section: "0\r\n\r\n".
 pub fn encode_last_chunk(out: &mut BytesMut) {
     out.extend_from_slice(b"0\r\n\r\n");
-}
-
-/// Appends `n` in decimal, formatted on the stack.
-fn put_decimal(out: &mut BytesMut, n: u64) {
-    let mut digits = [0u8; 20];
-    out.extend_from_slice(decimal_digits(n, 1, &mut digits));
 }
 
 /// The decimal digits of `n`, zero-padded to at least `width` (at most
@@ -360,12 +418,34 @@ mod tests {
     #[test]
     fn integer_formatting() {
         for n in [0u64, 1, 9, 10, 99, 100, 12345, u64::MAX] {
-            let mut out = BytesMut::new();
-            put_decimal(&mut out, n);
-            assert_eq!(&out[..], n.to_string().as_bytes());
+            let mut digits = [0u8; 20];
+            assert_eq!(decimal_digits(n, 1, &mut digits), n.to_string().as_bytes());
             let mut out = BytesMut::new();
             put_hex(&mut out, n);
             assert_eq!(&out[..], format!("{n:x}").as_bytes());
+        }
+    }
+
+    #[test]
+    fn heads_past_the_stack_buffer_are_encoded_whole() {
+        // Built on the stack up to STACK_HEAD bytes, in the buffer past it:
+        // every length across the boundary gives the same bytes.
+        for len in 150..300 {
+            let value = vec![b'v'; len];
+            let extra = [("X-Long", &value[..])];
+            let got = encode(&ResponseHead {
+                content_type: Some(b"text/plain"),
+                extra: &extra,
+                ..head(StatusCode::NOT_FOUND, Framing::Length(12_345))
+            });
+            let want = format!(
+                "HTTP/1.1 404 Not Found\r\nServer: ringside\r\nDate: {}\r\n\
+                 Content-Type: text/plain\r\nContent-Length: 12345\r\n\
+                 X-Long: {}\r\n\r\n",
+                date().as_str(),
+                String::from_utf8(value).unwrap()
+            );
+            assert_eq!(got, want, "value of {len} bytes");
         }
     }
 }
