@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use std::convert::Infallible;
 
-use ringside::app::text::{html_escape, json_string, push_int, Out};
+use ringside::app::text::{html_escape_bytes, json_string, push_int, Out};
 use ringside::config::Config;
 use ringside::http::{Exchange, HttpCore, Service, StatusCode};
 use ringside::pg::{ConnSettings, Param, PgConfig, PgConn, Pool, PoolSettings, Rows, Statement};
@@ -191,16 +191,19 @@ impl Service for Bench {
                     }
                 };
                 // On the stack: the table's dozen rows need no allocation.
-                let mut fortunes: SmallVec<[(i32, &str); 32]> = SmallVec::new();
+                // Messages as the text bytes PostgreSQL sent (UTF-8, as the
+                // session asks): escaping works on bytes, and byte order is
+                // the order of the strings.
+                let mut fortunes: SmallVec<[(i32, &[u8]); 32]> = SmallVec::new();
                 for row in rows.iter() {
                     let Ok(row) = row else { continue };
                     if let (Ok(id), Ok(msg)) =
-                        (row.req_i32(&rows.columns, 0), row.req_str(&rows.columns, 1))
+                        (row.req_i32(&rows.columns, 0), row.req_text(&rows.columns, 1))
                     {
                         fortunes.push((id, msg));
                     }
                 }
-                fortunes.push((0, "Additional fortune added at request time."));
+                fortunes.push((0, b"Additional fortune added at request time."));
                 fortunes.sort_unstable_by(|a, b| a.1.cmp(b.1));
                 // Escaped straight from the rows into the response.
                 let _ = ex.respond_rendered(
@@ -213,7 +216,7 @@ impl Service for Bench {
                             page.put(b"<tr><td>");
                             push_int(page, i64::from(*id));
                             page.put(b"</td><td>");
-                            html_escape(msg, page);
+                            html_escape_bytes(msg, page);
                             page.put(b"</td></tr>");
                         }
                         page.put(b"</table></body></html>");
