@@ -197,9 +197,10 @@ impl Service for Bench {
                 let mut fortunes: SmallVec<[(i32, &[u8]); 32]> = SmallVec::new();
                 for row in rows.iter() {
                     let Ok(row) = row else { continue };
-                    if let (Ok(id), Ok(msg)) =
-                        (row.req_i32(&rows.columns, 0), row.req_text(&rows.columns, 1))
-                    {
+                    if let (Ok(id), Ok(msg)) = (
+                        row.req_i32(&rows.columns, 0),
+                        row.req_text(&rows.columns, 1),
+                    ) {
                         fortunes.push((id, msg));
                     }
                 }
