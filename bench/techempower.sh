@@ -47,6 +47,12 @@
 # ratio to the best peer per test) and techempower.png; logs in
 # bench/results/tmp/. Replaced only when a run completes.
 #
+# Build: ringside's binary is built the way the peers' dockerfiles build
+# theirs, for the CPU it runs on (RUSTFLAGS="-C target-cpu=native", into
+# target/native), so compiler flags are not a difference between them; with
+# --portable-build it is the plain release build (target/release), as
+# deploy/install.sh makes by default. The report names the build.
+#
 # --variant NAME="FLAGS" adds ringside run with extra flags as one more
 # server (e.g. --variant ringside-pool1="--db-pool-size 1 --max-uploads-per-core 0"), to show what a
 # setting does beside the default.
@@ -56,7 +62,8 @@
 #                             [--tests "db fortunes ..."]
 #                             [--rounds N] [--duration SECS] [--warmup SECS]
 #                             [--conns N] [--db-pool-size N] [--quick]
-#                             [--quiet-wait SECS] [--no-build] [--out DIR]
+#                             [--quiet-wait SECS] [--no-build] [--portable-build]
+#                             [--out DIR]
 #   --quick: 1 round, 5 s runs, 1 s warm-up, tests db fortunes plaintext.
 set -euo pipefail
 
@@ -65,7 +72,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
 
-TE_BIN="${CARGO_TARGET_DIR:-$ROOT_DIR/target}/release/examples/techempower"
+TARGET_BASE="${CARGO_TARGET_DIR:-$ROOT_DIR/target}"
 ORIG_ARGS=$(printf ' %q' "$@")
 PEERS=()
 PEER_PORTS=()
@@ -81,6 +88,7 @@ QUIET_WAIT=300
 QUIET_PCT=10
 NOISY_UTIL=0.05
 BUILD=1
+NATIVE=1
 OUT_DIR="$BENCH_DIR/results"
 SERVER_CPUS=${SERVER_CPUS:-0}
 PG_CPUS=${PG_CPUS:-0}
@@ -102,6 +110,7 @@ while (( $# )); do
         --quick) QUICK=1 ;;
         --quiet-wait) QUIET_WAIT=${2:?}; shift ;;
         --no-build) BUILD=0 ;;
+        --portable-build) NATIVE=0 ;;
         --out) OUT_DIR=${2:?}; shift ;;
         -h | --help) usage 0 ;;
         *) echo "unknown argument: $1" >&2; usage 2 ;;
@@ -170,10 +179,19 @@ fi
 # ---------------------------------------------------------------- cleanup ---
 install_cluster_cleanup_trap # stops what this script started, the cluster in $PG_DIR too
 
+if (( NATIVE )); then
+    BUILD_TARGET_DIR="$TARGET_BASE/native" BUILD_RUSTFLAGS="-C target-cpu=native"
+    BUILD_NAME='release, RUSTFLAGS="-C target-cpu=native" (as the peers are built)'
+else
+    BUILD_TARGET_DIR="$TARGET_BASE" BUILD_RUSTFLAGS="${RUSTFLAGS:-}"
+    BUILD_NAME="release, portable (no target-cpu)"
+fi
+TE_BIN="$BUILD_TARGET_DIR/release/examples/techempower"
 if (( BUILD )); then
     need_cmd cargo
-    log "building examples/techempower (release)"
-    (cd "$ROOT_DIR" && timeout 1800 nice -n 10 cargo build --release --locked --example techempower >&2) \
+    log "building examples/techempower ($BUILD_NAME)"
+    (cd "$ROOT_DIR" && RUSTFLAGS="$BUILD_RUSTFLAGS" CARGO_TARGET_DIR="$BUILD_TARGET_DIR" \
+        timeout 1800 nice -n 10 cargo build --release --locked --example techempower >&2) \
         || die "techempower build failed"
 fi
 [[ -x "$TE_BIN" ]] || die "no binary at $TE_BIN (drop --no-build)"
@@ -384,7 +402,7 @@ done
 ensure_python_matplotlib
 python3 "$BENCH_DIR/techempower_report.py" "$CSV" "$TMP_DIR/techempower.md" "$TMP_DIR/techempower.png" "$NOISY_UTIL" \
     || die "techempower_report.py failed"
-printf '\nCommand: `bench/techempower.sh%s`\n' "$ORIG_ARGS" >>"$TMP_DIR/techempower.md"
+printf '\nringside build: %s.\n\nCommand: `bench/techempower.sh%s`\n' "$BUILD_NAME" "$ORIG_ARGS" >>"$TMP_DIR/techempower.md"
 cp "$CSV" "$OUT_DIR/techempower.csv"
 cp "$TMP_DIR/techempower.md" "$OUT_DIR/techempower.md"
 [[ -f "$TMP_DIR/techempower.png" ]] && cp "$TMP_DIR/techempower.png" "$OUT_DIR/techempower.png"

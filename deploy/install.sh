@@ -5,6 +5,12 @@
 #   sudo deploy/install.sh              build, install, migrate, (re)start
 #   sudo deploy/install.sh --no-start   install only
 #
+# The binary runs on any x86-64 (or aarch64) CPU. To build it for this
+# machine's CPU instead (AVX2 without run-time dispatch in the HTTP parser;
+# about 8 % less CPU per pipelined request, measured), set
+# RINGSIDE_TARGET_CPU=native: only when the binary never moves to an older
+# CPU (a VM that migrates between hosts may not keep its CPU model).
+#
 # What it puts where:
 #   /usr/local/bin/ringside                 the release binary
 #   /etc/systemd/system/ringside.service    the unit
@@ -17,7 +23,11 @@ cd "$(dirname "$0")/.."
 start=1
 [ "${1:-}" = "--no-start" ] && start=
 
-cargo build --release --locked
+if [ -n "${RINGSIDE_TARGET_CPU:-}" ]; then
+  RUSTFLAGS="${RUSTFLAGS:-} -C target-cpu=$RINGSIDE_TARGET_CPU" cargo build --release --locked
+else
+  cargo build --release --locked
+fi
 install -m 0755 target/release/ringside /usr/local/bin/ringside.new
 mv -f /usr/local/bin/ringside.new /usr/local/bin/ringside
 install -m 0644 deploy/ringside.service /etc/systemd/system/ringside.service
