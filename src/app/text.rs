@@ -11,70 +11,81 @@ pub fn html_escape<O: Out + ?Sized>(s: &str, out: &mut O) {
     html_escape_bytes(s.as_bytes(), out)
 }
 
-/// `& < > " '` (ASCII, so a byte-wise scan of UTF-8 finds exactly them).
-const HTML_SPECIAL: [bool; 256] = {
-    let mut t = [false; 256];
-    t[b'&' as usize] = true;
-    t[b'<' as usize] = true;
-    t[b'>' as usize] = true;
-    t[b'"' as usize] = true;
-    t[b'\'' as usize] = true;
-    t
-};
-
-/// [`html_escape`] of text bytes. Eight bytes at a time while none is
-/// special (most words of a title or a fortune), byte by byte with a table
-/// in a word that has one.
+/// [`html_escape`] of text bytes, eight at a time: a word's specials are
+/// found all at once as a bit mask, so a word without one costs a few
+/// arithmetic operations and a word with some costs one step per special,
+/// not per byte. The tail is tested the same way, padded with zeros.
 pub fn html_escape_bytes<O: Out + ?Sized>(bytes: &[u8], out: &mut O) {
     let mut start = 0;
-    let mut words = bytes.chunks_exact(8);
     let mut at = 0;
+    let mut words = bytes.chunks_exact(8);
     for word in words.by_ref() {
-        if has_html_special(u64::from_le_bytes(word.try_into().unwrap_or_default())) {
-            escape_from(bytes, at, at + 8, &mut start, out);
+        let specials = html_specials(u64::from_le_bytes(word.try_into().unwrap_or_default()));
+        if specials != 0 {
+            escape_marked(bytes, at, specials, &mut start, out);
         }
         at += 8;
     }
-    escape_from(bytes, at, bytes.len(), &mut start, out);
+    let tail = words.remainder();
+    if !tail.is_empty() {
+        // The last eight bytes shifted down to the tail's start (a copy to
+        // a padded word stalled on the load after it), or the short text
+        // gathered byte by byte; the zeros shifted in are not special.
+        let word = match bytes.len().checked_sub(8) {
+            Some(last) => {
+                let last8 = u64::from_le_bytes(bytes[last..].try_into().unwrap_or_default());
+                last8 >> (8 * (8 - tail.len()))
+            }
+            None => tail
+                .iter()
+                .rev()
+                .fold(0u64, |w, &b| (w << 8) | u64::from(b)),
+        };
+        let specials = html_specials(word);
+        if specials != 0 {
+            escape_marked(bytes, at, specials, &mut start, out);
+        }
+    }
     out.put(&bytes[start..]);
 }
 
-/// Escapes the specials in `bytes[from..to]`, putting the plain run before
-/// each; `start` is where the pending plain run begins.
-fn escape_from<O: Out + ?Sized>(
+/// Escapes the specials of the word at `bytes[at..]` that `specials` marks
+/// (0x80 in each special byte), putting the plain run before each; `start`
+/// is where the pending plain run begins.
+fn escape_marked<O: Out + ?Sized>(
     bytes: &[u8],
-    from: usize,
-    to: usize,
+    at: usize,
+    mut specials: u64,
     start: &mut usize,
     out: &mut O,
 ) {
-    for (i, &b) in bytes[from..to].iter().enumerate() {
-        if HTML_SPECIAL[usize::from(b)] {
-            out.put(&bytes[*start..from + i]);
-            out.put(match b {
-                b'&' => b"&amp;",
-                b'<' => b"&lt;",
-                b'>' => b"&gt;",
-                b'"' => b"&quot;",
-                _ => b"&#39;",
-            });
-            *start = from + i + 1;
-        }
+    while specials != 0 {
+        let i = at + (specials.trailing_zeros() / 8) as usize;
+        specials &= specials - 1;
+        out.put(&bytes[*start..i]);
+        out.put(match bytes[i] {
+            b'&' => b"&amp;",
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'"' => b"&quot;",
+            _ => b"&#39;",
+        });
+        *start = i + 1;
     }
 }
 
-/// Whether any byte of `word` is one of `& < > " '`. Three zero-byte tests:
-/// `&` (0x26) and `'` (0x27) are one test with bit 0 set, `<` (0x3C) and `>`
-/// (0x3E) one with bit 1 set. The test may flag bytes above a real match,
-/// never without one, so the answer is exact.
-fn has_html_special(word: u64) -> bool {
+/// 0x80 in each byte of `word` that is one of `& < > " '`, 0 elsewhere.
+/// `&` (0x26) and `'` (0x27) are one zero-byte test with bit 0 set, `<`
+/// (0x3C) and `>` (0x3E) one with bit 1 set; the zero-byte test is the
+/// exact one (no borrow across bytes), so each mark is a real special.
+fn html_specials(word: u64) -> u64 {
     const LOW: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero = |x: u64| x.wrapping_sub(LOW) & !x & HIGH;
+    const SEVEN: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    let zero = |x: u64| !(((x & SEVEN) + SEVEN) | x) & !SEVEN;
     let amp_apos = zero((word | LOW) ^ (LOW * 0x27));
     let angles = zero((word | (LOW << 1)) ^ (LOW * 0x3E));
     let quote = zero(word ^ (LOW * 0x22));
-    amp_apos | angles | quote != 0
+    amp_apos | angles | quote
 }
 
 /// Appends `s` as a JSON string, quotes included.
@@ -182,6 +193,17 @@ fn push_padded<O: Out + ?Sized>(out: &mut O, n: u64, width: usize) {
 mod tests {
     use super::*;
 
+    /// `& < > " '` (ASCII, so a byte-wise scan of UTF-8 finds exactly them).
+    const HTML_SPECIAL: [bool; 256] = {
+        let mut t = [false; 256];
+        t[b'&' as usize] = true;
+        t[b'<' as usize] = true;
+        t[b'>' as usize] = true;
+        t[b'"' as usize] = true;
+        t[b'\'' as usize] = true;
+        t
+    };
+
     fn run(f: impl Fn(&mut Vec<u8>)) -> String {
         let mut v = Vec::new();
         f(&mut v);
@@ -200,15 +222,29 @@ mod tests {
         );
     }
 
+    /// The marks a byte-by-byte test would make.
+    fn marks(word: [u8; 8]) -> u64 {
+        let mut m = 0;
+        for (i, &b) in word.iter().enumerate() {
+            if HTML_SPECIAL[usize::from(b)] {
+                m |= 0x80 << (8 * i);
+            }
+        }
+        m
+    }
+
     #[test]
-    fn the_word_test_finds_each_special_in_each_position() {
+    fn the_word_test_marks_each_special_in_each_position() {
         for b in 0..=255u8 {
             for pos in 0..8 {
-                for filler in [b'a', 0x25, 0x3D, 0x3F, 0xFF, 0x00] {
+                for filler in [b'a', b'&', 0x25, 0x3D, 0x3F, 0xFF, 0x00] {
                     let mut word = [filler; 8];
                     word[pos] = b;
-                    let want = word.iter().any(|&x| HTML_SPECIAL[usize::from(x)]);
-                    assert_eq!(has_html_special(u64::from_le_bytes(word)), want, "{word:?}");
+                    assert_eq!(
+                        html_specials(u64::from_le_bytes(word)),
+                        marks(word),
+                        "{word:?}"
+                    );
                 }
             }
         }
@@ -217,8 +253,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn the_word_test_is_exact(word in proptest::num::u64::ANY) {
-            let want = word.to_le_bytes().iter().any(|&x| HTML_SPECIAL[usize::from(x)]);
-            proptest::prop_assert_eq!(has_html_special(word), want);
+            proptest::prop_assert_eq!(html_specials(word), marks(word.to_le_bytes()));
         }
 
         #[test]
