@@ -106,9 +106,9 @@ fn render_shared(rows: &Rows, json: bool) -> Result<Bytes, QueryError> {
 /// The titles as an HTML table, or a JSON array.
 fn render_titles(rows: &Rows, json: bool, out: &mut BodyOut<'_>) -> Result<(), PgError> {
     out.put(if json { b"[" } else { PAGE_HEAD });
-    for (i, row) in rows.iter().enumerate() {
+    for (i, title) in rows.req_texts(0)?.enumerate() {
         // Copied through as PostgreSQL sent it (UTF-8), escaped byte-wise.
-        let title = row?.req_text(&rows.columns, 0)?;
+        let title = title?;
         if json {
             if i > 0 {
                 out.put_byte(b',');

@@ -565,3 +565,95 @@ fn a_request_that_is_not_batched_closes_the_open_batch_first() {
     .collect();
     assert_eq!(tags, b"PDBEBESQ");
 }
+
+fn text_description(type_oid: u32) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    b.put_i16(1);
+    b.extend_from_slice(&cstr("title"));
+    b.put_u32(0);
+    b.put_i16(0);
+    b.put_u32(type_oid);
+    b.put_i16(-1);
+    b.put_i32(-1);
+    b.put_i16(0); // text format
+    msg(b'T', &b)
+}
+
+fn text_row(value: Option<&str>) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    b.put_i16(1);
+    match value {
+        Some(v) => {
+            b.put_i32(v.len() as i32);
+            b.extend_from_slice(v.as_bytes());
+        }
+        None => b.put_i32(-1),
+    }
+    msg(b'D', &b)
+}
+
+fn one_result(p: &mut Pipeline, server: &[u8]) -> ringside_wire::pg::Rows {
+    p.receive(&mut BytesMut::from(server)).unwrap();
+    match p.next_event() {
+        Some(Event::Done(_, Ok(rows))) => rows,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A text column read for every row at once: its values in order, a NULL
+/// refused where it is, and a column of another type refused up front.
+#[test]
+fn a_text_column_is_read_row_by_row_with_its_type_checked() {
+    let mut p = pipeline();
+    let mut out = BytesMut::new();
+    p.simple("titles", &mut out).unwrap();
+    let mut server = text_description(25);
+    for v in [Some("a"), Some("Tom & Jerry"), None, Some("東京")] {
+        server.extend(text_row(v));
+    }
+    server.extend(command_complete("SELECT 4"));
+    server.extend(ready(b'I'));
+    let rows = one_result(&mut p, &server);
+    let got: Vec<Result<&[u8], String>> = rows
+        .req_texts(0)
+        .unwrap()
+        .map(|v| v.map_err(|e| e.to_string()))
+        .collect();
+    assert_eq!(got[0], Ok(&b"a"[..]));
+    assert_eq!(got[1], Ok(&b"Tom & Jerry"[..]));
+    assert!(got[2].is_err(), "NULL: {:?}", got[2]);
+    assert_eq!(got[3], Ok("東京".as_bytes()));
+    assert!(rows.req_texts(1).is_err(), "no column 1");
+
+    let mut p = pipeline();
+    p.simple("numbers", &mut out).unwrap();
+    let mut server = row_description(&["n"]);
+    server.extend(data_row(&[1]));
+    server.extend(command_complete("SELECT 1"));
+    server.extend(ready(b'I'));
+    let rows = one_result(&mut p, &server);
+    assert!(rows.req_texts(0).is_err(), "int8 is not text");
+}
+
+/// Rows arriving back to back are taken as one run, each still checked: a
+/// malformed one in the middle of a run breaks the connection as it would
+/// alone.
+#[test]
+fn a_malformed_row_inside_a_run_breaks_the_connection() {
+    let mut p = pipeline();
+    let mut out = BytesMut::new();
+    p.simple("rows", &mut out).unwrap();
+    let mut server = row_description(&["n"]);
+    server.extend(data_row(&[1]));
+    server.extend(data_row(&[2]));
+    // One value announced, eight bytes claimed, four present.
+    let mut bad = BytesMut::new();
+    bad.put_i16(1);
+    bad.put_i32(8);
+    bad.put_i32(0);
+    server.extend(msg(b'D', &bad));
+    server.extend(data_row(&[3]));
+    server.extend(command_complete("SELECT 4"));
+    server.extend(ready(b'I'));
+    assert!(p.receive(&mut BytesMut::from(&server[..])).is_err());
+}

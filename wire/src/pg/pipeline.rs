@@ -28,7 +28,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::backend::{declared_len, message_name, next_message, Message, TxStatus};
 use super::error::{DbError, PgError};
 use super::frontend;
-use super::row::{columns, Column, Row};
+use super::row::{check_text_column, columns, Column, Row};
 use super::types::BINARY_FORMAT;
 
 /// Identifies a queued request in the events that complete it.
@@ -110,6 +110,19 @@ impl Rows {
         }
     }
 
+    /// Text column `i` of every row, in order, as [`Row::req_text`] reads
+    /// it, with the column's type checked once for all rows rather than
+    /// per row: what a page listing one column needs.
+    pub fn req_texts(
+        &self,
+        i: usize,
+    ) -> Result<impl Iterator<Item = Result<&[u8], PgError>> + '_, PgError> {
+        check_text_column(&self.columns, i)?;
+        Ok(self
+            .iter()
+            .map(move |row| row?.req_text_of_checked(&self.columns, i)))
+    }
+
     /// The CommandComplete tag ("SELECT 200", "COPY 10000").
     pub fn tag(&self) -> Option<&str> {
         // Checked to be UTF-8 when it arrived.
@@ -134,11 +147,12 @@ impl<'a> Iterator for RowIter<'a> {
         if self.rest.is_empty() {
             self.rest = std::mem::take(&mut self.next);
         }
-        // Framed and checked when they arrived (see `Pipeline::take_raw`).
+        // Framed and checked when they arrived (see `Pipeline::take_raw`):
+        // not checked again.
         let len = u32::from_be_bytes(self.rest.get(1..5)?.try_into().ok()?) as usize;
         let body = self.rest.get(5..1 + len)?;
         self.rest = &self.rest[1 + len..];
-        Some(Row::new(body))
+        Some(Ok(Row::checked_before(body)))
     }
 }
 
@@ -169,6 +183,25 @@ impl RowData {
             self.second.unsplit(msg);
         }
     }
+}
+
+/// The bytes and count of the complete, well-framed DataRow messages at the
+/// front of `input`, up to the first other or incomplete message (left to
+/// the general path, which also refuses a bad length).
+fn data_row_run(input: &[u8], max_message: usize) -> Result<(usize, usize), String> {
+    let (mut run, mut rows) = (0, 0);
+    let mut rest = input;
+    while rest.first() == Some(&b'D') {
+        let len = match declared_len(rest) {
+            Ok(Some(len)) if len <= max_message && rest.len() > len => len,
+            _ => break,
+        };
+        Row::new(&rest[5..1 + len]).map_err(|e| e.to_string())?;
+        run += 1 + len;
+        rows += 1;
+        rest = &rest[1 + len..];
+    }
+    Ok((run, rows))
 }
 
 /// Bounds of one connection.
@@ -594,8 +627,8 @@ impl Pipeline {
             // Incomplete, or refused by the general path.
             _ => return Ok(false),
         };
-        let mut msg = input.split_to(1 + len);
         if tag == b'C' {
+            let mut msg = input.split_to(1 + len);
             msg.advance(5);
             let end = msg
                 .iter()
@@ -611,16 +644,21 @@ impl Pipeline {
             return Ok(true);
         }
         if req.abandoned || req.error.is_some() {
+            input.advance(1 + len);
             return Ok(true);
         }
-        Row::new(&msg[5..]).map_err(|e| e.to_string())?;
+        // This row and the complete ones right behind it (a page's rows
+        // mostly arrive in one read): each checked, all taken in one split,
+        // so the buffer's reference count moves once per run, not per row.
+        let (run, rows) = data_row_run(input, self.limits.max_message_bytes)?;
+        let msg = input.split_to(run);
         if req.rows.len() + msg.len() > max_result {
             req.fail(RequestError::TooLarge);
             req.rows = RowData::default();
             return Ok(true);
         }
         req.rows.push(msg);
-        req.count += 1;
+        req.count += rows;
         Ok(true)
     }
 

@@ -55,6 +55,21 @@ impl<'a> Row<'a> {
         Row::with_count(count, values)
     }
 
+    /// A row from a DataRow body that [`Row::new`] already accepted (the
+    /// pipeline checks each row as it arrives): its framing is not walked
+    /// again. Were it malformed after all, the accessors would find NULLs
+    /// and missing values, never read out of bounds.
+    pub(crate) fn checked_before(data: &'a [u8]) -> Row<'a> {
+        let (count, values) = match data {
+            [a, b, rest @ ..] => (i16::from_be_bytes([*a, *b]), rest),
+            _ => (0, data),
+        };
+        Row {
+            values,
+            len: usize::try_from(count).unwrap_or(0),
+        }
+    }
+
     /// A row from a decoded DataRow.
     pub fn from_body(body: &'a DataRowBody) -> Result<Row<'a>, PgError> {
         // DataRowBody keeps the count apart from the values; the ranges
@@ -129,20 +144,26 @@ impl<'a> Row<'a> {
     /// the work of rendering a page.
     pub fn get_text(&self, cols: &[Column], i: usize) -> Result<Option<&'a [u8]>, PgError> {
         let (col, v) = self.value(cols, i)?;
-        check(
-            i,
-            col,
-            &[
-                types::TEXT,
-                types::VARCHAR,
-                types::BPCHAR,
-                types::NAME,
-                types::UNKNOWN,
-            ],
-            "text",
-            true,
-        )?;
+        check(i, col, TEXT_TYPES, "text", true)?;
         Ok(v)
+    }
+
+    /// Value `i` of a text column already checked with
+    /// [`check_text_column`] against these columns: NULL refused, the
+    /// column's type not checked again.
+    pub(crate) fn req_text_of_checked(
+        &self,
+        cols: &[Column],
+        i: usize,
+    ) -> Result<&'a [u8], PgError> {
+        if cols.len() != self.len {
+            return Err(PgError::Protocol(format!(
+                "row has {} values but the description {} columns",
+                self.len,
+                cols.len()
+            )));
+        }
+        self.raw(i).ok_or(PgError::Null { column: i })
     }
 
     /// int2.
@@ -285,6 +306,22 @@ fn split_value<'a>(rest: &mut &'a [u8]) -> Result<Option<&'a [u8]>, PgError> {
     *rest = tail;
     Ok(Some(v))
 }
+
+/// Whether column `i` is one [`Row::get_text`] reads.
+pub(crate) fn check_text_column(cols: &[Column], i: usize) -> Result<(), PgError> {
+    let col = cols.get(i).ok_or_else(|| {
+        PgError::Protocol(format!("column {i} out of range ({} columns)", cols.len()))
+    })?;
+    check(i, col, TEXT_TYPES, "text", true)
+}
+
+const TEXT_TYPES: &[u32] = &[
+    types::TEXT,
+    types::VARCHAR,
+    types::BPCHAR,
+    types::NAME,
+    types::UNKNOWN,
+];
 
 fn check(
     i: usize,
