@@ -116,13 +116,7 @@ impl<'a> Row<'a> {
         cols: &'c [Column],
         i: usize,
     ) -> Result<(&'c Column, Option<&'a [u8]>), PgError> {
-        if cols.len() != self.len {
-            return Err(PgError::Protocol(format!(
-                "row has {} values but the description {} columns",
-                self.len,
-                cols.len()
-            )));
-        }
+        self.check_width(cols)?;
         let col = cols.get(i).ok_or_else(|| {
             PgError::Protocol(format!("column {i} out of range (row has {})", self.len))
         })?;
@@ -156,14 +150,20 @@ impl<'a> Row<'a> {
         cols: &[Column],
         i: usize,
     ) -> Result<&'a [u8], PgError> {
-        if cols.len() != self.len {
-            return Err(PgError::Protocol(format!(
-                "row has {} values but the description {} columns",
-                self.len,
-                cols.len()
-            )));
-        }
+        self.check_width(cols)?;
         self.raw(i).ok_or(PgError::Null { column: i })
+    }
+
+    /// Refuses a row whose value count differs from its description's.
+    fn check_width(&self, cols: &[Column]) -> Result<(), PgError> {
+        if cols.len() == self.len {
+            return Ok(());
+        }
+        Err(PgError::Protocol(format!(
+            "row has {} values but the description {} columns",
+            self.len,
+            cols.len()
+        )))
     }
 
     /// int2.
