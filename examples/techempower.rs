@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use std::convert::Infallible;
 
-use ringside::app::text::{html_escape_bytes, json_string, push_int, Out};
+use ringside::app::text::{json_string, push_int, Out, Staged};
 use ringside::config::Config;
 use ringside::http::{Exchange, HttpCore, Service, StatusCode};
 use ringside::pg::{ConnSettings, Param, PgConfig, PgConn, Pool, PoolSettings, Rows, Statement};
@@ -211,13 +211,14 @@ impl Service for Bench {
                     StatusCode::OK,
                     b"text/html; charset=utf-8",
                     &[],
-                    |page| {
+                    |out| {
+                        let mut page = Staged::<_, 2048>::new(out);
                         page.put(b"<!DOCTYPE html><html><head><title>Fortunes</title></head><body><table><tr><th>id</th><th>message</th></tr>");
                         for (id, msg) in &fortunes {
                             page.put(b"<tr><td>");
-                            push_int(page, i64::from(*id));
+                            push_int(&mut page, i64::from(*id));
                             page.put(b"</td><td>");
-                            html_escape_bytes(msg, page);
+                            page.put_html_escaped(msg);
                             page.put(b"</td></tr>");
                         }
                         page.put(b"</table></body></html>");

@@ -11,81 +11,157 @@ pub fn html_escape<O: Out + ?Sized>(s: &str, out: &mut O) {
     html_escape_bytes(s.as_bytes(), out)
 }
 
-/// [`html_escape`] of text bytes, eight at a time: a word's specials are
-/// found all at once as a bit mask, so a word without one costs a few
-/// arithmetic operations and a word with some costs one step per special,
-/// not per byte. The tail is tested the same way, padded with zeros.
+/// [`html_escape`] of text bytes (see [`Staged::put_html_escaped`]). A
+/// caller escaping many values into one page stages the page itself
+/// instead: each call here starts a small staging buffer of its own.
 pub fn html_escape_bytes<O: Out + ?Sized>(bytes: &[u8], out: &mut O) {
-    let mut start = 0;
-    let mut at = 0;
-    let mut words = bytes.chunks_exact(8);
-    for word in words.by_ref() {
-        let specials = html_specials(u64::from_le_bytes(word.try_into().unwrap_or_default()));
-        if specials != 0 {
-            escape_marked(bytes, at, specials, &mut start, out);
-        }
-        at += 8;
-    }
-    let tail = words.remainder();
-    if !tail.is_empty() {
-        // The last eight bytes shifted down to the tail's start (a copy to
-        // a padded word stalled on the load after it), or the short text
-        // gathered byte by byte; the zeros shifted in are not special.
-        let word = match bytes.len().checked_sub(8) {
-            Some(last) => {
-                let last8 = u64::from_le_bytes(bytes[last..].try_into().unwrap_or_default());
-                last8 >> (8 * (8 - tail.len()))
-            }
-            None => tail
-                .iter()
-                .rev()
-                .fold(0u64, |w, &b| (w << 8) | u64::from(b)),
-        };
-        let specials = html_specials(word);
-        if specials != 0 {
-            escape_marked(bytes, at, specials, &mut start, out);
-        }
-    }
-    out.put(&bytes[start..]);
+    Staged::<O, 256>::new(out).put_html_escaped(bytes);
 }
 
-/// Escapes the specials of the word at `bytes[at..]` that `specials` marks
-/// (0x80 in each special byte), putting the plain run before each; `start`
-/// is where the pending plain run begins.
-fn escape_marked<O: Out + ?Sized>(
-    bytes: &[u8],
-    at: usize,
-    mut specials: u64,
-    start: &mut usize,
-    out: &mut O,
-) {
-    while specials != 0 {
-        let i = at + (specials.trailing_zeros() / 8) as usize;
-        specials &= specials - 1;
-        out.put(&bytes[*start..i]);
-        out.put(match bytes[i] {
-            b'&' => b"&amp;",
-            b'<' => b"&lt;",
-            b'>' => b"&gt;",
-            b'"' => b"&quot;",
-            _ => b"&#39;",
-        });
-        *start = i + 1;
+/// A buffer on the stack in front of an [`Out`]: the many short writes of a
+/// page (a row's markup, an escaped value) land here and reach `out` as a
+/// few large appends, instead of one capacity check and one copy call
+/// each. It also lets escaping store whole words past where its output
+/// ends, which the slack at the end of the buffer makes room for. What is
+/// staged reaches `out` when the buffer fills and when it is dropped.
+pub struct Staged<'o, O: Out + ?Sized, const N: usize> {
+    buf: [u8; N],
+    len: usize,
+    out: &'o mut O,
+}
+
+/// The most one escaped word can touch: eight specials of six bytes,
+/// plus the eight-byte store after the last.
+const WORD_ROOM: usize = 8 * 6 + 8;
+
+impl<'o, O: Out + ?Sized, const N: usize> Staged<'o, O, N> {
+    const ROOMY: () = assert!(
+        N >= 2 * WORD_ROOM,
+        "a staging buffer must hold two escaped words"
+    );
+
+    pub fn new(out: &'o mut O) -> Self {
+        let () = Self::ROOMY;
+        Staged {
+            buf: [0; N],
+            len: 0,
+            out,
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.len > 0 {
+            self.out.put(&self.buf[..self.len]);
+            self.len = 0;
+        }
+    }
+
+    /// Appends `bytes` with the five HTML-significant characters escaped,
+    /// eight bytes at a time: a word's specials are found all at once as a
+    /// bit mask, the word is stored whole, and only a word with specials
+    /// takes one more step per special. The tail is tested the same way.
+    pub fn put_html_escaped(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for word in words.by_ref() {
+            self.escape_word(u64::from_le_bytes(word.try_into().unwrap_or_default()), 8);
+        }
+        let tail = words.remainder();
+        if !tail.is_empty() {
+            // The last eight bytes shifted down to the tail's start (a copy to
+            // a padded word stalled on the load after it), or the short text
+            // gathered byte by byte; the zeros shifted in are not special.
+            let word = match bytes.len().checked_sub(8) {
+                Some(last) => {
+                    let last8 = u64::from_le_bytes(bytes[last..].try_into().unwrap_or_default());
+                    last8 >> (8 * (8 - tail.len()))
+                }
+                None => tail
+                    .iter()
+                    .rev()
+                    .fold(0u64, |w, &b| (w << 8) | u64::from(b)),
+            };
+            self.escape_word(word, tail.len());
+        }
+    }
+
+    /// Escapes the first `n` bytes of `word` (little-endian) into the
+    /// buffer. The word is stored whole first; at each special, its entity
+    /// is stored over it and the rest of the word again after the entity.
+    /// Bytes stored past the output's end are overwritten by what follows.
+    #[inline(always)]
+    fn escape_word(&mut self, word: u64, n: usize) {
+        if self.len + WORD_ROOM > N {
+            self.flush();
+        }
+        let mut at = self.len;
+        self.buf[at..at + 8].copy_from_slice(&word.to_le_bytes());
+        let mut specials = html_specials(word);
+        let mut done = 0;
+        while specials != 0 {
+            let i = (specials.trailing_zeros() / 8) as usize;
+            specials &= specials - 1;
+            at += i - done;
+            // A table, not a match: which special comes next is not
+            // predictable, and a mispredicted branch costs more than a load.
+            let (entity, len) = ENTITIES[((word >> (8 * i)) & 0x1F) as usize];
+            self.buf[at..at + 8].copy_from_slice(&entity);
+            at += len as usize;
+            done = i + 1;
+            if done < 8 {
+                self.buf[at..at + 8].copy_from_slice(&(word >> (8 * done)).to_le_bytes());
+            }
+        }
+        self.len = at + n - done;
     }
 }
+
+impl<O: Out + ?Sized, const N: usize> Out for Staged<'_, O, N> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        if bytes.len() > N - self.len {
+            self.flush();
+            if bytes.len() > N / 2 {
+                self.out.put(bytes);
+                return;
+            }
+        }
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+}
+
+impl<O: Out + ?Sized, const N: usize> Drop for Staged<'_, O, N> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// The five specials' entities, padded to eight bytes, and their lengths,
+/// by the low five bits of the special (distinct for the five).
+const ENTITIES: [([u8; 8], u8); 32] = {
+    let mut t = [([0; 8], 0); 32];
+    t[(b'&' & 0x1F) as usize] = (*b"&amp;\0\0\0", 5);
+    t[(b'<' & 0x1F) as usize] = (*b"&lt;\0\0\0\0", 4);
+    t[(b'>' & 0x1F) as usize] = (*b"&gt;\0\0\0\0", 4);
+    t[(b'"' & 0x1F) as usize] = (*b"&quot;\0\0", 6);
+    t[(b'\'' & 0x1F) as usize] = (*b"&#39;\0\0\0", 5);
+    t
+};
 
 /// 0x80 in each byte of `word` that is one of `& < > " '`, 0 elsewhere.
 /// `&` (0x26) and `'` (0x27) are one zero-byte test with bit 0 set, `<`
-/// (0x3C) and `>` (0x3E) one with bit 1 set; the zero-byte test is the
-/// exact one (no borrow across bytes), so each mark is a real special.
+/// (0x3C) and `>` (0x3E) one with bit 1 set. Each test is the exact one (no
+/// borrow across bytes), so each mark is a real special; the three share
+/// their last steps.
 fn html_specials(word: u64) -> u64 {
     const LOW: u64 = 0x0101_0101_0101_0101;
     const SEVEN: u64 = 0x7F7F_7F7F_7F7F_7F7F;
-    let zero = |x: u64| !(((x & SEVEN) + SEVEN) | x) & !SEVEN;
-    let amp_apos = zero((word | LOW) ^ (LOW * 0x27));
-    let angles = zero((word | (LOW << 1)) ^ (LOW * 0x3E));
-    let quote = zero(word ^ (LOW * 0x22));
-    amp_apos | angles | quote
+    // The high bit set in each byte of `x` that is not zero.
+    let nonzero = |x: u64| ((x & SEVEN) + SEVEN) | x;
+    let amp_apos = nonzero((word | LOW) ^ (LOW * 0x27));
+    let angles = nonzero((word | (LOW << 1)) ^ (LOW * 0x3E));
+    let quote = nonzero(word ^ (LOW * 0x22));
+    !(amp_apos & angles & quote) & !SEVEN
 }
 
 /// Appends `s` as a JSON string, quotes included.
@@ -204,6 +280,20 @@ mod tests {
         t
     };
 
+    /// Escaping byte by byte, the obvious way.
+    fn html_escape_reference(bytes: &[u8], out: &mut Vec<u8>) {
+        for &b in bytes {
+            match b {
+                b'&' => out.extend_from_slice(b"&amp;"),
+                b'<' => out.extend_from_slice(b"&lt;"),
+                b'>' => out.extend_from_slice(b"&gt;"),
+                b'"' => out.extend_from_slice(b"&quot;"),
+                b'\'' => out.extend_from_slice(b"&#39;"),
+                _ => out.push(b),
+            }
+        }
+    }
+
     fn run(f: impl Fn(&mut Vec<u8>)) -> String {
         let mut v = Vec::new();
         f(&mut v);
@@ -220,6 +310,29 @@ mod tests {
             run(|o| html_escape("Crème brûlée 東京", o)),
             "Crème brûlée 東京"
         );
+    }
+
+    /// The widest words (every byte a six-byte `&quot;`, or seven of them
+    /// and a plain byte) at every offset of the smallest staging buffer:
+    /// its room check must leave space for the most a word can store.
+    #[test]
+    fn the_widest_words_fit_at_every_offset() {
+        for word in [&b"\"\"\"\"\"\"\"\""[..], b"\"\"\"\"\"\"\"a", b"''"] {
+            for offset in 0..300 {
+                let prefix = vec![b'x'; offset];
+                let mut plain = prefix.clone();
+                html_escape_reference(word, &mut plain);
+                html_escape_reference(word, &mut plain);
+                let mut out = Vec::new();
+                {
+                    let mut staged = Staged::<_, 112>::new(&mut out);
+                    staged.put(&prefix);
+                    staged.put_html_escaped(word);
+                    staged.put_html_escaped(word);
+                }
+                assert_eq!(out, plain, "offset {offset}");
+            }
+        }
     }
 
     /// The marks a byte-by-byte test would make.
@@ -257,20 +370,43 @@ mod tests {
         }
 
         #[test]
-        fn html_escape_bytes_replaces_exactly_the_five(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+        fn html_escape_bytes_replaces_exactly_the_five(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
             let mut plain = Vec::new();
-            for &b in &bytes {
-                match b {
-                    b'&' => plain.extend_from_slice(b"&amp;"),
-                    b'<' => plain.extend_from_slice(b"&lt;"),
-                    b'>' => plain.extend_from_slice(b"&gt;"),
-                    b'"' => plain.extend_from_slice(b"&quot;"),
-                    b'\'' => plain.extend_from_slice(b"&#39;"),
-                    _ => plain.push(b),
+            html_escape_reference(&bytes, &mut plain);
+            let mut out = Vec::new();
+            html_escape_bytes(&bytes, &mut out);
+            proptest::prop_assert_eq!(out, plain);
+        }
+
+        /// Through the smallest staging buffer, with plain pieces between
+        /// escaped ones, so that words land at every offset and the
+        /// buffer fills in the middle of a value and of a word's specials.
+        #[test]
+        fn staged_output_is_the_plain_one_across_flushes(
+            pieces in proptest::collection::vec(
+                (proptest::bool::ANY, proptest::collection::vec(
+                    proptest::sample::select(b"ab&<>\"'\xC3\xA9 ".to_vec()), 0..300)),
+                0..12),
+        ) {
+            let mut plain = Vec::new();
+            for (escaped, bytes) in &pieces {
+                if *escaped {
+                    html_escape_reference(bytes, &mut plain);
+                } else {
+                    plain.extend_from_slice(bytes);
                 }
             }
             let mut out = Vec::new();
-            html_escape_bytes(&bytes, &mut out);
+            {
+                let mut staged = Staged::<_, 112>::new(&mut out);
+                for (escaped, bytes) in &pieces {
+                    if *escaped {
+                        staged.put_html_escaped(bytes);
+                    } else {
+                        staged.put(bytes);
+                    }
+                }
+            }
             proptest::prop_assert_eq!(out, plain);
         }
 
