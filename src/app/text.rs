@@ -128,6 +128,10 @@ impl<O: Out + ?Sized, const N: usize> Out for Staged<'_, O, N> {
         self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
         self.len += bytes.len();
     }
+
+    fn reserve(&mut self, additional: usize) {
+        self.out.reserve(self.len + additional);
+    }
 }
 
 impl<O: Out + ?Sized, const N: usize> Drop for Staged<'_, O, N> {

@@ -16,6 +16,11 @@ pub trait Out {
     fn put_byte(&mut self, b: u8) {
         self.put(&[b]);
     }
+
+    /// A hint that about `additional` more bytes will follow: a buffer
+    /// grows once to fit them instead of doubling its way there, copying
+    /// what it holds each time.
+    fn reserve(&mut self, _additional: usize) {}
 }
 
 impl Out for Vec<u8> {
@@ -25,6 +30,9 @@ impl Out for Vec<u8> {
     fn put_byte(&mut self, b: u8) {
         self.push(b);
     }
+    fn reserve(&mut self, additional: usize) {
+        Vec::reserve(self, additional);
+    }
 }
 
 impl Out for BytesMut {
@@ -33,6 +41,9 @@ impl Out for BytesMut {
     }
     fn put_byte(&mut self, b: u8) {
         bytes::BufMut::put_u8(self, b);
+    }
+    fn reserve(&mut self, additional: usize) {
+        BytesMut::reserve(self, additional);
     }
 }
 
@@ -65,6 +76,11 @@ impl Out for BodyOut<'_> {
         match self {
             BodyOut::Measure(n) => *n += 1,
             BodyOut::Write(buf) => bytes::BufMut::put_u8(*buf, b),
+        }
+    }
+    fn reserve(&mut self, additional: usize) {
+        if let BodyOut::Write(buf) = self {
+            buf.reserve(additional);
         }
     }
 }
