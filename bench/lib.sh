@@ -195,6 +195,18 @@ validate_servers() { # comma list -> SERVERS array
 
 # ---------------------------------------------------------------- servers ---
 # Number of cores in a CPU list like "0" or "0,1" or "0-1".
+# rotated_order ROUND NAME...: sets ORDER to NAME... rotated by ROUND - 1,
+# so that each round starts with the next server and none always runs
+# first (right after PostgreSQL starts, say) or after the same neighbour.
+rotated_order() {
+    local round=$1; shift
+    local n=$# k
+    ORDER=("$@")
+    (( n > 0 )) || return 0
+    k=$(( (round - 1) % n ))
+    ORDER=("${ORDER[@]:k}" "${ORDER[@]:0:k}")
+}
+
 cpu_count() {
     local n=0 part a b
     IFS=',' read -ra parts <<<"$1"

@@ -590,12 +590,14 @@ scale_round() {
 port=$PORT_BASE
 if (( SCALE )); then
     for round in $(seq 1 "$ROUNDS"); do
-        for server in "${SERVERS[@]}"; do scale_round "$round" "$server"; done
+        rotated_order "$round" "${SERVERS[@]}"
+        for server in "${ORDER[@]}"; do scale_round "$round" "$server"; done
     done
 else
 for round in $(seq 1 "$ROUNDS"); do
     for conns in "${CONNS[@]}"; do
-        for server in "${SERVERS[@]}"; do
+        rotated_order "$round" "${SERVERS[@]}" # each round starts with the next server
+        for server in "${ORDER[@]}"; do
             for attempt in $(seq 0 "$RETRIES"); do
                 pick_port "$HOST" "$port"; port=$NEXT_PORT
                 url="http://$HOST:$port/orders"

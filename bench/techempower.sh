@@ -33,7 +33,8 @@
 # plaintext = /plaintext with 16 requests pipelined per write
 # (bench/pipeline.lua), at 256 connections too.
 #
-# Protocol: for each round, for each server (A B C A B C ...): start it fresh,
+# Protocol: for each round, for each server (A B C, B C A, C A B, ...: each
+# round starts with the next one, so none always runs first): start it fresh,
 # check every test's response (status 200, Server and Date headers, the body's
 # shape: /db a JSON object with id and randomNumber, /fortunes the 13 rows
 # with the one added at request time and <script> escaped, ...), then for
@@ -384,7 +385,8 @@ measure() { # round server test
 log "plan: servers ${SERVERS[*]}; tests ${TESTS[*]}; $ROUNDS round(s), ${DURATION}s runs (+${WARMUP}s warm-up), $CONNS connections"
 log "      servers and PostgreSQL on CPU(s) $SERVER_CPUS/$PG_CPUS, wrk -t1 on $WRK_CPUS; logs -> $TMP_DIR"
 for round in $(seq 1 "$ROUNDS"); do
-    for server in "${SERVERS[@]}"; do
+    rotated_order "$round" "${SERVERS[@]}"
+    for server in "${ORDER[@]}"; do
         if (( QUIET_WAIT > 0 )); then wait_quiet "$QUIET_WAIT" "$QUIET_PCT" || true; fi
         log "round $round/$ROUNDS: $server"
         start_te_server "$server" "$TMP_DIR/server-r$round-$server.log"
