@@ -30,6 +30,9 @@
 # TFB URLs and wrk settings (-H Host/Accept/Connection keep-alive headers,
 # --timeout 8): db = /db, fortunes = /fortunes, json = /json, queries =
 # /queries?queries=20, updates = /updates?queries=20, all at --conns (256);
+# a peer is asked with the query parameter its benchmark_config.json
+# declares (query_url, update_url): --peer-query-param, default q (as
+# may-minihttp's and xitca-web's do: /queries?q=20), or it answers one row;
 # plaintext = /plaintext with 16 requests pipelined per write
 # (bench/pipeline.lua), at 256 connections too.
 #
@@ -59,7 +62,7 @@
 # setting does beside the default.
 #
 # Usage: bench/techempower.sh [--peer NAME=BINARY]... [--peer-port NAME=PORT]...
-#                             [--variant NAME="FLAGS"]...
+#                             [--variant NAME="FLAGS"]... [--peer-query-param NAME]
 #                             [--tests "db fortunes ..."]
 #                             [--rounds N] [--duration SECS] [--warmup SECS]
 #                             [--conns N] [--db-pool-size N] [--quick]
@@ -78,6 +81,7 @@ ORIG_ARGS=$(printf ' %q' "$@")
 PEERS=()
 PEER_PORTS=()
 VARIANTS=()
+PEER_QUERY_PARAM=q
 TESTS_ARG=""
 ROUNDS=3
 DURATION=10
@@ -101,6 +105,7 @@ while (( $# )); do
     case $1 in
         --peer) PEERS+=("${2:?}"); shift ;;
         --peer-port) PEER_PORTS+=("${2:?}"); shift ;;
+        --peer-query-param) PEER_QUERY_PARAM=${2:?}; shift ;;
         --variant) VARIANTS+=("${2:?}"); shift ;;
         --tests) TESTS_ARG=${2:?}; shift ;;
         --rounds) ROUNDS=${2:?}; shift ;;
@@ -263,14 +268,17 @@ $(tail -n 20 "$logf")"
     (( i < 150 )) || die "$name did not answer /db with 200 within 30 s; log: $logf"
 }
 
+# The query parameter of the server being measured (ringside's TFB URLs
+# use `queries`; a peer's are what its benchmark_config.json declares).
+QUERY_PARAM=queries
 test_path() {
     case $1 in
         db) echo /db ;;
         fortunes) echo /fortunes ;;
         plaintext) echo /plaintext ;;
         json) echo /json ;;
-        queries) echo "/queries?queries=20" ;;
-        updates) echo "/updates?queries=20" ;;
+        queries) echo "/queries?$QUERY_PARAM=20" ;;
+        updates) echo "/updates?$QUERY_PARAM=20" ;;
     esac
 }
 
@@ -278,12 +286,12 @@ test_path() {
 # the tests that pass. A test a peer does not serve (404) or answers against
 # the rules is left out for that server, and the log says why.
 verify_server() { # name
-    python3 - "$1" "$SERVER_PORT" "${TESTS[@]}" <<'PY'
+    python3 - "$1" "$SERVER_PORT" "$QUERY_PARAM" "${TESTS[@]}" <<'PY'
 
 import http.client, json, sys
-name, port, tests = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+name, port, qparam, tests = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 paths = {"db": "/db", "fortunes": "/fortunes", "plaintext": "/plaintext", "json": "/json",
-         "queries": "/queries?queries=20", "updates": "/updates?queries=20"}
+         "queries": f"/queries?{qparam}=20", "updates": f"/updates?{qparam}=20"}
 bad = []
 for t in tests:
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -389,6 +397,11 @@ for round in $(seq 1 "$ROUNDS"); do
     for server in "${ORDER[@]}"; do
         if (( QUIET_WAIT > 0 )); then wait_quiet "$QUIET_WAIT" "$QUIET_PCT" || true; fi
         log "round $round/$ROUNDS: $server"
+        if [[ $server == ringside || -n "${VARIANT_FLAGS[$server]:-}" ]]; then
+            QUERY_PARAM=queries
+        else
+            QUERY_PARAM=$PEER_QUERY_PARAM
+        fi
         start_te_server "$server" "$TMP_DIR/server-r$round-$server.log"
         read -ra served <<<"$(verify_server "$server")"
         [[ $server != ringside* || ${#served[@]} == "${#TESTS[@]}" ]] || die "$server fails the TFB rules (see above)"

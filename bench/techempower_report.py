@@ -20,8 +20,8 @@ TITLES = {
     "fortunes": "/fortunes",
     "plaintext": "/plaintext, 16 pipelined",
     "json": "/json",
-    "queries": "/queries?queries=20",
-    "updates": "/updates?queries=20",
+    "queries": "/queries, 20 per request",
+    "updates": "/updates, 20 per request",
 }
 
 
