@@ -316,12 +316,13 @@ mod tests {
         );
     }
 
-    /// The widest words (every byte a six-byte `&quot;`, or seven of them
-    /// and a plain byte) at every offset of the smallest staging buffer:
-    /// its room check must leave space for the most a word can store.
+    /// The widest words (every byte a six-byte `&quot;`, seven of them
+    /// and a plain byte, or eight `&#39;`) at every offset of the smallest
+    /// staging buffer: its room check must leave space for the most a word
+    /// can store.
     #[test]
     fn the_widest_words_fit_at_every_offset() {
-        for word in [&b"\"\"\"\"\"\"\"\""[..], b"\"\"\"\"\"\"\"a", b"''"] {
+        for word in [&b"\"\"\"\"\"\"\"\""[..], b"\"\"\"\"\"\"\"a", b"''''''''"] {
             for offset in 0..300 {
                 let prefix = vec![b'x'; offset];
                 let mut plain = prefix.clone();
