@@ -7,7 +7,8 @@
 # Setup: builds ringside and the baselines (nice'd, one build at a time),
 # starts a throwaway PostgreSQL cluster (scripts/pg-test-cluster), creates the
 # database ringside_bench, runs `ringside migrate` and `ringside seed --orders
-# 1000`, every server connects as ringside_trust over TCP 127.0.0.1 with
+# 1000` (10000 against PostgreSQL alone, see below), every server connects as
+# ringside_trust over TCP 127.0.0.1 with
 # --db-pool-size 8 (the cluster allows 50 connections).
 #
 # Pinning (the layout): PostgreSQL (the postmaster, pinned before any
