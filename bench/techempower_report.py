@@ -5,7 +5,8 @@
 
 Per test and server: successful req/s (median, min - max over the rounds),
 p99, errors, server CPU-seconds per 10,000 requests, wrk's CPU use; then per
-test the ratio of ringside to the best peer (by median req/s). The plot has
+test the ratio of ringside to the best peer (by median req/s), of the medians
+and, paired round by round, its span. The plot has
 one panel per test, one bar per server with its min - max as an error bar.
 """
 
@@ -66,7 +67,11 @@ def main(src, dst_md, dst_png, noisy_util):
     if peers and ours:
         out += ["", "Ratio of ringside (and its variants) to the best peer (by median ok req/s; "
                 "CPU per request: lower is better for ringside):", "",
-                "| test | server | best peer | req/s ratio | CPU/10k ratio |", "|---|---|---|---:|---:|"]
+                "| test | server | best peer | req/s ratio | CPU/10k ratio | req/s ratio by round | CPU/10k ratio by round |",
+                "|---|---|---|---:|---:|---:|---:|"]
+        # The same round's runs side by side: the VM's speed drifts between
+        # rounds more than between two servers of one round.
+        by_round = {(r["test"], r["server"], r["round"]): r for r in rows}
         for t in tests:
             meds = {s: med([num(r["ok_rps"]) for r in g.get((t, s), [])]) for s in servers}
             cands = [p for p in peers if meds.get(p)]
@@ -78,7 +83,15 @@ def main(src, dst_md, dst_png, noisy_util):
                     continue
                 cpu = {s: med([num(r["server_cpu_s_per_10k_req"]) for r in g.get((t, s), [])]) for s in (o, best)}
                 cpu_ratio = cpu[o] / cpu[best] if cpu[o] and cpu[best] else None
-                out.append(f"| {TITLES.get(t, t)} | {o} | {best} | {meds[o] / meds[best]:.2f} | {fmt(cpu_ratio, 2)} |")
+                paired = {"ok_rps": [], "server_cpu_s_per_10k_req": []}
+                for rd in dict.fromkeys(r["round"] for r in g.get((t, o), [])):
+                    a, b = by_round.get((t, o, rd)), by_round.get((t, best, rd))
+                    for k in paired:
+                        if a and b and num(a[k]) and num(b[k]):
+                            paired[k].append(num(a[k]) / num(b[k]))
+                spans = [f"{min(v):.2f} – {max(v):.2f}" if v else "NA" for v in paired.values()]
+                out.append(f"| {TITLES.get(t, t)} | {o} | {best} | {meds[o] / meds[best]:.2f} | {fmt(cpu_ratio, 2)} | "
+                           f"{spans[0]} | {spans[1]} |")
     noisy = [r for r in rows if (num(r["other_cpu_util"]) or 0) > noisy_util]
     if noisy:
         out += ["", f"**Warning:** {len(noisy)} of {len(rows)} runs had other processes using more than "
