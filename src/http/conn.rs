@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 use monoio::time::Instant;
-use ringside_wire::http::{parse_head, Framing, ResponseHead, StatusCode};
+use ringside_wire::http::{parse_head_in_place, BodyKind, Framing, ResponseHead, StatusCode};
 
 use super::exchange::Exchange;
 use super::idle::{WatchGuard, WatchId};
@@ -305,7 +305,7 @@ async fn process_input<S: Service>(
             .take()
             .unwrap_or_else(|| io.now() + settings.head_timeout);
         let head = loop {
-            match parse_head(&mut io.rbuf, &settings.limits) {
+            match parse_head_in_place(&mut io.rbuf, &settings.limits) {
                 Ok(Some(head)) => break head,
                 Ok(None) => {
                     // Answers to earlier pipelined requests go out before
@@ -332,7 +332,13 @@ async fn process_input<S: Service>(
             }
         };
 
-        let mut ex = Exchange::new(&mut io, head, settings.max_body_bytes);
+        // A head with a body is split off the read buffer, which the body is
+        // then read from. One without stays at the buffer's front while it is
+        // answered (nothing else is taken from the buffer meanwhile) and is
+        // dropped from it afterwards: no reference-counted split per request.
+        let head_bytes =
+            (head.body_kind() != BodyKind::Empty).then(|| io.rbuf.split_to(head.len()).freeze());
+        let mut ex = Exchange::new(&mut io, head, head_bytes, settings.max_body_bytes);
         http.service.call(&mut ex).await;
         ex.complete();
         if ex.keep_alive && !ex.discard_body().await {

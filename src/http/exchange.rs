@@ -15,8 +15,8 @@ use ringside_wire::http::response::{
     encode_chunk, encode_chunk_head, encode_last_chunk, CONTINUE_100,
 };
 use ringside_wire::http::{
-    BodyDecoder, BodyEvent, BodyKind, Framing, Method, RequestHead, ResponseHead, StatusCode,
-    Version,
+    BodyDecoder, BodyEvent, BodyKind, Framing, HeadMeta, HeadView, Method, ResponseHead,
+    StatusCode, Version,
 };
 
 use super::io::{ConnIo, IoFailure};
@@ -69,7 +69,11 @@ enum ResponseState {
 
 pub struct Exchange<'c, 'io> {
     pub(super) io: &'c mut ConnIo<'io>,
-    head: RequestHead,
+    head: HeadMeta,
+    /// The head's bytes, split off the read buffer; `None` while they are
+    /// still at its front (a request without a body: see `conn`), to be
+    /// removed when the exchange ends.
+    head_bytes: Option<Bytes>,
     body: BodyDecoder,
     body_kind: BodyKind,
     body_limit_set: bool,
@@ -92,7 +96,15 @@ pub struct Exchange<'c, 'io> {
 }
 
 impl<'c, 'io> Exchange<'c, 'io> {
-    pub(super) fn new(io: &'c mut ConnIo<'io>, head: RequestHead, max_body: u64) -> Self {
+    /// `head_bytes`: the head split off the read buffer, or `None` when it
+    /// is at the front of `io.rbuf` (only for a request without a body).
+    pub(super) fn new(
+        io: &'c mut ConnIo<'io>,
+        head: HeadMeta,
+        head_bytes: Option<Bytes>,
+        max_body: u64,
+    ) -> Self {
+        debug_assert!(head_bytes.is_some() || head.body_kind() == BodyKind::Empty);
         let kind = head.body_kind();
         let continue_pending = head.expects_continue() && kind != BodyKind::Empty;
         let keep_alive = head.keep_alive();
@@ -112,11 +124,15 @@ impl<'c, 'io> Exchange<'c, 'io> {
             keep_alive,
             io_failed: false,
             head,
+            head_bytes,
         }
     }
 
-    pub fn head(&self) -> &RequestHead {
-        &self.head
+    pub fn head(&self) -> HeadView<'_> {
+        match &self.head_bytes {
+            Some(bytes) => HeadView::new(bytes, &self.head),
+            None => HeadView::new(&self.io.rbuf, &self.head),
+        }
     }
 
     /// The status of the response written so far, if any.
@@ -129,12 +145,12 @@ impl<'c, 'io> Exchange<'c, 'io> {
     }
 
     pub fn path(&self) -> &str {
-        self.head.path()
+        self.head().path()
     }
 
     /// The path as bytes, unchecked for UTF-8: for routing by literal.
     pub fn path_bytes(&self) -> &[u8] {
-        self.head.path_bytes()
+        self.head().path_bytes()
     }
 
     /// Sets this route's body limit (the server's default otherwise). Only
@@ -511,7 +527,13 @@ impl<'c, 'io> Exchange<'c, 'io> {
         }
     }
 
+    /// Ends the exchange: a head still in the read buffer is removed from
+    /// it. Returns whether the connection stays open and whether I/O failed.
     pub(super) fn into_parts(self) -> (bool, bool) {
+        if self.head_bytes.is_none() {
+            let n = self.head.len().min(self.io.rbuf.len());
+            bytes::Buf::advance(&mut self.io.rbuf, n);
+        }
         (self.keep_alive, self.io_failed)
     }
 }

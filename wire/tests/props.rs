@@ -6,8 +6,8 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use ringside_wire::http::response::{encode_chunk, encode_last_chunk};
 use ringside_wire::http::{
-    parse_head, BodyDecoder, BodyError, BodyEvent, BodyKind, Framing, HeadError, HttpDate, Limits,
-    RequestHead, ResponseHead, StatusCode, Version,
+    parse_head, parse_head_in_place, BodyDecoder, BodyError, BodyEvent, BodyKind, Framing,
+    HeadError, HeadView, HttpDate, Limits, RequestHead, ResponseHead, StatusCode, Version,
 };
 
 // ---------------------------------------------------------------- heads
@@ -266,6 +266,60 @@ fn drain_once(data: &[u8], limits: &Limits) -> Drained {
     }
 }
 
+/// Parses heads off `data` in place, as the connection does for a request
+/// without a body: each head is read where it lies, then dropped from the
+/// buffer. Gives each head's bytes and what its view reads from them.
+fn drain_in_place(
+    data: &[u8],
+    limits: &Limits,
+) -> (Vec<ViewParts>, Result<(), HeadError>, Vec<u8>) {
+    let mut buf = BytesMut::from(data);
+    let mut heads = Vec::new();
+    loop {
+        match parse_head_in_place(&mut buf, limits) {
+            Ok(Some(meta)) => {
+                heads.push(ViewParts::of(HeadView::new(&buf, &meta)));
+                bytes::Buf::advance(&mut buf, meta.len());
+            }
+            Ok(None) => return (heads, Ok(()), buf.to_vec()),
+            Err(e) => return (heads, Err(e), buf.to_vec()),
+        }
+    }
+}
+
+/// What a handler can read of a head, copied out of it.
+#[derive(Debug, PartialEq)]
+struct ViewParts {
+    bytes: Vec<u8>,
+    method: String,
+    target: String,
+    path: Vec<u8>,
+    query: Option<String>,
+    headers: Vec<(String, Vec<u8>)>,
+    body_kind: BodyKind,
+    keep_alive: bool,
+    expects_continue: bool,
+}
+
+impl ViewParts {
+    fn of(v: HeadView<'_>) -> Self {
+        ViewParts {
+            bytes: v.as_bytes().to_vec(),
+            method: v.method_str().to_owned(),
+            target: v.target().to_owned(),
+            path: v.path_bytes().to_vec(),
+            query: v.query().map(str::to_owned),
+            headers: v
+                .headers()
+                .map(|(n, v)| (n.to_owned(), v.to_vec()))
+                .collect(),
+            body_kind: v.body_kind(),
+            keep_alive: v.keep_alive(),
+            expects_continue: v.expects_continue(),
+        }
+    }
+}
+
 /// The same, with `data` arriving in pieces cut at `cuts`, parsing after
 /// every append. After an error the rest is appended unparsed.
 fn drain_split(data: &[u8], cuts: &[Index], limits: &Limits) -> Drained {
@@ -457,6 +511,19 @@ proptest! {
             prop_assert!(h.len() <= limits.max_head_bytes);
             prop_assert!(h.headers().count() <= limits.max_headers);
         }
+    }
+
+    /// Parsing in place (the connection's path for a request without a
+    /// body) reads the same heads, stops at the same error and leaves the
+    /// same bytes as splitting each head off.
+    #[test]
+    fn parse_head_in_place_reads_what_parse_head_splits(
+        data in stream(),
+        limits in limits(),
+    ) {
+        let (heads, end, rest) = drain_once(&data, &limits);
+        let split: Vec<ViewParts> = heads.iter().map(|h| ViewParts::of(h.view())).collect();
+        prop_assert_eq!((split, end, rest), drain_in_place(&data, &limits));
     }
 
     /// Split invariance on raw bytes from a small alphabet, which reaches

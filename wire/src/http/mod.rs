@@ -13,5 +13,8 @@ pub mod response;
 
 pub use body::{BodyDecoder, BodyError, BodyEvent};
 pub use date::HttpDate;
-pub use request::{parse_head, BodyKind, HeadError, Limits, Method, RequestHead, Version};
+pub use request::{
+    parse_head, parse_head_in_place, BodyKind, HeadError, HeadMeta, HeadView, Limits, Method,
+    RequestHead, Version,
+};
 pub use response::{Framing, ResponseHead, StatusCode};

@@ -60,15 +60,13 @@ pub enum BodyKind {
     Chunked,
 }
 
-/// A parsed request head. It owns its bytes (a `Bytes` split off the read
-/// buffer, so no copy) and keeps offsets into them: it borrows nothing from
-/// the socket or the read buffer and can be held across awaits.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestHead {
-    // Starts at the request line (leading empty lines are dropped), ends
-    // after the blank line. Offsets below index into it; u32 keeps the struct
-    // small (a head longer than u32::MAX is refused with 431).
-    bytes: Bytes,
+/// Where a parsed head's parts are, without the bytes themselves: offsets
+/// into the head (which starts at the request line and ends after the blank
+/// line) and what the framing rules decided. u32 offsets keep it small (a
+/// head longer than u32::MAX is refused with 431).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadMeta {
+    len: u32,
     method: Method,
     version: Version,
     keep_alive: bool,
@@ -85,70 +83,86 @@ pub struct RequestHead {
     headers_start: u32,
 }
 
-impl RequestHead {
+impl HeadMeta {
+    /// Length of the head in bytes, CRLFCRLF included.
+    #[allow(clippy::len_without_is_empty, reason = "a head is never empty")]
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
     pub fn method(&self) -> Method {
         self.method
-    }
-    /// The method token as sent, e.g. "GET".
-    pub fn method_str(&self) -> &str {
-        self.str_at(0, self.method_end)
     }
     pub fn version(&self) -> Version {
         self.version
     }
-    /// The request target as sent ("/orders?limit=5", or "*", or absolute-form).
-    pub fn target(&self) -> &str {
-        self.str_at(self.target.0, self.target.1)
-    }
-    /// The path of the target, without the query: "/orders". For
-    /// absolute-form targets ("http://host/p?q") the path part, "/p".
-    pub fn path(&self) -> &str {
-        if self.path.0 == self.path.1 {
-            return "/";
-        }
-        self.str_at(self.path.0, self.path.1)
-    }
-    /// The path as bytes, as `path` gives it but without a UTF-8 check:
-    /// what a router matching against literals needs.
-    pub fn path_bytes(&self) -> &[u8] {
-        if self.path.0 == self.path.1 {
-            return b"/";
-        }
-        &self.bytes[self.path.0 as usize..self.path.1 as usize]
-    }
-    /// The query without its '?', if any: "limit=5".
-    pub fn query(&self) -> Option<&str> {
-        (self.query.0 != 0).then(|| self.str_at(self.query.0, self.query.1))
-    }
-    /// The value of the first header with this name (ASCII case-insensitive),
-    /// with surrounding whitespace trimmed.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    }
-    /// Every header, in order, as (name, value).
-    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        HeaderLines {
-            rest: &self.bytes[self.headers_start as usize..],
-        }
-    }
     pub fn body_kind(&self) -> BodyKind {
         self.body_kind
     }
-    /// Whether the client asked to keep the connection open after this
-    /// request: HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with
-    /// `Connection: keep-alive`. Connection is a comma-separated token list,
-    /// case-insensitive.
-    ///
-    /// An HTTP/1.0 request with Transfer-Encoding is never kept alive: RFC 9112
-    /// section 6.1 says its framing must be treated as faulty.
+    /// See [`HeadView::keep_alive`].
     pub fn keep_alive(&self) -> bool {
         self.keep_alive
     }
     /// `Expect: 100-continue` was sent (case-insensitive), HTTP/1.1 only.
     pub fn expects_continue(&self) -> bool {
         self.expects_continue
+    }
+}
+
+/// A parsed request head that owns its bytes (a `Bytes` split off the read
+/// buffer, so no copy): it borrows nothing from the socket or the read
+/// buffer and can be held across awaits. Its accessors are those of
+/// [`HeadView`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    // Starts at the request line (leading empty lines are dropped), ends
+    // after the blank line; the meta's offsets index into it.
+    bytes: Bytes,
+    meta: HeadMeta,
+}
+
+impl RequestHead {
+    /// The head's parts, read from its bytes.
+    pub fn view(&self) -> HeadView<'_> {
+        HeadView::new(&self.bytes, &self.meta)
+    }
+    pub fn meta(&self) -> &HeadMeta {
+        &self.meta
+    }
+    pub fn method(&self) -> Method {
+        self.meta.method
+    }
+    pub fn method_str(&self) -> &str {
+        self.view().method_str()
+    }
+    pub fn version(&self) -> Version {
+        self.meta.version
+    }
+    pub fn target(&self) -> &str {
+        self.view().target()
+    }
+    pub fn path(&self) -> &str {
+        self.view().path()
+    }
+    pub fn path_bytes(&self) -> &[u8] {
+        self.view().path_bytes()
+    }
+    pub fn query(&self) -> Option<&str> {
+        self.view().query()
+    }
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.view().header(name)
+    }
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.view().headers()
+    }
+    pub fn body_kind(&self) -> BodyKind {
+        self.meta.body_kind
+    }
+    pub fn keep_alive(&self) -> bool {
+        self.meta.keep_alive
+    }
+    pub fn expects_continue(&self) -> bool {
+        self.meta.expects_continue
     }
     /// Length of the head in bytes, CRLFCRLF included.
     ///
@@ -162,8 +176,107 @@ impl RequestHead {
     pub fn as_bytes(&self) -> &Bytes {
         &self.bytes
     }
+}
 
-    fn str_at(&self, start: u32, end: u32) -> &str {
+/// A parsed head read through its bytes, wherever they are: owned by a
+/// [`RequestHead`], or still at the front of the connection's read buffer
+/// (see [`parse_head_in_place`]).
+#[derive(Clone, Copy, Debug)]
+pub struct HeadView<'a> {
+    bytes: &'a [u8],
+    meta: &'a HeadMeta,
+}
+
+impl<'a> HeadView<'a> {
+    /// `bytes` must start with the head `meta` was parsed from (its first
+    /// `meta.len()` bytes are used).
+    pub fn new(bytes: &'a [u8], meta: &'a HeadMeta) -> Self {
+        HeadView {
+            bytes: &bytes[..meta.len()],
+            meta,
+        }
+    }
+    pub fn meta(&self) -> &'a HeadMeta {
+        self.meta
+    }
+    pub fn method(&self) -> Method {
+        self.meta.method
+    }
+    /// The method token as sent, e.g. "GET".
+    pub fn method_str(&self) -> &'a str {
+        self.str_at(0, self.meta.method_end)
+    }
+    pub fn version(&self) -> Version {
+        self.meta.version
+    }
+    /// The request target as sent ("/orders?limit=5", or "*", or absolute-form).
+    pub fn target(&self) -> &'a str {
+        self.str_at(self.meta.target.0, self.meta.target.1)
+    }
+    /// The path of the target, without the query: "/orders". For
+    /// absolute-form targets ("http://host/p?q") the path part, "/p".
+    pub fn path(&self) -> &'a str {
+        let (start, end) = self.meta.path;
+        if start == end {
+            return "/";
+        }
+        self.str_at(start, end)
+    }
+    /// The path as bytes, as `path` gives it but without a UTF-8 check:
+    /// what a router matching against literals needs.
+    pub fn path_bytes(&self) -> &'a [u8] {
+        let (start, end) = self.meta.path;
+        if start == end {
+            return b"/";
+        }
+        &self.bytes[start as usize..end as usize]
+    }
+    /// The query without its '?', if any: "limit=5".
+    pub fn query(&self) -> Option<&'a str> {
+        let (start, end) = self.meta.query;
+        (start != 0).then(|| self.str_at(start, end))
+    }
+    /// The value of the first header with this name (ASCII case-insensitive),
+    /// with surrounding whitespace trimmed.
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+    /// Every header, in order, as (name, value).
+    pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+        HeaderLines {
+            rest: &self.bytes[self.meta.headers_start as usize..],
+        }
+    }
+    pub fn body_kind(&self) -> BodyKind {
+        self.meta.body_kind
+    }
+    /// Whether the client asked to keep the connection open after this
+    /// request: HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with
+    /// `Connection: keep-alive`. Connection is a comma-separated token list,
+    /// case-insensitive.
+    ///
+    /// An HTTP/1.0 request with Transfer-Encoding is never kept alive: RFC 9112
+    /// section 6.1 says its framing must be treated as faulty.
+    pub fn keep_alive(&self) -> bool {
+        self.meta.keep_alive
+    }
+    /// `Expect: 100-continue` was sent (case-insensitive), HTTP/1.1 only.
+    pub fn expects_continue(&self) -> bool {
+        self.meta.expects_continue
+    }
+    /// Length of the head in bytes, CRLFCRLF included.
+    #[allow(clippy::len_without_is_empty, reason = "a head is never empty")]
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+    /// The raw head bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    fn str_at(&self, start: u32, end: u32) -> &'a str {
         // Validated as UTF-8 (ASCII tokens, or httparse's URI check) at parse time.
         std::str::from_utf8(&self.bytes[start as usize..end as usize]).unwrap_or("")
     }
@@ -274,6 +387,23 @@ const STACK_HEADERS: usize = 128;
 ///
 /// The result does not depend on how the bytes were split across calls.
 pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<RequestHead>, HeadError> {
+    Ok(parse_head_in_place(buf, limits)?.map(|meta| RequestHead {
+        bytes: buf.split_to(meta.len()).freeze(),
+        meta,
+    }))
+}
+
+/// [`parse_head`] without taking the head out of `buf`: on `Ok(Some(meta))`
+/// the leading empty lines are consumed and the head is `buf[..meta.len()]`,
+/// read through a [`HeadView`]; the caller removes it (`advance`) once done
+/// with it. Splitting the head off into its own `Bytes`, as `parse_head`
+/// does, costs two atomic reference-count updates per request, which a
+/// request without a body (nothing else to take from `buf` meanwhile)
+/// does not need.
+pub fn parse_head_in_place(
+    buf: &mut BytesMut,
+    limits: &Limits,
+) -> Result<Option<HeadMeta>, HeadError> {
     let Some(start) = skip_empty_lines(buf)? else {
         return Ok(None);
     };
@@ -321,8 +451,7 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<RequestH
             if start > 0 {
                 bytes::Buf::advance(buf, start);
             }
-            let bytes = buf.split_to(meta.head_len).freeze();
-            Ok(Some(meta.into_head(bytes)))
+            Ok(Some(meta))
         }
         None => match limit_err {
             Some(e) => Err(e),
@@ -384,43 +513,9 @@ fn worth_parsing(view: &[u8], max_headers: usize) -> bool {
     false
 }
 
-/// Everything about a head except its bytes, computed while httparse's
-/// borrows of the read buffer are alive.
-struct Meta {
-    head_len: usize,
-    method: Method,
-    version: Version,
-    keep_alive: bool,
-    expects_continue: bool,
-    body_kind: BodyKind,
-    method_end: u32,
-    target: (u32, u32),
-    path: (u32, u32),
-    query: (u32, u32),
-    headers_start: u32,
-}
-
-impl Meta {
-    fn into_head(self, bytes: Bytes) -> RequestHead {
-        RequestHead {
-            bytes,
-            method: self.method,
-            version: self.version,
-            keep_alive: self.keep_alive,
-            expects_continue: self.expects_continue,
-            body_kind: self.body_kind,
-            method_end: self.method_end,
-            target: self.target,
-            path: self.path,
-            query: self.query,
-            headers_start: self.headers_start,
-        }
-    }
-}
-
 /// Ok(None): undecided on these bytes (partial head, or a version that may
 /// still turn out to be HTTP/d.d).
-fn parse_view(view: &[u8], max_headers: usize) -> Result<Option<Meta>, HeadError> {
+fn parse_view(view: &[u8], max_headers: usize) -> Result<Option<HeadMeta>, HeadError> {
     // Each header line takes at least 3 bytes ("a:\n"), so a view can hold no
     // more than len / 3 of them: fewer slots than max_headers then suffice.
     let slots = max_headers.min(view.len() / 3 + 1);
@@ -437,7 +532,7 @@ fn parse_view(view: &[u8], max_headers: usize) -> Result<Option<Meta>, HeadError
 fn run_httparse<'b>(
     view: &'b [u8],
     slots: &mut [MaybeUninit<httparse::Header<'b>>],
-) -> Result<Option<Meta>, HeadError> {
+) -> Result<Option<HeadMeta>, HeadError> {
     let mut req = httparse::Request::new(&mut []);
     match req.parse_with_uninit_headers(view, slots) {
         Ok(httparse::Status::Complete(n)) => analyze(&req, view, n).map(Some),
@@ -463,7 +558,7 @@ fn version_field(view: &[u8]) -> &[u8] {
 
 /// httparse refused the version. 505 if it is "HTTP/d.d" ending the line, 400
 /// if it cannot be, Ok(None) while the bytes so far could still be either.
-fn version_error(view: &[u8]) -> Result<Option<Meta>, HeadError> {
+fn version_error(view: &[u8]) -> Result<Option<HeadMeta>, HeadError> {
     let v = version_field(view);
     let bad = HeadError::BadRequest("malformed request line");
     for (i, want) in b"HTTP/d.d".iter().enumerate() {
@@ -519,7 +614,11 @@ fn newline_error(view: &[u8]) -> &'static str {
 }
 
 /// Applies the RFC 9112 rules httparse leaves to its caller to a complete head.
-fn analyze(req: &httparse::Request<'_, '_>, view: &[u8], len: usize) -> Result<Meta, HeadError> {
+fn analyze(
+    req: &httparse::Request<'_, '_>,
+    view: &[u8],
+    len: usize,
+) -> Result<HeadMeta, HeadError> {
     let (Some(method_str), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(HeadError::BadRequest("malformed request line"));
     };
@@ -624,8 +723,8 @@ fn analyze(req: &httparse::Request<'_, '_>, view: &[u8], len: usize) -> Result<M
         memchr::memchr(b'\n', view).map(|i| i + 1)
     );
 
-    Ok(Meta {
-        head_len: len,
+    Ok(HeadMeta {
+        len: len as u32,
         method: method_from(method_str),
         version,
         keep_alive,
