@@ -85,6 +85,9 @@ pub struct HeadMeta {
 
 impl HeadMeta {
     /// Length of the head in bytes, CRLFCRLF included.
+    ///
+    /// Empty lines skipped before the request line are not part of the head:
+    /// the parser consumes them as well, so it takes that many bytes more.
     #[allow(clippy::len_without_is_empty, reason = "a head is never empty")]
     pub fn len(&self) -> usize {
         self.len as usize
@@ -128,14 +131,8 @@ impl RequestHead {
     pub fn meta(&self) -> &HeadMeta {
         &self.meta
     }
-    pub fn method(&self) -> Method {
-        self.meta.method
-    }
     pub fn method_str(&self) -> &str {
         self.view().method_str()
-    }
-    pub fn version(&self) -> Version {
-        self.meta.version
     }
     pub fn target(&self) -> &str {
         self.view().target()
@@ -155,26 +152,19 @@ impl RequestHead {
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
         self.view().headers()
     }
-    pub fn body_kind(&self) -> BodyKind {
-        self.meta.body_kind
-    }
-    pub fn keep_alive(&self) -> bool {
-        self.meta.keep_alive
-    }
-    pub fn expects_continue(&self) -> bool {
-        self.meta.expects_continue
-    }
-    /// Length of the head in bytes, CRLFCRLF included.
-    ///
-    /// Empty lines skipped before the request line are not part of the head:
-    /// `parse_head` consumes them as well, so it takes that many bytes more.
-    #[allow(clippy::len_without_is_empty, reason = "a head is never empty")]
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
     /// The raw head bytes.
     pub fn as_bytes(&self) -> &Bytes {
         &self.bytes
+    }
+}
+
+/// The framing decisions and the length (`method()`, `keep_alive()`,
+/// `len()`, ...) are the meta's; the text is read through `view()` or the
+/// accessors above.
+impl std::ops::Deref for RequestHead {
+    type Target = HeadMeta;
+    fn deref(&self) -> &HeadMeta {
+        &self.meta
     }
 }
 
