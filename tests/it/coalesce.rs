@@ -11,6 +11,20 @@ use crate::app::Db;
 use crate::harness::{get, Conn, Server};
 use crate::pgfix::shared;
 
+/// The server both read-your-writes tests run: coalescing on, two database
+/// connections on one core, and a query deadline above any stall seen on a
+/// loaded shared cluster (a 503 would say nothing about coalescing).
+const COALESCING_SERVER: &[&str] = &[
+    "--db-coalesce",
+    "on",
+    "--db-pool-size",
+    "2",
+    "--cores",
+    "1",
+    "--db-query-timeout",
+    "60s",
+];
+
 /// A connection that waits up to 90 s for an answer. The read-your-writes
 /// test is about which rows a page holds, not how fast it comes: on a
 /// loaded 2-CPU VM, beside the other tests, single statements that take
@@ -49,18 +63,7 @@ fn a_committed_row_is_in_every_later_page_while_pages_are_coalesced() {
            SELECT id, CASE WHEN nap() THEN title END AS title FROM orders_data; \
          ALTER VIEW orders OWNER TO ringside_md5",
     );
-    // A query deadline above any stall seen on a loaded shared cluster (see
-    // `patient_connect`): a 503 here would say nothing about coalescing.
-    let srv = db.server(&[
-        "--db-coalesce",
-        "on",
-        "--db-pool-size",
-        "2",
-        "--cores",
-        "1",
-        "--db-query-timeout",
-        "60s",
-    ]);
+    let srv = db.server(COALESCING_SERVER);
     let page = "/orders?limit=1000";
 
     // Identical pages, asked for all the time from 16 connections.
@@ -132,16 +135,7 @@ fn a_request_never_joins_an_execution_sent_before_it() {
            SELECT id, CASE WHEN gate() THEN title END AS title FROM orders_data; \
          ALTER VIEW orders OWNER TO ringside_md5",
     );
-    let srv = db.server(&[
-        "--db-coalesce",
-        "on",
-        "--db-pool-size",
-        "2",
-        "--cores",
-        "1",
-        "--db-query-timeout",
-        "60s",
-    ]);
+    let srv = db.server(COALESCING_SERVER);
     let page = "/orders?limit=1000";
     let wait_for = |what: &str, sql: &str| {
         let deadline = Instant::now() + Duration::from_secs(20);
