@@ -259,8 +259,10 @@ impl Pool {
     /// case of one broken connection). A restart or an operator's
     /// `pg_terminate_backend` ends every member at once, and a single retry
     /// would often land on another dead member whose reader had not yet
-    /// seen its end. Anything else fails with its error, and a statement
-    /// that writes is never run twice.
+    /// seen its end. Retries share the first attempt's deadline: a caller
+    /// waits at most the pool wait plus one query timeout, however many
+    /// connections break under it. Anything else fails with its error, and
+    /// a statement that writes is never run twice.
     pub async fn query(
         &self,
         stmt: &'static Statement,
@@ -302,9 +304,26 @@ impl Pool {
         // A single read-only statement may share its Sync with others; one
         // skipped because another of its batch failed runs again alone.
         let mut batched = batch && stmt.read_only;
+        // Set when the statement is first queued; every retry runs within it.
+        let mut deadline: Option<Instant> = None;
         let result = loop {
-            let (index, conn) = match self.acquire(&tried).await {
+            let now = Instant::now();
+            let wait_until = now + self.settings.wait_timeout;
+            let wait_until = match deadline {
+                None => wait_until,
+                // A retry: the statement's time is up, or it waits within it.
+                Some(d) if now >= d => {
+                    self.stats.borrow_mut().timeouts += 1;
+                    break Err(QueryError::Timeout);
+                }
+                Some(d) => wait_until.min(d),
+            };
+            let (index, conn) = match self.acquire_by(&tried, wait_until).await {
                 Ok(found) => found,
+                Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                    self.stats.borrow_mut().timeouts += 1;
+                    break Err(QueryError::Timeout);
+                }
                 Err(e) => break Err(e),
             };
             let started = if batched {
@@ -315,7 +334,10 @@ impl Pool {
             let result = match started {
                 Ok(p) => {
                     on_queued(p.sent_probe());
-                    self.with_deadline(index, &conn, p.rows()).await
+                    let d = *deadline
+                        .get_or_insert_with(|| Instant::now() + self.settings.query_timeout);
+                    let left = d.saturating_duration_since(Instant::now());
+                    self.within(left, index, &conn, p.rows()).await
                 }
                 Err(e) => Err(e),
             };
@@ -614,6 +636,16 @@ impl Pool {
     /// behind them rather than taking the slot a waiter was woken for.
     /// Connections in `avoid` are not chosen (a retry's earlier attempts).
     async fn acquire(&self, avoid: &[Rc<PgConn>]) -> Result<(usize, Rc<PgConn>), QueryError> {
+        self.acquire_by(avoid, Instant::now() + self.settings.wait_timeout)
+            .await
+    }
+
+    /// [`Pool::acquire`], waiting no later than `deadline`.
+    async fn acquire_by(
+        &self,
+        avoid: &[Rc<PgConn>],
+        deadline: Instant,
+    ) -> Result<(usize, Rc<PgConn>), QueryError> {
         if self.readers.is_empty() {
             if let Some(found) = self.try_acquire(avoid) {
                 return Ok(found);
@@ -626,7 +658,6 @@ impl Pool {
             self.stats.borrow_mut().busy += 1;
             return Err(QueryError::Busy);
         }
-        let deadline = Instant::now() + self.settings.wait_timeout;
         let mut front = false;
         loop {
             let woke =

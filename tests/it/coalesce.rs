@@ -37,15 +37,6 @@ fn patient_connect(srv: &Server) -> Conn {
     Conn::from_parts(s, Vec::new())
 }
 
-/// The sum over cores of a counter in /metrics.
-fn counter(srv: &Server, name: &str) -> u64 {
-    let page = srv.connect().roundtrip(get("/metrics")).text();
-    page.lines()
-        .filter(|l| l.starts_with(name) && (l.as_bytes().get(name.len()) == Some(&b'{')))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 #[test]
 fn a_committed_row_is_in_every_later_page_while_pages_are_coalesced() {
     let cluster = shared();
@@ -103,7 +94,7 @@ fn a_committed_row_is_in_every_later_page_while_pages_are_coalesced() {
         t.join().unwrap();
     }
     // The pages were really shared (else this test would prove nothing).
-    let coalesced = counter(&srv, "ringside_db_coalesced_total");
+    let coalesced = srv.counter("ringside_db_coalesced_total");
     println!(
         "{} pages under load, {coalesced} answered by another request's execution",
         answered.load(Ordering::Relaxed)
@@ -113,7 +104,7 @@ fn a_committed_row_is_in_every_later_page_while_pages_are_coalesced() {
 
 /// The gauge's value on the (single) core.
 fn gauge(srv: &Server, name: &str) -> u64 {
-    counter(srv, name)
+    srv.counter(name)
 }
 
 /// Step by step, with a lock that keeps one execution running on the
@@ -217,5 +208,5 @@ fn coalesced_pages_are_the_same_bytes_and_off_means_off() {
     for t in clients {
         t.join().unwrap();
     }
-    assert_eq!(counter(&off, "ringside_db_coalesced_total"), 0);
+    assert_eq!(off.counter("ringside_db_coalesced_total"), 0);
 }

@@ -57,6 +57,15 @@ impl Server {
         Self::spawn(cmd).unwrap_or_else(|e| panic!("server did not start: {e}"))
     }
 
+    /// The sum over cores of a counter in /metrics.
+    pub fn counter(&self, name: &str) -> u64 {
+        let page = self.connect().roundtrip(get("/metrics")).text();
+        page.lines()
+            .filter(|l| l.starts_with(name) && (l.as_bytes().get(name.len()) == Some(&b'{')))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// The server's resident memory, in KiB.
     pub fn rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid()))

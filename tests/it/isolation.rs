@@ -208,8 +208,11 @@ fn reads_survive_terminated_backends_and_writes_are_not_replayed() {
     let db = Db::new(shared(), 100);
     // A generous query deadline: this test is about connections that end,
     // and the tests beside it load the shared cluster (a read that is slow
-    // but answered is not what it looks for).
-    let srv = db.server(&["--db-query-timeout", "30s"]);
+    // but answered is not what it looks for). One core: on a two-CPU
+    // machine a core per CPU and these closed-loop clients left PostgreSQL
+    // so little CPU that, while every backend restarted each 300 ms, its
+    // own statements took up to 30 s (`log_min_duration_statement`).
+    let srv = db.server(&["--cores", "1", "--db-query-timeout", "30s"]);
     let stop = AtomicBool::new(false);
     let reads = AtomicU64::new(0);
     let addr = srv.addr;
@@ -261,6 +264,72 @@ fn reads_survive_terminated_backends_and_writes_are_not_replayed() {
         metrics.contains("ringside_db_read_retries_total"),
         "{metrics}"
     );
+}
+
+#[test]
+fn a_read_ends_at_its_deadline_however_many_of_its_connections_break() {
+    let cluster = shared();
+    let db = Db::new(cluster, 10);
+    // One core (one pool of 4). The pool wait is longer than the query
+    // deadline: only the deadline can end the read.
+    let srv = db.server(&[
+        "--cores",
+        "1",
+        "--db-query-timeout",
+        "3s",
+        "--db-wait-timeout",
+        "10s",
+    ]);
+    // Reads of the orders wait behind a lock another session holds.
+    let mut holder = cluster.psql_spawn_in(
+        &db.name,
+        "BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600)",
+    );
+    let locked = Instant::now() + Duration::from_secs(20);
+    while db.sql(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'relation' AND mode = 'AccessExclusiveLock' \
+         AND granted AND relation = 'orders'::regclass",
+    ) != "1"
+    {
+        assert!(Instant::now() < locked, "the lock is taken");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let addr = srv.addr;
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut c = Conn::from_parts(s, Vec::new());
+        let _ = tx.send(c.roundtrip(get("/orders")));
+    });
+    // The read's connection ends more often than its deadline comes: each
+    // time, the read is retried on a new connection, behind the same lock.
+    let kill = format!(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = '{}' AND application_name = 'ringside'",
+        db.name
+    );
+    let mut kills = 0;
+    let answer = loop {
+        match rx.recv_timeout(Duration::from_millis(1500)) {
+            Ok(r) => break r,
+            Err(_) => {
+                assert!(kills < 40, "no answer to the read");
+                db.sql(&kill);
+                kills += 1;
+            }
+        }
+    };
+    db.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE query LIKE 'BEGIN; LOCK TABLE orders%' AND datname = current_database()",
+    );
+    let _ = holder.wait();
+    // Given a fresh deadline at each retry, it would end only when it ran
+    // out of connections to try ("database unavailable").
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert!(answer.text().contains("timed out"), "{}", answer.text());
+    assert!(srv.counter("ringside_db_read_retries_total") > 0);
 }
 
 #[test]
