@@ -280,17 +280,20 @@ impl Pool {
         params: &[Param<'_>],
         on_queued: &mut dyn FnMut(SentProbe),
     ) -> Result<Rows, QueryError> {
-        self.run_statement(stmt, params, on_queued, self.settings.batch)
+        self.run_statement(stmt, params, on_queued, self.settings.batch, None)
             .await
     }
 
-    /// A statement on its own Sync, for one skipped in a batch.
+    /// A statement on its own Sync, for one skipped in a batch: within
+    /// the batch's deadline.
     async fn query_probed_unbatched(
         &self,
         stmt: &'static Statement,
         params: &[Param<'_>],
+        deadline: Instant,
     ) -> Result<Rows, QueryError> {
-        self.run_statement(stmt, params, &mut |_| {}, false).await
+        self.run_statement(stmt, params, &mut |_| {}, false, Some(deadline))
+            .await
     }
 
     async fn run_statement(
@@ -299,13 +302,15 @@ impl Pool {
         params: &[Param<'_>],
         on_queued: &mut dyn FnMut(SentProbe),
         batch: bool,
+        deadline: Option<Instant>,
     ) -> Result<Rows, QueryError> {
         let mut tried: Vec<Rc<PgConn>> = Vec::new();
         // A single read-only statement may share its Sync with others; one
         // skipped because another of its batch failed runs again alone.
         let mut batched = batch && stmt.read_only;
-        // Set when the statement is first queued; every retry runs within it.
-        let mut deadline: Option<Instant> = None;
+        // Set when the statement is first queued (unless the caller's
+        // runs already); every retry runs within it.
+        let mut deadline = deadline;
         let result = loop {
             let now = Instant::now();
             let wait_until = now + self.settings.wait_timeout;
@@ -385,6 +390,8 @@ impl Pool {
                 }
             })
             .collect::<Result<Vec<_>, _>>();
+        // The whole batch, reruns included, ends by one deadline.
+        let deadline = Instant::now() + self.settings.query_timeout;
         let result = match pending {
             Ok(pending) => {
                 let all = async {
@@ -395,20 +402,26 @@ impl Pool {
                     out
                 };
                 match self
-                    .with_deadline(index, &conn, async { Ok(all.await) })
+                    .within(self.settings.query_timeout, index, &conn, async {
+                        Ok(all.await)
+                    })
                     .await
                 {
                     Ok(results) => {
                         // Those skipped after another failed run again alone
-                        // (then the failure is the first error reported).
+                        // (then the failure is the first error reported, and
+                        // nothing is run once one is known).
                         let mut rows = Vec::with_capacity(results.len());
                         let mut failed = None;
                         for (i, r) in results.into_iter().enumerate() {
                             match r {
                                 Ok(r) => rows.push(r),
+                                Err(QueryError::Skipped) if failed.is_some() => {}
                                 Err(QueryError::Skipped) => {
                                     self.stats.borrow_mut().batch_retries += 1;
-                                    match self.query_probed_unbatched(stmt, params[i]).await {
+                                    let rerun =
+                                        self.query_probed_unbatched(stmt, params[i], deadline);
+                                    match rerun.await {
                                         Ok(r) => rows.push(r),
                                         Err(e) => {
                                             failed.get_or_insert(e);
