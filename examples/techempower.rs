@@ -258,9 +258,9 @@ ANALYZE world, fortune;
 /// connections per core, 128 queries deep each, where the server's
 /// defaults are four, 64 deep (the same 256 queries in flight). With
 /// PostgreSQL on the server's CPU, as in `bench/techempower.sh`, fewer
-/// connections mean larger batches and fewer backend wake-ups: 1.33×
-/// against 1.23× the best peer's `/db` req/s, and 1.38× against 1.29× on
-/// `/fortunes`, in one run (bench/targets.md, fifth session).
+/// connections mean larger batches and fewer backend wake-ups: `/db` and
+/// `/fortunes` gain 3–8 %, `/queries` and `/updates` give up 4–6 %
+/// (bench/targets.md, fifth session).
 const POOL_DEFAULTS: [(&str, &str); 2] = [
     ("RINGSIDE_DB_POOL_SIZE", "2"),
     ("RINGSIDE_DB_PIPELINE_DEPTH", "128"),
