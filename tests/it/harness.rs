@@ -136,10 +136,19 @@ impl Server {
                     }
                     seen.push(line);
                 }
-                Err(_) => {
+                Err(e) => {
+                    // Say which: it exited, or it was still silent when
+                    // the wait ended (then it is killed here).
+                    let why = match e {
+                        mpsc::RecvTimeoutError::Timeout => "no \"listening\" line within 20 s",
+                        mpsc::RecvTimeoutError::Disconnected => "exited before listening",
+                    };
                     let _ = child.kill();
                     let status = child.wait().ok();
-                    return Err(format!("exit {status:?}, stderr: {}", seen.join("\n")));
+                    return Err(format!(
+                        "{why}: exit {status:?}, stderr: {}",
+                        seen.join("\n")
+                    ));
                 }
             }
         }
