@@ -312,24 +312,28 @@ impl Pool {
         // runs already); every retry runs within it.
         let mut deadline = deadline;
         let result = loop {
-            let now = Instant::now();
-            let wait_until = now + self.settings.wait_timeout;
-            let wait_until = match deadline {
-                None => wait_until,
-                // A retry: the statement's time is up, or it waits within it.
-                Some(d) if now >= d => {
-                    self.stats.borrow_mut().timeouts += 1;
-                    break Err(QueryError::Timeout);
+            // A retry waits for a connection within the statement's time.
+            let found = match deadline {
+                None => self.acquire(&tried).await,
+                Some(d) => {
+                    let wait_until = (Instant::now() + self.settings.wait_timeout).min(d);
+                    match self.acquire_by(&tried, Some(wait_until)).await {
+                        Err(_) if Instant::now() >= d => Err(self.timed_out()),
+                        r => r,
+                    }
                 }
-                Some(d) => wait_until.min(d),
             };
-            let (index, conn) = match self.acquire_by(&tried, wait_until).await {
+            let (index, conn) = match found {
                 Ok(found) => found,
-                Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
-                    self.stats.borrow_mut().timeouts += 1;
-                    break Err(QueryError::Timeout);
-                }
                 Err(e) => break Err(e),
+            };
+            // The statement's deadline: from its first queueing. With none
+            // of it left, nothing is queued (a query cancelled at once
+            // would mark a sound connection suspect).
+            let d = match deadline {
+                None => Instant::now() + self.settings.query_timeout,
+                Some(d) if Instant::now() >= d => break Err(self.timed_out()),
+                Some(d) => d,
             };
             let started = if batched {
                 conn.start_query_batched(stmt, params)
@@ -339,10 +343,8 @@ impl Pool {
             let result = match started {
                 Ok(p) => {
                     on_queued(p.sent_probe());
-                    let d = *deadline
-                        .get_or_insert_with(|| Instant::now() + self.settings.query_timeout);
-                    let left = d.saturating_duration_since(Instant::now());
-                    self.within(left, index, &conn, p.rows()).await
+                    deadline = Some(d);
+                    self.within_until(d, index, &conn, p.rows()).await
                 }
                 Err(e) => Err(e),
             };
@@ -402,9 +404,7 @@ impl Pool {
                     out
                 };
                 match self
-                    .within(self.settings.query_timeout, index, &conn, async {
-                        Ok(all.await)
-                    })
+                    .within_until(deadline, index, &conn, async { Ok(all.await) })
                     .await
                 {
                     Ok(results) => {
@@ -601,8 +601,19 @@ impl Pool {
         conn: &Rc<PgConn>,
         fut: impl Future<Output = Result<T, QueryError>>,
     ) -> Result<T, QueryError> {
+        self.within_until(Instant::now() + timeout, index, conn, fut)
+            .await
+    }
+
+    /// `within`, to an instant.
+    async fn within_until<T>(
+        &self,
+        deadline: Instant,
+        index: usize,
+        conn: &Rc<PgConn>,
+        fut: impl Future<Output = Result<T, QueryError>>,
+    ) -> Result<T, QueryError> {
         let slot = DeadlineSlot::new(&self.deadlines);
-        let deadline = Instant::now() + timeout;
         let answered = monoio::select! {
             r = fut => Some(r),
             _ = self.deadlines.wait(slot.0, deadline, false) => None,
@@ -634,6 +645,13 @@ impl Pool {
         }
     }
 
+    /// A statement's time ran out between its attempts: counted like a
+    /// deadline passed during one.
+    fn timed_out(&self) -> QueryError {
+        self.stats.borrow_mut().timeouts += 1;
+        QueryError::Timeout
+    }
+
     fn note<T>(&self, r: &Result<T, QueryError>) {
         if let Err(e) = r {
             let mut s = self.stats.borrow_mut();
@@ -649,15 +667,15 @@ impl Pool {
     /// behind them rather than taking the slot a waiter was woken for.
     /// Connections in `avoid` are not chosen (a retry's earlier attempts).
     async fn acquire(&self, avoid: &[Rc<PgConn>]) -> Result<(usize, Rc<PgConn>), QueryError> {
-        self.acquire_by(avoid, Instant::now() + self.settings.wait_timeout)
-            .await
+        self.acquire_by(avoid, None).await
     }
 
-    /// [`Pool::acquire`], waiting no later than `deadline`.
+    /// [`Pool::acquire`], waiting no later than `until` (by default, the
+    /// pool wait from when it starts waiting).
     async fn acquire_by(
         &self,
         avoid: &[Rc<PgConn>],
-        deadline: Instant,
+        until: Option<Instant>,
     ) -> Result<(usize, Rc<PgConn>), QueryError> {
         if self.readers.is_empty() {
             if let Some(found) = self.try_acquire(avoid) {
@@ -671,6 +689,7 @@ impl Pool {
             self.stats.borrow_mut().busy += 1;
             return Err(QueryError::Busy);
         }
+        let deadline = until.unwrap_or_else(|| Instant::now() + self.settings.wait_timeout);
         let mut front = false;
         loop {
             let woke =
