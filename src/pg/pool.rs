@@ -589,23 +589,11 @@ impl Pool {
         conn: &Rc<PgConn>,
         fut: impl Future<Output = Result<T, QueryError>>,
     ) -> Result<T, QueryError> {
-        self.within(self.settings.query_timeout, index, conn, fut)
-            .await
+        let deadline = Instant::now() + self.settings.query_timeout;
+        self.within_until(deadline, index, conn, fut).await
     }
 
-    /// `with_deadline` for a caller that gives its own bound.
-    async fn within<T>(
-        &self,
-        timeout: Duration,
-        index: usize,
-        conn: &Rc<PgConn>,
-        fut: impl Future<Output = Result<T, QueryError>>,
-    ) -> Result<T, QueryError> {
-        self.within_until(Instant::now() + timeout, index, conn, fut)
-            .await
-    }
-
-    /// `within`, to an instant.
+    /// `with_deadline` for a caller that gives its own deadline.
     async fn within_until<T>(
         &self,
         deadline: Instant,

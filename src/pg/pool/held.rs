@@ -5,6 +5,8 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use monoio::time::Instant;
+
 use super::{ExclusiveClaim, Pool};
 use crate::pg::conn::{CopyIn, Param, Pending, PgConn, Rows, Statement};
 use crate::pg::QueryError;
@@ -63,7 +65,12 @@ impl Held {
     pub async fn simple_within(&self, sql: &str, timeout: Duration) -> Result<Rows, QueryError> {
         let r = self
             .pool
-            .within(timeout, self.index, &self.conn, self.conn.simple(sql))
+            .within_until(
+                Instant::now() + timeout,
+                self.index,
+                &self.conn,
+                self.conn.simple(sql),
+            )
             .await;
         self.pool.note(&r);
         r
