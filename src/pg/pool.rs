@@ -302,29 +302,22 @@ impl Pool {
         params: &[Param<'_>],
         on_queued: &mut dyn FnMut(SentProbe),
         batch: bool,
-        deadline: Option<Instant>,
+        // Set when the statement is first queued (unless the caller's runs
+        // already); every retry runs within it.
+        mut deadline: Option<Instant>,
     ) -> Result<Rows, QueryError> {
         let mut tried: Vec<Rc<PgConn>> = Vec::new();
         // A single read-only statement may share its Sync with others; one
         // skipped because another of its batch failed runs again alone.
         let mut batched = batch && stmt.read_only;
-        // Set when the statement is first queued (unless the caller's
-        // runs already); every retry runs within it.
-        let mut deadline = deadline;
         let result = loop {
             // A retry waits for a connection within the statement's time.
-            let found = match deadline {
-                None => self.acquire(&tried).await,
-                Some(d) => {
-                    let wait_until = (Instant::now() + self.settings.wait_timeout).min(d);
-                    match self.acquire_by(&tried, Some(wait_until)).await {
-                        Err(_) if Instant::now() >= d => Err(self.timed_out()),
-                        r => r,
-                    }
-                }
-            };
-            let (index, conn) = match found {
+            let until = deadline.map(|d| (Instant::now() + self.settings.wait_timeout).min(d));
+            let (index, conn) = match self.acquire_by(&tried, until).await {
                 Ok(found) => found,
+                Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                    break Err(self.timed_out())
+                }
                 Err(e) => break Err(e),
             };
             // The statement's deadline: from its first queueing. With none
