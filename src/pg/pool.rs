@@ -268,19 +268,21 @@ impl Pool {
         stmt: &'static Statement,
         params: &[Param<'_>],
     ) -> Result<Rows, QueryError> {
-        self.query_probed(stmt, params, &mut |_| {}).await
+        self.query_probed(stmt, params, &mut |_| {}, None).await
     }
 
     /// [`Pool::query`], telling `on_queued` each time the statement is
     /// queued on a connection (again after a retry), with a probe for
-    /// whether it has been sent.
+    /// whether it has been sent; within `deadline` when the caller's time
+    /// started earlier.
     async fn query_probed(
         &self,
         stmt: &'static Statement,
         params: &[Param<'_>],
         on_queued: &mut dyn FnMut(SentProbe),
+        deadline: Option<Instant>,
     ) -> Result<Rows, QueryError> {
-        self.run_statement(stmt, params, on_queued, self.settings.batch, None)
+        self.run_statement(stmt, params, on_queued, self.settings.batch, deadline)
             .await
     }
 

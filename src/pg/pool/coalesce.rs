@@ -11,7 +11,10 @@
 //! own.
 //!
 //! If the request leading an execution goes away before the answer (its
-//! client hung up), the ones that joined it start over.
+//! client hung up), the ones that joined it start over. However many
+//! times that happens, a read ends within the bound of one read from its
+//! arrival (`--db-wait-timeout` plus `--db-query-timeout`): waits for
+//! another's execution stop there, and a turn started over runs within it.
 
 use std::any::{Any, TypeId};
 use std::cell::RefCell;
@@ -21,7 +24,9 @@ use std::rc::Rc;
 use bytes::BytesMut;
 use ringside_wire::pg::frontend;
 
-use super::Pool;
+use monoio::time::Instant;
+
+use super::{DeadlineSlot, Pool};
 use crate::pg::conn::{Param, Rows, SentProbe, Statement};
 use crate::pg::QueryError;
 use crate::runtime::event::LocalEvent;
@@ -109,16 +114,29 @@ impl Pool {
             variant,
             result: TypeId::of::<T>(),
         };
+        // A first turn ends by this on its own (its leader arrived no
+        // later); a turn started over gets what is left of it.
+        let limit = Instant::now() + self.settings.wait_timeout + self.settings.query_timeout;
+        let mut started_over = false;
         loop {
             let open = self.flights.0.borrow().get(&key).cloned();
             if let Some(flight) = open.and_then(|f| f.downcast::<Flight<T>>().ok()) {
                 if !flight.is_sent() {
-                    flight.done.wait().await;
+                    let slot = DeadlineSlot::new(&self.deadlines);
+                    let ended = monoio::select! {
+                        _ = flight.done.wait() => true,
+                        _ = self.deadlines.wait(slot.0, limit, false) => false,
+                    };
+                    drop(slot);
+                    if !ended {
+                        return Err(self.timed_out());
+                    }
                     if let Some(result) = flight.result.borrow().as_ref() {
                         self.stats.borrow_mut().coalesced += 1;
                         return result.clone();
                     }
                     // Its leader went away: start over.
+                    started_over = true;
                     continue;
                 }
             }
@@ -137,9 +155,14 @@ impl Pool {
                 flight,
             };
             let result = self
-                .query_probed(stmt, params, &mut |probe| {
-                    *leading.flight.probe.borrow_mut() = Some(probe);
-                })
+                .query_probed(
+                    stmt,
+                    params,
+                    &mut |probe| {
+                        *leading.flight.probe.borrow_mut() = Some(probe);
+                    },
+                    started_over.then_some(limit),
+                )
                 .await
                 .and_then(|rows| render(&rows));
             *leading.flight.result.borrow_mut() = Some(result.clone());
