@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::app::{contacts_csv, Db};
-use crate::harness::{get, Server};
+use crate::harness::{get, Server, StopOnDrop};
 use crate::ops::free_port;
 use crate::pgfix::shared;
 
@@ -163,6 +163,7 @@ fn an_instance_killed_and_restarted_behind_haproxy_fails_no_read_and_half_import
     let uploads_failed = AtomicU64::new(0);
 
     thread::scope(|scope| {
+        let _stop = StopOnDrop(&stop);
         for _ in 0..4 {
             scope.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {

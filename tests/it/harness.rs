@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -29,6 +30,18 @@ macro_rules! both_drivers {
             }
         )*
     };
+}
+
+/// Sets its flag when dropped. Made first inside a `thread::scope` whose
+/// threads loop until the flag: if the test panics before it sets the flag
+/// itself, the scope's threads still stop, and the test fails with its
+/// message instead of waiting on them forever.
+pub struct StopOnDrop<'a>(pub &'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 pub struct Server {

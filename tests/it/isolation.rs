@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::app::{contacts_csv, post_csv_to, post_csv_waiting, Db};
-use crate::harness::{get, Conn, Server};
+use crate::harness::{get, Conn, Server, StopOnDrop};
 use crate::pgfix::shared;
 
 /// Reads `/orders` on one keep-alive connection until `stop` or the first
@@ -126,6 +126,7 @@ fn slow_uploaders_are_cut_and_reads_keep_answering() {
     let reads = AtomicU64::new(0);
     let addr = srv.addr;
     let (statuses, read_results): (Vec<u16>, _) = thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         let reader = s.spawn(|| read_orders_until(addr, &stop, &reads));
         let uploaders: Vec<_> = (0..8)
             .map(|i| {
@@ -160,13 +161,21 @@ fn slow_uploaders_are_cut_and_reads_keep_answering() {
 #[test]
 fn fifty_parallel_uploads_are_all_or_nothing_while_reads_go_on() {
     let db = Db::new(shared(), 100);
-    let srv = db.server(&["--upload-wait-timeout", "2s"]);
+    // The pool wait stays at its default (1 s): a read that finds no slot
+    // of its own while uploads crowd is the failure this test looks for.
+    // The query deadline and the uploads' patience are generous: beside
+    // the other tests on a two-CPU machine, PostgreSQL itself can be slow
+    // (in a full-suite run one read here was answered 503 and an upload's
+    // client gave up, with several of the server's requests taking over
+    // 5 s), which is not what this test is about.
+    let srv = db.server(&["--upload-wait-timeout", "2s", "--db-query-timeout", "30s"]);
     let rows = 2_000u64;
     let csv = contacts_csv(rows, None);
     let stop = AtomicBool::new(false);
     let reads = AtomicU64::new(0);
     let addr = srv.addr;
     let (statuses, read_results): (Vec<u16>, Vec<_>) = thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         let readers: Vec<_> = (0..2)
             .map(|_| s.spawn(|| read_orders_until(addr, &stop, &reads)))
             .collect();
@@ -174,7 +183,7 @@ fn fifty_parallel_uploads_are_all_or_nothing_while_reads_go_on() {
             .map(|_| {
                 let csv = &csv;
                 s.spawn(move || {
-                    let r = post_csv_to(addr, csv);
+                    let r = post_csv_waiting(addr, csv, Duration::from_secs(90));
                     match r.status {
                         201 => assert!(r.text().contains(&format!("\"rows\":{rows}"))),
                         503 => assert_eq!(r.header("retry-after"), Some("1")),
@@ -219,6 +228,7 @@ fn reads_survive_terminated_backends_and_writes_are_not_replayed() {
     let csv = contacts_csv(2_000, None);
     let mut kills = 0u64;
     let (statuses, read_results): (Vec<u16>, Vec<_>) = thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         let readers: Vec<_> = (0..4)
             .map(|_| s.spawn(|| read_orders_until(addr, &stop, &reads)))
             .collect();

@@ -18,7 +18,7 @@ use ringside::pg::{
 };
 
 use crate::app::{contacts_csv, post_csv_to, Db};
-use crate::harness::{get, Server};
+use crate::harness::{get, Server, StopOnDrop};
 use crate::pgclient::run;
 use crate::pgfix::{shared, Cluster};
 
@@ -163,6 +163,7 @@ fn reads_on_the_replica_writes_on_the_primary_and_a_stopped_replica_costs_no_rea
     let stop = AtomicBool::new(false);
     let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
     thread::scope(|scope| {
+        let _stop = StopOnDrop(&stop);
         orders_load(srv.addr, 4, &stop, &ok, &failed, scope);
         wait_for("load runs", || ok.load(Ordering::Relaxed) >= 50);
         wait_for("the replica's backends run the page", || {
@@ -448,6 +449,7 @@ fn a_stalled_replica_loses_its_reads_without_a_failed_request() {
     let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
     let stalled = replica_processes(&replica);
     thread::scope(|scope| {
+        let _stop = StopOnDrop(&stop);
         orders_load(srv.addr, 4, &stop, &ok, &failed, scope);
         wait_for("load runs", || ok.load(Ordering::Relaxed) >= 50);
         signal_all(&stalled, libc::SIGSTOP);
