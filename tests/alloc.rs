@@ -101,7 +101,7 @@ fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> u16 {
     buf.clear();
     let mut chunk = [0u8; 16 << 10];
     loop {
-        let n = stream.read(&mut chunk).unwrap();
+        let n = stream.read(&mut chunk).expect("an answer within 60 s");
         assert!(n > 0, "the server closed the connection");
         buf.extend_from_slice(&chunk[..n]);
         let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
@@ -239,6 +239,10 @@ fn allocations_per_request() {
     });
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_nodelay(true).unwrap();
+    // A server that stops answering fails the test instead of hanging it.
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
     let mut buf = Vec::with_capacity(1 << 20);
     let mut counts = Vec::new();
     // The database routes first: the pool's connections are made in the
@@ -265,6 +269,10 @@ fn allocations_per_request() {
     });
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_nodelay(true).unwrap();
+    // A server that stops answering fails the test instead of hanging it.
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
     for path in ["/fortunes", "/db", "/json"] {
         let n = allocations(&mut stream, path, 50, 500, &mut buf);
         counts.push((

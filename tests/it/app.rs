@@ -98,6 +98,9 @@ pub fn post_csv_waiting(
 ) -> crate::harness::Response {
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(patience)).unwrap();
+    // A server that stops reading the body without closing fails the
+    // test (the read after the lossy send) instead of hanging it.
+    s.set_write_timeout(Some(patience)).unwrap();
     let mut c = crate::harness::Conn::from_parts(s, Vec::new());
     c.send(format!(
         "POST /contacts HTTP/1.1\r\nHost: t\r\nContent-Type: text/csv\r\nContent-Length: {}\r\n\r\n",

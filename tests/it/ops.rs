@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::harness::{get, Server};
+use crate::harness::{get, Server, StopOnDrop};
 use crate::pgfix::{shared, Cluster};
 
 fn ringside() -> Command {
@@ -318,6 +318,8 @@ fn a_restart_with_a_second_instance_drops_nothing() {
     let addr: SocketAddr = listen.parse().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // The clients stop however the test ends (a port may be reused).
+    let _stop = StopOnDrop(&stop);
     let clients: Vec<_> = (0..8)
         .map(|_| {
             let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());

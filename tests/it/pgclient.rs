@@ -16,13 +16,19 @@ use ringside::pg::{
 
 use crate::pgfix::{shared, Cluster};
 
-/// Runs a future on a runtime of the test's own (shared with `pgtls`).
+/// Runs a future on a runtime of the test's own (shared with `pgtls`),
+/// within 5 minutes: a connection without a deadline of its own that
+/// PostgreSQL never answers fails the test instead of hanging it.
 pub(crate) fn run<F: Future>(f: F) -> F::Output {
     monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build()
         .expect("runtime")
-        .block_on(f)
+        .block_on(async {
+            monoio::time::timeout(Duration::from_secs(300), f)
+                .await
+                .expect("the test's database work ends within 5 minutes")
+        })
 }
 
 fn config(url: &str) -> PgConfig {

@@ -15,6 +15,26 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
+/// A psql process the test leaves running (a lock holder): killed when
+/// dropped, so a test that fails before ending it leaves nothing behind;
+/// its backend notices the client gone within a second
+/// (`client_connection_check_interval`, set for every psql here) and ends
+/// its statement.
+pub struct SpawnedPsql(std::process::Child);
+
+impl SpawnedPsql {
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+}
+
+impl Drop for SpawnedPsql {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub struct Cluster {
     pub dir: PathBuf,
     pub port: u16,
@@ -141,17 +161,22 @@ impl Cluster {
 
     /// Starts psql as the superuser in `db` running `sql`, without waiting
     /// for it (a session that holds a lock, say).
-    pub fn psql_spawn_in(&self, db: &str, sql: &str) -> std::process::Child {
-        self.psql_command(db, sql)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("psql")
+    pub fn psql_spawn_in(&self, db: &str, sql: &str) -> SpawnedPsql {
+        SpawnedPsql(
+            self.psql_command(db, sql)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("psql"),
+        )
     }
 
     /// psql as the superuser in `db`, over the cluster's socket, running `sql`.
     fn psql_command(&self, db: &str, sql: &str) -> Command {
         let mut cmd = Command::new(self.bindir.join("psql"));
+        // A cluster that stops answering fails the test, not hangs it.
+        cmd.env("PGCONNECT_TIMEOUT", "30")
+            .env("PGOPTIONS", "-c client_connection_check_interval=1000");
         cmd.args(["-X", "-q", "-U", "postgres", "-d", db])
             .arg("-h")
             .arg(&self.dir)

@@ -4,6 +4,7 @@
 //! tests in the other modules are the second layer.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use ringside::app::{App, AppSettings, Database};
 use ringside::config::Config;
@@ -45,7 +46,10 @@ impl Client {
     }
 
     async fn fill(&mut self) -> bool {
-        self.end.readable().await;
+        // A server that stops answering fails the test instead of hanging it.
+        monoio::time::timeout(Duration::from_secs(60), self.end.readable())
+            .await
+            .expect("bytes from the server within 60 s");
         let got = self.end.take_all();
         if got.is_empty() {
             return false; // the server closed its end

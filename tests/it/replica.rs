@@ -429,6 +429,15 @@ fn replica_processes(replica: &Cluster) -> Vec<i32> {
     pids
 }
 
+/// Sends SIGCONT to its processes when dropped.
+struct ContOnDrop<'a>(&'a [i32]);
+
+impl Drop for ContOnDrop<'_> {
+    fn drop(&mut self) {
+        signal_all(self.0, libc::SIGCONT);
+    }
+}
+
 fn signal_all(pids: &[i32], sig: i32) {
     for &pid in pids {
         // SAFETY: kill(2) on the test's own replica's processes.
@@ -453,6 +462,9 @@ fn a_stalled_replica_loses_its_reads_without_a_failed_request() {
         orders_load(srv.addr, 4, &stop, &ok, &failed, scope);
         wait_for("load runs", || ok.load(Ordering::Relaxed) >= 50);
         signal_all(&stalled, libc::SIGSTOP);
+        // Resumed however the test ends: a stopped replica would hold up
+        // the clusters' shutdown.
+        let _resume = ContOnDrop(&stalled);
         let on_primary = routed(&srv, "primary");
         wait_for("reads move to the primary", || {
             routed(&srv, "primary") > on_primary + 50.0

@@ -542,7 +542,7 @@ fn the_application_over_https_upload_and_orders() {
     std::fs::write(&ca_path, &pki.ca_pem).unwrap();
     let url = format!("https://localhost:{}/orders", srv.addr.port());
     let out = std::process::Command::new("curl")
-        .args(["-sS", "--fail", "--cacert"])
+        .args(["-sS", "--fail", "--max-time", "60", "--cacert"])
         .arg(&ca_path)
         .args([&url, &url])
         .output()
