@@ -332,7 +332,7 @@ isleep() {
 repo_rev() {
     local r
     r=$(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null) || { echo unknown; return; }
-    if [[ -n "$(git -C "$ROOT_DIR" status --porcelain --untracked-files=no -- src wire Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
+    if [[ -n "$(git -C "$ROOT_DIR" status --porcelain --untracked-files=no -- src wire examples Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
         r="$r-dirty"
     fi
     echo "$r"
