@@ -528,3 +528,75 @@ fn a_failure_in_a_batch_fails_only_its_own_request() {
         pool.close();
     });
 }
+
+static SLEEP_HALF_SECOND: Statement = Statement {
+    sql: "SELECT pg_sleep(0.5)",
+    param_types: &[],
+    read_only: false,
+    fresh: false,
+};
+
+/// A coalesced read whose leader goes away keeps the bound of one read
+/// from its own arrival (pool wait plus query deadline): it does not wait
+/// past it for the leader, nor start a fresh read once it has passed.
+/// Here the leader is never driven after its first step and is dropped
+/// well after the joiner's bound; the joiner must end "timed out" (before,
+/// it waited on and then ran its own read, which succeeded).
+#[test]
+fn a_coalesced_read_whose_leader_goes_away_ends_at_its_own_bound() {
+    use std::future::poll_fn;
+    use std::task::Poll;
+
+    let cluster = shared();
+    let url = cluster.url("ringside_md5", Some("md5pass"), true);
+    run(async {
+        let cfg = config(&url);
+        let a = addrs(&cfg);
+        // One connection, one statement at a time: a statement queued
+        // behind another waits, unsent, in the pool's queue.
+        let pool = Pool::new(
+            cfg,
+            a,
+            PoolSettings {
+                connections: 1,
+                max_in_flight: 1,
+                max_waiters: 16,
+                wait_timeout: Duration::from_secs(1),
+                query_timeout: Duration::from_secs(1),
+                max_exclusive: 0,
+                coalesce: true,
+                ..PoolSettings::default()
+            },
+        );
+        assert!(pool.query(&SELECT_INT, &[Param::I32(1)]).await.is_ok());
+        // The one slot is busy for half a second.
+        let busy = {
+            let pool = pool.clone();
+            monoio::spawn(async move { pool.query(&SLEEP_HALF_SECOND, &[]).await.is_ok() })
+        };
+        monoio::time::sleep(Duration::from_millis(100)).await;
+        // The leader: one step, which opens its execution to joiners and
+        // queues it for the slot; it is not driven again.
+        let mut leader = Box::pin(pool.query_shared(&SELECT_INT, &[Param::I32(7)], 0, |_| Ok(())));
+        poll_fn(|cx| {
+            assert!(leader.as_mut().poll(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        // The joiner: its bound is 2 s from now.
+        let joiner = {
+            let pool = pool.clone();
+            monoio::spawn(async move {
+                pool.query_shared(&SELECT_INT, &[Param::I32(7)], 0, |_| Ok(()))
+                    .await
+            })
+        };
+        // Well past the joiner's bound (the slot has long been free), the
+        // leader goes away.
+        monoio::time::sleep(Duration::from_millis(3500)).await;
+        drop(leader);
+        assert!(busy.await, "the statement that held the slot ran");
+        assert_eq!(joiner.await, Err(QueryError::Timeout));
+        pool.close();
+    });
+}
