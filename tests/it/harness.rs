@@ -209,6 +209,20 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // A failing test shows how its server ended and what it logged
+            // (captured with the test's output): a server that died says
+            // why here.
+            if thread::panicking() {
+                let status = c.try_wait().ok().flatten();
+                let lines: Vec<String> = self.log.try_iter().collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                eprintln!(
+                    "server {}: {}; its last log lines:\n{}",
+                    self.addr,
+                    status.map_or("still running".to_string(), |s| format!("exited, {s}")),
+                    tail.join("\n")
+                );
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
