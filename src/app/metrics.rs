@@ -73,6 +73,7 @@ pub struct Snapshot {
     pub shed_connections: u64,
     pub fd_exhausted: u64,
     pub refused_no_fd: u64,
+    pub connection_panics: u64,
     pub requests: Vec<[u64; 5]>,
     /// Per bucket, not cumulative.
     pub latency_buckets: Vec<u64>,
@@ -108,6 +109,7 @@ impl Snapshot {
             shed_connections: core.shed(),
             fd_exhausted: core.fd_exhausted(),
             refused_no_fd: core.refused_no_fd(),
+            connection_panics: core.connection_panics(),
             requests: m
                 .requests
                 .iter()
@@ -258,7 +260,7 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
         );
     }
 
-    let per_core: [Family<Snapshot>; 16] = [
+    let per_core: [Family<Snapshot>; 17] = [
         (
             "ringside_open_connections",
             "gauge",
@@ -324,6 +326,12 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
             "counter",
             "Connections answered 503 and closed because no file descriptor was left for them.",
             |s| s.refused_no_fd,
+        ),
+        (
+            "ringside_connection_panics_total",
+            "counter",
+            "Connections closed because their task panicked (a bug: the log has the message); the core served on.",
+            |s| s.connection_panics,
         ),
         (
             "ringside_db_shed_requests_total",

@@ -40,7 +40,7 @@ use super::stream::Stream;
 use super::{HttpCore, Service};
 use crate::runtime::deadlines::{DeadlineKey, WaitEnd};
 use crate::runtime::epoll::{EpollSet, ReadyBuf};
-use crate::runtime::{CoreCtx, OpenGuard};
+use crate::runtime::{Contained, CoreCtx, OpenGuard};
 
 /// Events taken per `epoll_wait` call.
 const EVENTS_PER_CALL: usize = 128;
@@ -545,11 +545,9 @@ fn wake_ready<S: Service>(http: &Rc<HttpCore<S>>, events: &mut ReadyBuf) {
                 // The new task first runs after this loop: it cannot reach
                 // the set while it is borrowed here.
                 if let Some((p, id)) = http.idle.event(token) {
-                    monoio::spawn(conn::serve(
-                        http.clone(),
-                        p.stream,
-                        p.open,
-                        Start::Woken(id),
+                    monoio::spawn(Contained::new(
+                        &http.shared.core,
+                        conn::serve(http.clone(), p.stream, p.open, Start::Woken(id)),
                     ));
                 }
             }

@@ -12,7 +12,7 @@ use monoio::net::TcpStream;
 
 use super::deadlines::DeadlineTable;
 use super::LogLimit;
-use super::{fd_reserve, ConnectionHandler, CoreCtx, CoreReport, CoreSummary, IoDriver};
+use super::{fd_reserve, ConnectionHandler, Contained, CoreCtx, CoreReport, CoreSummary, IoDriver};
 use crate::config::Config;
 
 /// Everything a core thread needs to start.
@@ -134,6 +134,9 @@ impl CoreStart {
             cpu: self.cpu,
             driver: self.driver,
         }));
+        // Reported: let go of the channel, so that the wait for the cores'
+        // reports sees it closed if another core dies before its own.
+        drop(self.ready);
 
         // One accept loop per listener, the first in this task; each ends
         // when the drain starts.
@@ -199,12 +202,18 @@ async fn accept_on<H: ConnectionHandler>(
             let guard = OpenGuard::new(&ctx);
             if ctx.open_connections.get() > max_open {
                 ctx.shed.set(ctx.shed.get() + 1);
-                monoio::spawn(Guarded {
-                    fut: handler.refuse(stream, listener_index),
-                    _guard: guard,
-                });
+                monoio::spawn(Contained::new(
+                    &ctx,
+                    Guarded {
+                        fut: handler.refuse(stream, listener_index),
+                        _guard: guard,
+                    },
+                ));
             } else {
-                monoio::spawn(handler.serve(stream, guard, listener_index));
+                monoio::spawn(Contained::new(
+                    &ctx,
+                    handler.serve(stream, guard, listener_index),
+                ));
             }
         };
         match accepted {

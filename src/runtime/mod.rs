@@ -19,11 +19,13 @@ mod fd_reserve;
 mod frames;
 mod listener;
 mod log_limit;
+mod panics;
 mod setup;
 
 pub use core_thread::OpenGuard;
 pub use frames::{FramePool, PooledFuture};
 pub use log_limit::LogLimit;
+pub use panics::Contained;
 pub use setup::select_cpus;
 
 use core_thread::CoreStart;
@@ -45,6 +47,7 @@ use monoio::net::TcpStream;
 use crate::config::Config;
 use deadlines::DeadlineTable;
 use event::LocalEvent;
+use panics::{panic_message, stop_listening, ExitNotice};
 
 /// The io driver a core runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +93,9 @@ pub struct CoreCtx {
     /// Bytes that layers above gave back to the allocator since the last
     /// memory trim (see `housekeeping`).
     released_bytes: Cell<usize>,
+    /// Connections whose task panicked (each closed; see `panics`).
+    connection_panics: Cell<u64>,
+    panic_log: LogLimit,
 }
 
 /// Free frames of each future layout a core keeps (set from
@@ -119,6 +125,8 @@ impl CoreCtx {
             fd_exhausted: Cell::new(0),
             refused_no_fd: Cell::new(0),
             released_bytes: Cell::new(0),
+            connection_panics: Cell::new(0),
+            panic_log: LogLimit::default(),
         }
     }
 
@@ -145,6 +153,9 @@ impl CoreCtx {
     }
     pub fn refused_no_fd(&self) -> u64 {
         self.refused_no_fd.get()
+    }
+    pub fn connection_panics(&self) -> u64 {
+        self.connection_panics.get()
     }
     /// Records memory given back to the allocator (freed buffers), so that
     /// the core can return it to the kernel when enough has accumulated.
@@ -203,8 +214,14 @@ pub struct Server {
     pub cores: Vec<CoreReport>,
     /// Why the io driver was chosen, for the start-up log.
     pub driver_note: String,
-    shutdown: Vec<flume::Sender<()>>,
-    threads: Vec<thread::JoinHandle<CoreSummary>>,
+    stopper: Stopper,
+    /// Each core's thread, by index; `None` once it ended.
+    threads: Vec<Option<thread::JoinHandle<CoreSummary>>>,
+    /// The index of each core whose thread ends, as it ends.
+    exits: mpsc::Receiver<usize>,
+    /// Each core's listening descriptors with their ports, to take a dead
+    /// core's listeners out of their group.
+    listener_fds: Vec<Vec<(RawFd, u16)>>,
 }
 
 /// What a core did, returned when it stops.
@@ -244,43 +261,62 @@ impl Server {
                 listeners.push(l);
             }
         }
+        let listener_fds = per_core
+            .iter()
+            .map(|ls| {
+                ls.iter()
+                    .zip(&addrs)
+                    .map(|(l, a)| (std::os::fd::AsRawFd::as_raw_fd(l), a.port()))
+                    .collect()
+            })
+            .collect();
         let make_handler = Arc::new(make_handler);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<CoreReport, String>>();
-        let mut shutdown = Vec::new();
-        let mut threads = Vec::new();
-        for (index, (cpu, listeners)) in cpus.iter().copied().zip(per_core).enumerate() {
-            let (stop_tx, stop_rx) = flume::bounded::<()>(1);
-            shutdown.push(stop_tx);
-            let config = config.clone();
-            let make_handler = make_handler.clone();
-            let ready_tx = ready_tx.clone();
-            let spawned = thread::Builder::new()
-                .name(format!("ringside-core-{index}"))
-                .spawn(move || {
-                    let core = CoreStart {
-                        index,
-                        cpu,
-                        driver,
-                        config,
-                        listeners,
-                        stop: stop_rx,
-                        ready: ready_tx,
-                    };
-                    core.run(move |ctx, cfg| make_handler(ctx, cfg))
-                })
-                .map_err(|e| StartError(format!("cannot start a core thread: {e}")))?;
-            threads.push(spawned);
-        }
-        drop(ready_tx);
-
+        let (exit_tx, exits) = mpsc::channel();
         let mut server = Server {
             local_addr: addrs[0],
             local_tls_addr: addrs.get(1).copied(),
             cores: Vec::new(),
             driver_note,
-            shutdown,
-            threads,
+            stopper: Stopper(Vec::new()),
+            threads: Vec::new(),
+            exits,
+            listener_fds,
         };
+        for (index, (cpu, listeners)) in cpus.iter().copied().zip(per_core).enumerate() {
+            let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+            server.stopper.0.push(stop_tx);
+            let core = CoreStart {
+                index,
+                cpu,
+                driver,
+                config: config.clone(),
+                listeners,
+                stop: stop_rx,
+                ready: ready_tx.clone(),
+            };
+            let make_handler = make_handler.clone();
+            let exit = ExitNotice {
+                index,
+                to: exit_tx.clone(),
+            };
+            let spawned = thread::Builder::new()
+                .name(format!("ringside-core-{index}"))
+                .spawn(move || {
+                    let _exit = exit;
+                    core.run(move |ctx, cfg| make_handler(ctx, cfg))
+                });
+            match spawned {
+                Ok(t) => server.threads.push(Some(t)),
+                Err(e) => {
+                    server.stop_now();
+                    return Err(StartError(format!("cannot start a core thread: {e}")));
+                }
+            }
+        }
+        drop(ready_tx);
+        // Each core lets go of its sender once it has reported, so a core
+        // that dies before reporting ends this wait instead of hanging it.
         for _ in 0..cpus.len() {
             match ready_rx.recv() {
                 Ok(Ok(report)) => server.cores.push(report),
@@ -301,31 +337,56 @@ impl Server {
     /// Starts a graceful shutdown on every core (stop accepting, finish
     /// requests in flight, close idle connections). Returns at once.
     pub fn begin_shutdown(&self) {
-        self.stopper().stop();
+        self.stopper.stop();
     }
 
     /// A handle that can start the shutdown from another thread (a signal
     /// watcher).
     pub fn stopper(&self) -> Stopper {
-        Stopper(self.shutdown.clone())
+        self.stopper.clone()
     }
 
-    /// Waits for every core to stop. Returns the per-core summaries, or an
-    /// error if a core thread panicked.
-    pub fn join(self) -> Result<Vec<CoreSummary>, String> {
-        let mut out = Vec::new();
-        for t in self.threads {
-            match t.join() {
-                Ok(s) => out.push(s),
-                Err(_) => return Err("a core thread panicked".into()),
+    /// Waits for every core to stop, taking each as it ends. Returns the
+    /// per-core summaries, or, if a core's thread panicked, that panic's
+    /// message once the other cores have drained: the server cannot go on
+    /// without a core (see `panics`), and its service manager restarts it.
+    pub fn join(mut self) -> Result<Vec<CoreSummary>, String> {
+        let mut summaries = Vec::new();
+        let mut failure = None;
+        while self.threads.iter().any(Option::is_some) {
+            let Ok(index) = self.exits.recv() else { break };
+            let Some(thread) = self.threads[index].take() else {
+                continue;
+            };
+            let payload = match thread.join() {
+                Ok(summary) => {
+                    summaries.push(summary);
+                    continue;
+                }
+                Err(payload) => payload,
+            };
+            let why = panic_message(&*payload);
+            let cpu = self.cores.get(index).map_or(index, |c| c.cpu);
+            for &(fd, port) in &self.listener_fds[index] {
+                stop_listening(fd, port);
             }
+            tracing::error!(
+                "core {index} (CPU {cpu}) panicked and lost its connections: {why}; \
+                 draining the other cores, then exiting with an error"
+            );
+            failure.get_or_insert_with(|| format!("core {index} (CPU {cpu}) panicked: {why}"));
+            self.stopper.stop();
         }
-        Ok(out)
+        summaries.sort_by_key(|s| s.index);
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(summaries),
+        }
     }
 
     fn stop_now(&mut self) {
         self.begin_shutdown();
-        for t in self.threads.drain(..) {
+        for t in self.threads.drain(..).flatten() {
             let _ = t.join();
         }
     }

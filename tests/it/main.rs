@@ -14,5 +14,6 @@ mod pgtls;
 mod pipe;
 mod replica;
 mod runtime;
+mod supervise;
 mod techempower;
 mod tls;

@@ -1,0 +1,155 @@
+//! Panics: a connection's task that panics costs that connection only; a
+//! core thread that dies ends the server with an error and leaves nothing
+//! listening. The runtime is driven through the library, over real
+//! sockets, with a handler that panics on demand.
+
+use std::future::Future;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use ringside::config::{Config, CoreSelection};
+use ringside::runtime::{ConnectionHandler, CoreCtx, CoreSummary, OpenGuard, Server, Stopper};
+
+/// Answers `panics=N` (the connections of its core whose task panicked),
+/// or on a first byte of `!` panics in the connection's task, or on `X`
+/// panics in a task of the core's own, outside any connection.
+struct PanicOnDemand {
+    core: Rc<CoreCtx>,
+}
+
+impl ConnectionHandler for PanicOnDemand {
+    fn serve(
+        self: &Rc<Self>,
+        mut stream: monoio::net::TcpStream,
+        open: OpenGuard,
+        _listener: usize,
+    ) -> impl Future<Output = ()> + 'static {
+        let core = self.core.clone();
+        async move {
+            let _open = open;
+            let (read, buf) = stream.read(vec![0u8; 16]).await;
+            match read {
+                Ok(n) if n > 0 && buf[0] == b'!' => panic!("a handler's bug"),
+                Ok(n) if n > 0 && buf[0] == b'X' => {
+                    monoio::spawn(async { panic!("a core task's bug") });
+                    // Keep the connection until the core dies under it.
+                    monoio::time::sleep(Duration::from_secs(60)).await;
+                }
+                Ok(n) if n > 0 => {
+                    let answer = format!("panics={}\n", core.connection_panics());
+                    let _ = stream.write_all(answer.into_bytes()).await;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would borrow self; the trait wants 'static"
+    )]
+    fn refuse(
+        self: &Rc<Self>,
+        _stream: monoio::net::TcpStream,
+        _listener: usize,
+    ) -> impl Future<Output = ()> + 'static {
+        async {}
+    }
+}
+
+/// Stops the server however the test ends, so that a failing test does
+/// not leave one running in this process.
+struct StopOnDrop(Stopper);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+type Joined = mpsc::Receiver<Result<Vec<CoreSummary>, String>>;
+
+/// Starts a one-core server and joins it on a thread of its own; the
+/// receiver gets what `join` returned.
+fn start() -> (SocketAddr, Joined, StopOnDrop) {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cores: CoreSelection::Count(1),
+        ..Config::default()
+    };
+    let server = Server::start(&config, |core, _cfg| Rc::new(PanicOnDemand { core }))
+        .expect("server starts");
+    let addr = server.local_addr;
+    let stop = StopOnDrop(server.stopper());
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(server.join());
+    });
+    (addr, rx, stop)
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connects");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s
+}
+
+/// Sends `msg` and reads to the end: the answer, or `None` when the
+/// connection was closed or reset without one.
+fn exchange_on(mut s: TcpStream, msg: &[u8]) -> Option<String> {
+    s.write_all(msg).ok()?;
+    let mut out = String::new();
+    match s.read_to_string(&mut out) {
+        Ok(_) if !out.is_empty() => Some(out),
+        Ok(_) => None,
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => None,
+        Err(e) => panic!("reading the answer: {e}"),
+    }
+}
+
+#[test]
+fn a_panicking_request_costs_its_own_connection_only() {
+    let (addr, joined, stop) = start();
+    // Opened before the panic, used after it: the core must still serve it.
+    let early = connect(addr);
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(exchange_on(connect(addr), b"!"), None, "closed, unanswered");
+    assert_eq!(exchange_on(early, b"hi").as_deref(), Some("panics=1\n"));
+    assert_eq!(exchange_on(connect(addr), b"!"), None);
+    assert_eq!(
+        exchange_on(connect(addr), b"hi").as_deref(),
+        Some("panics=2\n")
+    );
+    drop(stop);
+    let summaries = joined
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server stops")
+        .expect("no core died: the server stops cleanly");
+    assert_eq!(summaries.len(), 1);
+}
+
+#[test]
+fn a_core_that_dies_ends_the_server_with_its_message_and_stops_listening() {
+    let (addr, joined, _stop) = start();
+    let mut doomed = connect(addr);
+    doomed.write_all(b"X").unwrap();
+    let result = joined
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server stops by itself");
+    let err = result.expect_err("a dead core is a failure");
+    assert!(err.contains("a core task's bug"), "{err}");
+    // The dead core's listener was taken out of its group: connections are
+    // refused, not queued where nobody accepts them.
+    let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(5));
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused),
+        "{refused:?}"
+    );
+}
