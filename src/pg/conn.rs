@@ -297,8 +297,16 @@ impl PgConn {
             fd,
             on_idle: RefCell::new(None),
         });
-        monoio::spawn(write_loop(conn.clone(), writer));
-        monoio::spawn(read_loop(conn.clone(), reader, input));
+        monoio::spawn(contain(
+            conn.clone(),
+            "writer",
+            write_loop(conn.clone(), writer),
+        ));
+        monoio::spawn(contain(
+            conn.clone(),
+            "reader",
+            read_loop(conn.clone(), reader, input),
+        ));
         Ok(conn)
     }
 
@@ -515,15 +523,41 @@ impl PgConn {
         }
     }
 
+    /// [`PgConn::close`] after a panic in the reader or writer (see
+    /// [`PgConn::break_after_panic`]); the other half stops too.
+    fn close_after_panic(&self, why: String) {
+        self.break_after_panic(why);
+        // SAFETY: as in `close`.
+        unsafe {
+            libc::shutdown(self.fd, libc::SHUT_RDWR);
+        }
+    }
+
     /// Marks the connection broken and fails every request in flight.
     fn break_with(&self, why: String) {
+        self.break_trusting(why, true);
+    }
+
+    /// [`PgConn::break_with`] after a panic in the reader or writer: the
+    /// pipeline may have been left in mid-update, so nothing more is taken
+    /// from it (no result is risked on the wrong request); every request
+    /// still waiting fails.
+    fn break_after_panic(&self, why: String) {
+        self.break_trusting(why, false);
+    }
+
+    fn break_trusting(&self, why: String, pipeline_intact: bool) {
         if self.broken.borrow().is_some() {
             return;
         }
         *self.broken.borrow_mut() = Some(why.clone());
-        // Completions the pipeline already made go to their callers first.
-        self.deliver();
-        let unanswered = self.pipeline.borrow_mut().take_unanswered(&why);
+        let unanswered = if pipeline_intact {
+            // Completions the pipeline already made go to their callers first.
+            self.deliver();
+            self.pipeline.borrow_mut().take_unanswered(&why)
+        } else {
+            Vec::new()
+        };
         let mut waiting = self.waiting.borrow_mut();
         for id in unanswered {
             if let Some(w) = waiting.get_mut(&id) {
@@ -720,5 +754,17 @@ impl Future for Ready<'_> {
             }
             _ => Poll::Ready(()),
         }
+    }
+}
+
+/// Runs one of a connection's two loops. A panic in it (a bug) breaks that
+/// connection: its queries fail and the pool connects again, instead of
+/// the panic ending the core (see `runtime::panics`).
+async fn contain(conn: Rc<PgConn>, half: &'static str, io_loop: impl Future<Output = ()>) {
+    if let Err(why) = crate::runtime::catch_panic(io_loop).await {
+        tracing::error!(
+            "a database connection's {half} panicked (a bug): {why}; connection closed"
+        );
+        conn.close_after_panic(format!("internal error in its {half}: {why}"));
     }
 }

@@ -25,7 +25,7 @@ mod setup;
 pub use core_thread::OpenGuard;
 pub use frames::{FramePool, PooledFuture};
 pub use log_limit::LogLimit;
-pub use panics::Contained;
+pub use panics::{catch_panic, CatchPanic, Contained};
 pub use setup::select_cpus;
 
 use core_thread::CoreStart;

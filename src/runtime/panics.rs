@@ -11,9 +11,11 @@
 //! So a connection's task runs inside [`Contained`]: a panic while it is
 //! polled ends that connection only (its future is dropped, which closes
 //! the socket and gives back what it held), is logged and counted, and the
-//! core serves on, as tokio does for a task's panic. A panic elsewhere
-//! (the accept loop, a database connection's driver, a timer) ends the
-//! core's thread; the supervisor (`Server::join`, told at once through
+//! core serves on, as tokio does for a task's panic. A database
+//! connection's reader and writer run inside [`catch_panic`] likewise: a
+//! panic there breaks that database connection (its queries fail, the
+//! pool connects again). A panic elsewhere (the accept loop, a timer, the
+//! pool's own tasks) ends the core's thread; the supervisor (`Server::join`, told at once through
 //! [`ExitNotice`]) then takes that core's listeners out of the group,
 //! drains the other cores and returns an error, so that the process exits
 //! 1 and its service manager starts it afresh.
@@ -43,11 +45,42 @@ impl Drop for ExitNotice {
 }
 
 pin_project_lite::pin_project! {
-    /// A connection's task: a panic while it is polled ends this future
-    /// (and with it the connection), not the core.
+    /// A future whose panic, while it is polled, becomes its output
+    /// (`Err` with the panic's message) instead of unwinding the core.
+    pub struct CatchPanic<F> {
+        #[pin]
+        fut: F,
+    }
+}
+
+/// Runs `fut`, turning a panic inside it into `Err(message)`. Unwind
+/// safety: what such a future shares with its core (pools, deadline
+/// tables, buffers) is built to survive the future being dropped at any
+/// await (timeouts, cancelled requests), and RefCell borrows are released
+/// by the unwinding; the caller drops the future after a panic.
+pub fn catch_panic<F: Future>(fut: F) -> CatchPanic<F> {
+    CatchPanic { fut }
+}
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.project().fut;
+        match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(poll) => poll.map(Ok),
+            Err(payload) => Poll::Ready(Err(panic_message(&*payload).to_owned())),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's task: a panic while it is polled ends this future,
+    /// which the runtime then drops with the connection's socket and all
+    /// it held; it is logged and counted, and the core serves on.
     pub struct Contained<F> {
         #[pin]
-        fut: Option<F>,
+        task: CatchPanic<F>,
         core: Rc<CoreCtx>,
     }
 }
@@ -55,7 +88,7 @@ pin_project_lite::pin_project! {
 impl<F: Future<Output = ()>> Contained<F> {
     pub fn new(core: &Rc<CoreCtx>, fut: F) -> Contained<F> {
         Contained {
-            fut: Some(fut),
+            task: catch_panic(fut),
             core: core.clone(),
         }
     }
@@ -65,30 +98,20 @@ impl<F: Future<Output = ()>> Future for Contained<F> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut this = self.project();
-        let Some(fut) = this.fut.as_mut().as_pin_mut() else {
-            return Poll::Ready(());
-        };
-        // Unwind safety: what the future shares with its core (pools,
-        // deadline tables, buffers) is already built to survive the future
-        // being dropped at any await (timeouts, cancelled requests), and
-        // RefCell borrows are released by the unwinding.
-        match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
-            Ok(poll) => poll,
-            Err(payload) => {
+        let this = self.project();
+        match this.task.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => Poll::Ready(()),
+            Poll::Ready(Err(why)) => {
                 let core = this.core;
                 core.connection_panics.set(core.connection_panics.get() + 1);
                 if let Some(suppressed) = core.panic_log.admit() {
                     tracing::error!(
                         core = core.index,
                         suppressed,
-                        "a connection's task panicked: {}; that connection is closed, the core serves on",
-                        panic_message(&*payload)
+                        "a connection's task panicked: {why}; that connection is closed, the core serves on"
                     );
                 }
-                // Dropping the future closes its connection and releases
-                // what it held, on this live runtime.
-                this.fut.set(None);
                 Poll::Ready(())
             }
         }
@@ -143,6 +166,21 @@ mod tests {
         assert_eq!(panic_message(&*s), "core 3");
         let s: Box<dyn Any + Send> = Box::new(7u8);
         assert_eq!(panic_message(&*s), "a panic without a message");
+    }
+
+    #[test]
+    fn a_panic_inside_the_future_becomes_its_output() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let caught = rt.block_on(catch_panic(async {
+            monoio::time::sleep(std::time::Duration::ZERO).await;
+            let v: Vec<u8> = Vec::new();
+            v[3]
+        }));
+        assert!(caught.unwrap_err().contains("index out of bounds"));
+        assert_eq!(rt.block_on(catch_panic(async { 7 })), Ok(7));
     }
 
     #[test]
