@@ -71,6 +71,7 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
 
 fn serve(config: Config) -> ExitCode {
     let _log_guard = init_logging(config.log_format);
+    ringside::runtime::log_panics();
     // Signals are taken by a watcher thread (never by a core): the first
     // SIGTERM/SIGINT starts the drain, a second one exits at once; SIGHUP
     // reloads the TLS certificate and key.

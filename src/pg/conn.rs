@@ -147,6 +147,9 @@ pub struct PgConn {
     max_batch: usize,
     write_waiters: RefCell<Vec<Waker>>,
     broken: RefCell<Option<String>>,
+    /// Set after a panic in the middle of using the pipeline: nothing more
+    /// is taken from it (see [`PgConn::break_after_panic`]).
+    poisoned: Cell<bool>,
     fd: i32,
     /// Called whenever a request completes or the connection breaks.
     on_idle: RefCell<Option<Box<dyn Fn()>>>,
@@ -294,6 +297,7 @@ impl PgConn {
             max_batch: settings.max_batch.max(1),
             write_waiters: RefCell::new(Vec::new()),
             broken: RefCell::new(None),
+            poisoned: Cell::new(false),
             fd,
             on_idle: RefCell::new(None),
         });
@@ -320,6 +324,10 @@ impl PgConn {
         self.broken.borrow().is_some()
     }
 
+    fn is_poisoned(&self) -> bool {
+        self.poisoned.get()
+    }
+
     /// Requests sent whose responses have not ended yet.
     pub fn in_flight(&self) -> usize {
         self.pipeline.borrow().in_flight()
@@ -339,15 +347,36 @@ impl PgConn {
         if let Some(why) = self.broken.borrow().as_ref() {
             return Err(QueryError::ConnectionLost(why.clone()));
         }
-        let mut wbuf = self.wbuf.borrow_mut();
-        let before = wbuf.len();
-        let id = queue(&mut self.pipeline.borrow_mut(), &mut wbuf).map_err(QueryError::Pg)?;
+        let (id, appended) = self.encode(queue);
+        let id = id.map_err(QueryError::Pg)?;
         self.queued_bytes
-            .set(self.queued_bytes.get() + (wbuf.len() - before) as u64);
-        drop(wbuf);
+            .set(self.queued_bytes.get() + appended as u64);
         self.waiting.borrow_mut().insert(id, Waiting::default());
         self.wake_writer();
         Ok(id)
+    }
+
+    /// Runs `encode` on the pipeline and the write buffer; returns its
+    /// result and how many bytes it appended. Should it panic (a bug) in the
+    /// middle, the pipeline may have recorded less than the bytes say, and a
+    /// request it did not record would take the next one's answer: the bytes
+    /// are cut off and the connection closed before the panic goes on.
+    fn encode<T>(&self, encode: impl FnOnce(&mut Pipeline, &mut BytesMut) -> T) -> (T, usize) {
+        let mut wbuf = self.wbuf.borrow_mut();
+        let before = wbuf.len();
+        let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            encode(&mut self.pipeline.borrow_mut(), &mut wbuf)
+        }));
+        match encoded {
+            Ok(v) => (v, wbuf.len() - before),
+            Err(payload) => {
+                wbuf.truncate(before);
+                drop(wbuf);
+                let why = crate::runtime::panic_message(&*payload);
+                self.close_after_panic(format!("internal error while queuing: {why}"));
+                std::panic::resume_unwind(payload)
+            }
+        }
     }
 
     fn wake_writer(&self) {
@@ -475,6 +504,9 @@ impl PgConn {
 
     /// Hands the pipeline's completions to their callers.
     fn deliver(&self) {
+        if self.poisoned.get() {
+            return;
+        }
         let mut any_done = false;
         loop {
             let Some(event) = self.pipeline.borrow_mut().next_event() else {
@@ -547,10 +579,16 @@ impl PgConn {
     }
 
     fn break_trusting(&self, why: String, pipeline_intact: bool) {
-        if self.broken.borrow().is_some() {
-            return;
+        if pipeline_intact {
+            if self.broken.borrow().is_some() {
+                return;
+            }
+        } else {
+            // Even if broken already (a panic in the middle of breaking it),
+            // everyone still waiting must fail now.
+            self.poisoned.set(true);
         }
-        *self.broken.borrow_mut() = Some(why.clone());
+        let why = self.broken.borrow_mut().get_or_insert(why).clone();
         let unanswered = if pipeline_intact {
             // Completions the pipeline already made go to their callers first.
             self.deliver();

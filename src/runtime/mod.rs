@@ -25,7 +25,7 @@ mod setup;
 pub use core_thread::OpenGuard;
 pub use frames::{FramePool, PooledFuture};
 pub use log_limit::LogLimit;
-pub use panics::{catch_panic, CatchPanic, Contained};
+pub use panics::{catch_panic, log_panics, panic_message, CatchPanic, Contained};
 pub use setup::select_cpus;
 
 use core_thread::CoreStart;
@@ -47,7 +47,7 @@ use monoio::net::TcpStream;
 use crate::config::Config;
 use deadlines::DeadlineTable;
 use event::LocalEvent;
-use panics::{panic_message, stop_listening, ExitNotice};
+use panics::{ExitNotice, ListenerId};
 
 /// The io driver a core runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,9 +219,8 @@ pub struct Server {
     threads: Vec<Option<thread::JoinHandle<CoreSummary>>>,
     /// The index of each core whose thread ends, as it ends.
     exits: mpsc::Receiver<usize>,
-    /// Each core's listening descriptors with their ports, to take a dead
-    /// core's listeners out of their group.
-    listener_fds: Vec<Vec<(RawFd, u16)>>,
+    /// Each core's listeners, to take a dead core's out of their group.
+    listeners: Vec<Vec<ListenerId>>,
 }
 
 /// What a core did, returned when it stops.
@@ -261,14 +260,9 @@ impl Server {
                 listeners.push(l);
             }
         }
-        let listener_fds = per_core
+        let listener_ids = per_core
             .iter()
-            .map(|ls| {
-                ls.iter()
-                    .zip(&addrs)
-                    .map(|(l, a)| (std::os::fd::AsRawFd::as_raw_fd(l), a.port()))
-                    .collect()
-            })
+            .map(|ls| ls.iter().filter_map(ListenerId::of).collect())
             .collect();
         let make_handler = Arc::new(make_handler);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<CoreReport, String>>();
@@ -281,7 +275,7 @@ impl Server {
             stopper: Stopper(Vec::new()),
             threads: Vec::new(),
             exits,
-            listener_fds,
+            listeners: listener_ids,
         };
         for (index, (cpu, listeners)) in cpus.iter().copied().zip(per_core).enumerate() {
             let (stop_tx, stop_rx) = flume::bounded::<()>(1);
@@ -367,8 +361,8 @@ impl Server {
             };
             let why = panic_message(&*payload);
             let cpu = self.cores.get(index).map_or(index, |c| c.cpu);
-            for &(fd, port) in &self.listener_fds[index] {
-                stop_listening(fd, port);
+            for listener in &self.listeners[index] {
+                listener.stop_listening();
             }
             tracing::error!(
                 "core {index} (CPU {cpu}) panicked and lost its connections: {why}; \

@@ -17,7 +17,8 @@ use ringside::runtime::{ConnectionHandler, CoreCtx, CoreSummary, OpenGuard, Serv
 
 /// Answers `panics=N` (the connections of its core whose task panicked),
 /// or on a first byte of `!` panics in the connection's task, or on `X`
-/// panics in a task of the core's own, outside any connection.
+/// panics in a task of the core's own, outside any connection (on `X1`,
+/// only if it is not the first core).
 struct PanicOnDemand {
     core: Rc<CoreCtx>,
 }
@@ -33,9 +34,11 @@ impl ConnectionHandler for PanicOnDemand {
         async move {
             let _open = open;
             let (read, buf) = stream.read(vec![0u8; 16]).await;
+            let core_bug =
+                buf.first() == Some(&b'X') && (buf.get(1) != Some(&b'1') || core.index != 0);
             match read {
                 Ok(n) if n > 0 && buf[0] == b'!' => panic!("a handler's bug"),
-                Ok(n) if n > 0 && buf[0] == b'X' => {
+                Ok(n) if n > 0 && core_bug => {
                     monoio::spawn(async { panic!("a core task's bug") });
                     // Keep the connection until the core dies under it.
                     monoio::time::sleep(Duration::from_secs(60)).await;
@@ -77,20 +80,24 @@ type Joined = mpsc::Receiver<Result<Vec<CoreSummary>, String>>;
 /// Starts a one-core server and joins it on a thread of its own; the
 /// receiver gets what `join` returned.
 fn start() -> (SocketAddr, Joined, StopOnDrop) {
+    start_on(1).expect("server starts")
+}
+
+fn start_on(cores: usize) -> Result<(SocketAddr, Joined, StopOnDrop), String> {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        cores: CoreSelection::Count(1),
+        cores: CoreSelection::Count(cores),
         ..Config::default()
     };
     let server = Server::start(&config, |core, _cfg| Rc::new(PanicOnDemand { core }))
-        .expect("server starts");
+        .map_err(|e| e.to_string())?;
     let addr = server.local_addr;
     let stop = StopOnDrop(server.stopper());
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let _ = tx.send(server.join());
     });
-    (addr, rx, stop)
+    Ok((addr, rx, stop))
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -151,5 +158,47 @@ fn a_core_that_dies_ends_the_server_with_its_message_and_stops_listening() {
             .as_ref()
             .is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused),
         "{refused:?}"
+    );
+}
+
+/// The core that dies is not the first: the supervisor must not wait for
+/// the first core (which would serve on) before it notices.
+#[test]
+fn a_second_core_that_dies_ends_the_server_while_the_first_lives() {
+    let (addr, joined, _stop) = match start_on(2) {
+        Ok(started) => started,
+        Err(e) => {
+            eprintln!("skipped: needs two CPUs ({e})");
+            return;
+        }
+    };
+    // SO_REUSEPORT spreads connections by their ports: try until one lands
+    // on the second core, which does not answer (it dies under it).
+    let mut landed = false;
+    for _ in 0..200 {
+        let mut s = connect(addr);
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(b"X1").unwrap();
+        let mut out = String::new();
+        match s.read_to_string(&mut out) {
+            Ok(_) => assert!(
+                out.starts_with("panics="),
+                "the first core answers: {out:?}"
+            ),
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                landed = true;
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(landed, "no connection reached the second core");
+    let result = joined
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server stops by itself, the first core drained");
+    let err = result.expect_err("a dead core is a failure");
+    assert!(
+        err.contains("core 1") && err.contains("a core task's bug"),
+        "{err}"
     );
 }

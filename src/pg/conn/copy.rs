@@ -40,12 +40,10 @@ impl CopyIn {
         &self,
         encode: impl FnOnce(&mut Pipeline, &mut BytesMut) -> Result<(), PgError>,
     ) -> Result<u64, QueryError> {
-        let mut wbuf = self.conn.wbuf.borrow_mut();
-        let before = wbuf.len();
-        encode(&mut self.conn.pipeline.borrow_mut(), &mut wbuf).map_err(QueryError::Pg)?;
-        let queued = self.conn.queued_bytes.get() + (wbuf.len() - before) as u64;
+        let (encoded, appended) = self.conn.encode(encode);
+        encoded.map_err(QueryError::Pg)?;
+        let queued = self.conn.queued_bytes.get() + appended as u64;
         self.conn.queued_bytes.set(queued);
-        drop(wbuf);
         self.conn.wake_writer();
         Ok(queued)
     }

@@ -254,6 +254,9 @@ fn make_read_room(rbuf: &mut BytesMut, spare: &mut BytesMut) {
 pub(super) async fn read_loop(conn: Rc<PgConn>, mut reader: Reader, mut rbuf: BytesMut) {
     let mut spare = BytesMut::new();
     loop {
+        if conn.is_poisoned() {
+            return;
+        }
         let received = conn.pipeline.borrow_mut().receive(&mut rbuf);
         conn.deliver();
         if let Err(broken) = received {
