@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use super::deadlines::DeadlineTable;
+use super::heartbeat::Heartbeats;
 use super::LogLimit;
 use super::{fd_reserve, ConnectionHandler, Contained, CoreCtx, CoreReport, CoreSummary, IoDriver};
 use crate::config::Config;
@@ -25,6 +26,7 @@ pub(super) struct CoreStart {
     pub(super) listeners: Vec<std::net::TcpListener>,
     pub(super) stop: flume::Receiver<()>,
     pub(super) ready: mpsc::Sender<Result<CoreReport, String>>,
+    pub(super) heartbeats: std::sync::Arc<Heartbeats>,
 }
 
 impl CoreStart {
@@ -117,13 +119,17 @@ impl CoreStart {
             c.write_timeout,
             c.body_rate_grace,
         ]);
+        // It also shows the supervisor that this core turns its loop.
         let tick_ctx = ctx.clone();
+        let heartbeats = self.heartbeats;
+        heartbeats.beat(self.index);
         monoio::spawn(async move {
             let mut interval = monoio::time::interval(tick);
             interval.set_missed_tick_behavior(monoio::time::MissedTickBehavior::Delay);
             loop {
                 let now = interval.tick().await;
                 tick_ctx.deadlines.tick(now);
+                heartbeats.beat(tick_ctx.index);
             }
         });
 

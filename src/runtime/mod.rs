@@ -17,6 +17,7 @@ pub mod epoll;
 pub mod event;
 mod fd_reserve;
 mod frames;
+mod heartbeat;
 mod listener;
 mod log_limit;
 mod panics;
@@ -41,12 +42,14 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use monoio::net::TcpStream;
 
 use crate::config::Config;
 use deadlines::DeadlineTable;
 use event::LocalEvent;
+use heartbeat::Heartbeats;
 use panics::{ExitNotice, ListenerId};
 
 /// The io driver a core runs.
@@ -221,6 +224,9 @@ pub struct Server {
     exits: mpsc::Receiver<usize>,
     /// Each core's listeners, to take a dead core's out of their group.
     listeners: Vec<Vec<ListenerId>>,
+    heartbeats: Arc<Heartbeats>,
+    /// How long a core may go without turning its loop (`--core-stall-timeout`).
+    stall_timeout: Duration,
 }
 
 /// What a core did, returned when it stops.
@@ -265,6 +271,7 @@ impl Server {
             .map(|ls| ls.iter().filter_map(ListenerId::of).collect())
             .collect();
         let make_handler = Arc::new(make_handler);
+        let heartbeats = Arc::new(Heartbeats::new(cpus.len()));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<CoreReport, String>>();
         let (exit_tx, exits) = mpsc::channel();
         let mut server = Server {
@@ -276,6 +283,8 @@ impl Server {
             threads: Vec::new(),
             exits,
             listeners: listener_ids,
+            heartbeats: heartbeats.clone(),
+            stall_timeout: config.core_stall_timeout,
         };
         for (index, (cpu, listeners)) in cpus.iter().copied().zip(per_core).enumerate() {
             let (stop_tx, stop_rx) = flume::bounded::<()>(1);
@@ -288,6 +297,7 @@ impl Server {
                 listeners,
                 stop: stop_rx,
                 ready: ready_tx.clone(),
+                heartbeats: heartbeats.clone(),
             };
             let make_handler = make_handler.clone();
             let exit = ExitNotice {
@@ -341,14 +351,35 @@ impl Server {
     }
 
     /// Waits for every core to stop, taking each as it ends. Returns the
-    /// per-core summaries, or, if a core's thread panicked, that panic's
-    /// message once the other cores have drained: the server cannot go on
-    /// without a core (see `panics`), and its service manager restarts it.
+    /// per-core summaries, or, if a core's thread panicked or stalled (did
+    /// not turn its loop for `--core-stall-timeout`), why, once the other
+    /// cores have drained: the server cannot go on without a core (see
+    /// `panics`), and its service manager restarts it. A stalled core's
+    /// thread is left behind, not joined: ending the process ends it.
     pub fn join(mut self) -> Result<Vec<CoreSummary>, String> {
         let mut summaries = Vec::new();
         let mut failure = None;
+        let check_every = (self.stall_timeout / 4).min(Duration::from_secs(1));
+        // Since when this thread has checked on time, without a gap: only
+        // then does a core's silence count (see `Heartbeats::silent_for`).
+        let mut watched_since = self.heartbeats.now_ms();
+        let mut last_check = watched_since;
         while self.threads.iter().any(Option::is_some) {
-            let Ok(index) = self.exits.recv() else { break };
+            let index = match self.exits.recv_timeout(check_every) {
+                Ok(index) => index,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let now = self.heartbeats.now_ms();
+                    if now - last_check > 2 * check_every.as_millis() as u64 + 100 {
+                        watched_since = now;
+                    }
+                    last_check = now;
+                    if let Some(stalled) = self.abandon_stalled_cores(watched_since) {
+                        failure.get_or_insert(stalled);
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let Some(thread) = self.threads[index].take() else {
                 continue;
             };
@@ -376,6 +407,36 @@ impl Server {
             Some(e) => Err(e),
             None => Ok(summaries),
         }
+    }
+
+    /// Finds the cores that stopped turning their loop: takes their
+    /// listeners out of their groups, lets their threads go and starts the
+    /// drain of the others. Returns why, if any core stalled.
+    fn abandon_stalled_cores(&mut self, watched_since_ms: u64) -> Option<String> {
+        let mut why = None;
+        for index in 0..self.threads.len() {
+            let silent = self.heartbeats.silent_for(index, watched_since_ms);
+            if self.threads[index].is_none() || silent < self.stall_timeout {
+                continue;
+            }
+            self.threads[index] = None;
+            for listener in &self.listeners[index] {
+                listener.stop_listening();
+            }
+            let cpu = self.cores.get(index).map_or(index, |c| c.cpu);
+            tracing::error!(
+                "core {index} (CPU {cpu}) has not turned its event loop for {:.1} s (stuck in \
+                 a loop or a blocking call): its connections are lost; draining the other \
+                 cores, then exiting with an error",
+                silent.as_secs_f64()
+            );
+            why.get_or_insert(format!(
+                "core {index} (CPU {cpu}) stalled for {:.1} s",
+                silent.as_secs_f64()
+            ));
+            self.stopper.stop();
+        }
+        why
     }
 
     fn stop_now(&mut self) {

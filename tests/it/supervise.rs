@@ -18,7 +18,8 @@ use ringside::runtime::{ConnectionHandler, CoreCtx, CoreSummary, OpenGuard, Serv
 /// Answers `panics=N` (the connections of its core whose task panicked),
 /// or on a first byte of `!` panics in the connection's task, or on `X`
 /// panics in a task of the core's own, outside any connection (on `X1`,
-/// only if it is not the first core).
+/// only if it is not the first core), or on `S` blocks its core's thread
+/// for 10 s.
 struct PanicOnDemand {
     core: Rc<CoreCtx>,
 }
@@ -38,6 +39,10 @@ impl ConnectionHandler for PanicOnDemand {
                 buf.first() == Some(&b'X') && (buf.get(1) != Some(&b'1') || core.index != 0);
             match read {
                 Ok(n) if n > 0 && buf[0] == b'!' => panic!("a handler's bug"),
+                Ok(n) if n > 0 && buf[0] == b'S' => {
+                    // Blocks the core's thread: its loop stops turning.
+                    std::thread::sleep(Duration::from_secs(10));
+                }
                 Ok(n) if n > 0 && core_bug => {
                     monoio::spawn(async { panic!("a core task's bug") });
                     // Keep the connection until the core dies under it.
@@ -84,11 +89,14 @@ fn start() -> (SocketAddr, Joined, StopOnDrop) {
 }
 
 fn start_on(cores: usize) -> Result<(SocketAddr, Joined, StopOnDrop), String> {
-    let config = Config {
+    start_with(Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         cores: CoreSelection::Count(cores),
         ..Config::default()
-    };
+    })
+}
+
+fn start_with(config: Config) -> Result<(SocketAddr, Joined, StopOnDrop), String> {
     let server = Server::start(&config, |core, _cfg| Rc::new(PanicOnDemand { core }))
         .map_err(|e| e.to_string())?;
     let addr = server.local_addr;
@@ -200,5 +208,32 @@ fn a_second_core_that_dies_ends_the_server_while_the_first_lives() {
     assert!(
         err.contains("core 1") && err.contains("a core task's bug"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_core_stuck_in_a_blocking_call_ends_the_server_and_stops_listening() {
+    let (addr, joined, _stop) = start_with(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cores: CoreSelection::Count(1),
+        core_stall_timeout: Duration::from_secs(2),
+        ..Config::default()
+    })
+    .expect("server starts");
+    let mut stuck = connect(addr);
+    stuck.write_all(b"S").unwrap();
+    // Answered by the supervisor, not the stuck core: well before the
+    // core's 10 s block ends.
+    let result = joined
+        .recv_timeout(Duration::from_secs(8))
+        .expect("the server gives up on its stuck core");
+    let err = result.expect_err("a stuck core is a failure");
+    assert!(err.contains("core 0") && err.contains("stalled"), "{err}");
+    let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(5));
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused),
+        "{refused:?}"
     );
 }
