@@ -85,7 +85,12 @@ impl CoreStart {
         F: Fn(Rc<CoreCtx>, &Config) -> Rc<H>,
         H: ConnectionHandler,
     {
-        let ctx = Rc::new(CoreCtx::new(self.index, self.cpu, self.driver));
+        let ctx = Rc::new(CoreCtx::new(
+            self.index,
+            self.cpu,
+            self.driver,
+            Some(self.heartbeats.clone()),
+        ));
         let mut listeners = Vec::new();
         for l in self.listeners {
             match monoio::net::TcpListener::from_std(l) {

@@ -49,7 +49,7 @@ use monoio::net::TcpStream;
 use crate::config::Config;
 use deadlines::DeadlineTable;
 use event::LocalEvent;
-use heartbeat::Heartbeats;
+use heartbeat::{Heartbeats, Watch};
 use panics::{ExitNotice, ListenerId};
 
 /// The io driver a core runs.
@@ -98,6 +98,9 @@ pub struct CoreCtx {
     released_bytes: Cell<usize>,
     /// Connections whose task panicked (each closed; see `panics`).
     connection_panics: Cell<u64>,
+    /// Where this core shows the supervisor it turns its loop (none for a
+    /// standalone runtime).
+    heartbeats: Option<Arc<Heartbeats>>,
     panic_log: LogLimit,
 }
 
@@ -108,11 +111,16 @@ const DEFAULT_FREE_FRAMES: usize = 256;
 impl CoreCtx {
     /// A context for a runtime started outside [`Server`] (unit tests, tools).
     pub fn standalone(index: usize, driver: IoDriver) -> Rc<CoreCtx> {
-        Rc::new(CoreCtx::new(index, index, driver))
+        Rc::new(CoreCtx::new(index, index, driver, None))
     }
 
     /// A core's context with nothing counted yet.
-    fn new(index: usize, cpu: usize, driver: IoDriver) -> CoreCtx {
+    fn new(
+        index: usize,
+        cpu: usize,
+        driver: IoDriver,
+        heartbeats: Option<Arc<Heartbeats>>,
+    ) -> CoreCtx {
         CoreCtx {
             index,
             cpu,
@@ -129,6 +137,7 @@ impl CoreCtx {
             refused_no_fd: Cell::new(0),
             released_bytes: Cell::new(0),
             connection_panics: Cell::new(0),
+            heartbeats,
             panic_log: LogLimit::default(),
         }
     }
@@ -159,6 +168,13 @@ impl CoreCtx {
     }
     pub fn connection_panics(&self) -> u64 {
         self.connection_panics.get()
+    }
+    /// Counts a poll of a task: a sign of life for the stall check.
+    #[inline]
+    fn note_progress(&self) {
+        if let Some(h) = &self.heartbeats {
+            h.progress(self.index);
+        }
     }
     /// Records memory given back to the allocator (freed buffers), so that
     /// the core can return it to the kernel when enough has accumulated.
@@ -284,7 +300,8 @@ impl Server {
             exits,
             listeners: listener_ids,
             heartbeats: heartbeats.clone(),
-            stall_timeout: config.core_stall_timeout,
+            // (At least a second, however the config was built.)
+            stall_timeout: config.core_stall_timeout.max(Duration::from_secs(1)),
         };
         for (index, (cpu, listeners)) in cpus.iter().copied().zip(per_core).enumerate() {
             let (stop_tx, stop_rx) = flume::bounded::<()>(1);
@@ -360,20 +377,12 @@ impl Server {
         let mut summaries = Vec::new();
         let mut failure = None;
         let check_every = (self.stall_timeout / 4).min(Duration::from_secs(1));
-        // Since when this thread has checked on time, without a gap: only
-        // then does a core's silence count (see `Heartbeats::silent_for`).
-        let mut watched_since = self.heartbeats.now_ms();
-        let mut last_check = watched_since;
+        let mut watch = Watch::new(self.heartbeats.clone(), check_every);
         while self.threads.iter().any(Option::is_some) {
             let index = match self.exits.recv_timeout(check_every) {
                 Ok(index) => index,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let now = self.heartbeats.now_ms();
-                    if now - last_check > 2 * check_every.as_millis() as u64 + 100 {
-                        watched_since = now;
-                    }
-                    last_check = now;
-                    if let Some(stalled) = self.abandon_stalled_cores(watched_since) {
+                    if let Some(stalled) = self.abandon_stalled_cores(&mut watch) {
                         failure.get_or_insert(stalled);
                     }
                     continue;
@@ -412,10 +421,11 @@ impl Server {
     /// Finds the cores that stopped turning their loop: takes their
     /// listeners out of their groups, lets their threads go and starts the
     /// drain of the others. Returns why, if any core stalled.
-    fn abandon_stalled_cores(&mut self, watched_since_ms: u64) -> Option<String> {
+    fn abandon_stalled_cores(&mut self, watch: &mut Watch) -> Option<String> {
         let mut why = None;
+        watch.start_round();
         for index in 0..self.threads.len() {
-            let silent = self.heartbeats.silent_for(index, watched_since_ms);
+            let silent = watch.silent_for(index);
             if self.threads[index].is_none() || silent < self.stall_timeout {
                 continue;
             }

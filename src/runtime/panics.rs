@@ -103,6 +103,7 @@ impl<F: Future<Output = ()>> Future for Contained<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
+        this.core.note_progress();
         match this.task.poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(())) => Poll::Ready(()),
@@ -161,8 +162,10 @@ impl ListenerId {
         if identity(self.fd) != Some((self.dev, self.ino)) {
             return false;
         }
-        // SAFETY: the descriptor still names this very socket (checked
-        // just above; the supervisor's thread opens nothing meanwhile).
+        // SAFETY: a plain system call on a descriptor number. It still names
+        // this very socket (checked just above): a dead core never closes
+        // it, and a stalled core would have to wake and close it within the
+        // microseconds between the two calls.
         unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) == 0 }
     }
 }
