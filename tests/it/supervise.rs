@@ -148,18 +148,17 @@ fn a_panicking_request_costs_its_own_connection_only() {
     assert_eq!(summaries.len(), 1);
 }
 
-#[test]
-fn a_core_that_dies_ends_the_server_with_its_message_and_stops_listening() {
-    let (addr, joined, _stop) = start();
-    let mut doomed = connect(addr);
-    doomed.write_all(b"X").unwrap();
-    let result = joined
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server stops by itself");
-    let err = result.expect_err("a dead core is a failure");
-    assert!(err.contains("a core task's bug"), "{err}");
-    // The dead core's listener was taken out of its group: connections are
-    // refused, not queued where nobody accepts them.
+/// What `join` returned, which must be a failure, within `limit`.
+fn failure_within(joined: &Joined, limit: Duration) -> String {
+    joined
+        .recv_timeout(limit)
+        .expect("the server stops by itself")
+        .expect_err("a dead or stuck core is a failure")
+}
+
+/// The dead core's listener was taken out of its group: connections are
+/// refused, not queued where nobody accepts them.
+fn assert_nothing_listens(addr: SocketAddr) {
     let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(5));
     assert!(
         refused
@@ -167,6 +166,16 @@ fn a_core_that_dies_ends_the_server_with_its_message_and_stops_listening() {
             .is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused),
         "{refused:?}"
     );
+}
+
+#[test]
+fn a_core_that_dies_ends_the_server_with_its_message_and_stops_listening() {
+    let (addr, joined, _stop) = start();
+    let mut doomed = connect(addr);
+    doomed.write_all(b"X").unwrap();
+    let err = failure_within(&joined, Duration::from_secs(60));
+    assert!(err.contains("a core task's bug"), "{err}");
+    assert_nothing_listens(addr);
 }
 
 /// The core that dies is not the first: the supervisor must not wait for
@@ -201,10 +210,8 @@ fn a_second_core_that_dies_ends_the_server_while_the_first_lives() {
         }
     }
     assert!(landed, "no connection reached the second core");
-    let result = joined
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server stops by itself, the first core drained");
-    let err = result.expect_err("a dead core is a failure");
+    // Once the first core has drained.
+    let err = failure_within(&joined, Duration::from_secs(60));
     assert!(
         err.contains("core 1") && err.contains("a core task's bug"),
         "{err}"
@@ -224,16 +231,7 @@ fn a_core_stuck_in_a_blocking_call_ends_the_server_and_stops_listening() {
     stuck.write_all(b"S").unwrap();
     // Answered by the supervisor, not the stuck core: well before the
     // core's 10 s block ends.
-    let result = joined
-        .recv_timeout(Duration::from_secs(8))
-        .expect("the server gives up on its stuck core");
-    let err = result.expect_err("a stuck core is a failure");
+    let err = failure_within(&joined, Duration::from_secs(8));
     assert!(err.contains("core 0") && err.contains("stalled"), "{err}");
-    let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(5));
-    assert!(
-        refused
-            .as_ref()
-            .is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused),
-        "{refused:?}"
-    );
+    assert_nothing_listens(addr);
 }
