@@ -4,7 +4,7 @@
 //! sockets, with a handler that panics on demand.
 
 use std::future::Future;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
 use std::sync::mpsc;
@@ -15,11 +15,11 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use ringside::config::{Config, CoreSelection};
 use ringside::runtime::{ConnectionHandler, CoreCtx, CoreSummary, OpenGuard, Server, Stopper};
 
-/// Answers `panics=N` (the connections of its core whose task panicked),
-/// or on a first byte of `!` panics in the connection's task, or on `X`
-/// panics in a task of the core's own, outside any connection (on `X1`,
-/// only if it is not the first core), or on `S` blocks its core's thread
-/// for 10 s.
+/// Answers `panics=N` (the connections of its core whose task panicked).
+/// On a first byte of `!` it panics in the connection's task instead; on
+/// `X` it answers `dying` and panics in a task of the core's own, outside
+/// any connection (on `X1`, only if it is not the first core); on `S` it
+/// blocks its core's thread for 30 s.
 struct PanicOnDemand {
     core: Rc<CoreCtx>,
 }
@@ -41,9 +41,10 @@ impl ConnectionHandler for PanicOnDemand {
                 Ok(n) if n > 0 && buf[0] == b'!' => panic!("a handler's bug"),
                 Ok(n) if n > 0 && buf[0] == b'S' => {
                     // Blocks the core's thread: its loop stops turning.
-                    std::thread::sleep(Duration::from_secs(10));
+                    std::thread::sleep(Duration::from_secs(30));
                 }
                 Ok(n) if n > 0 && core_bug => {
+                    let _ = stream.write_all(b"dying\n".to_vec()).await;
                     monoio::spawn(async { panic!("a core task's bug") });
                     // Keep the connection until the core dies under it.
                     monoio::time::sleep(Duration::from_secs(60)).await;
@@ -190,24 +191,22 @@ fn a_second_core_that_dies_ends_the_server_while_the_first_lives() {
         }
     };
     // SO_REUSEPORT spreads connections by their ports: try until one lands
-    // on the second core, which does not answer (it dies under it).
+    // on the second core, which says so before it dies.
     let mut landed = false;
     for _ in 0..200 {
-        let mut s = connect(addr);
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s.write_all(b"X1").unwrap();
-        let mut out = String::new();
-        match s.read_to_string(&mut out) {
-            Ok(_) => assert!(
-                out.starts_with("panics="),
-                "the first core answers: {out:?}"
-            ),
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
-                landed = true;
-                break;
-            }
-            Err(e) => panic!("{e}"),
+        let mut s = BufReader::new(connect(addr));
+        s.get_mut().write_all(b"X1").unwrap();
+        let mut line = String::new();
+        s.read_line(&mut line)
+            .expect("every connection is answered");
+        if line == "dying\n" {
+            landed = true;
+            break;
         }
+        assert!(
+            line.starts_with("panics="),
+            "the first core answers: {line:?}"
+        );
     }
     assert!(landed, "no connection reached the second core");
     // Once the first core has drained.
@@ -229,9 +228,9 @@ fn a_core_stuck_in_a_blocking_call_ends_the_server_and_stops_listening() {
     .expect("server starts");
     let mut stuck = connect(addr);
     stuck.write_all(b"S").unwrap();
-    // Answered by the supervisor, not the stuck core: well before the
-    // core's 10 s block ends.
-    let err = failure_within(&joined, Duration::from_secs(8));
+    // Answered by the supervisor, not the stuck core: before the core's
+    // 30 s block ends.
+    let err = failure_within(&joined, Duration::from_secs(25));
     assert!(err.contains("core 0") && err.contains("stalled"), "{err}");
     assert_nothing_listens(addr);
 }
