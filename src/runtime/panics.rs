@@ -16,9 +16,9 @@
 //! connection's reader and writer run inside [`catch_panic`] likewise: a
 //! panic there breaks that database connection (its queries fail, the
 //! pool connects again), and so does one while a request queues a query
-//! on it (`PgConn::encode`). A panic elsewhere (the accept loop, timers,
-//! the pool's own tasks, a database connection being set up) ends the
-//! core's thread; the supervisor (`Server::join`, told at once through
+//! on it (`PgConn::encode`); one while a database connection is set up
+//! fails that attempt. A panic elsewhere (the accept loop, timers, the
+//! pool's own bookkeeping tasks) ends the core's thread; the supervisor (`Server::join`, told at once through
 //! [`ExitNotice`]) then takes that core's listeners out of the group,
 //! drains the other cores and returns an error, so that the process exits
 //! 1 and its service manager starts it afresh.

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use super::{Member, Pool};
 use crate::pg::conn::PgConn;
+use crate::pg::QueryError;
+use crate::runtime::catch_panic;
 use crate::runtime::deadlines::DeadlineTable;
 
 /// A small pseudo-random number (xorshift, seeded per core from the clock):
@@ -48,7 +50,18 @@ pub(super) async fn supervise(pool: Weak<Pool>, index: usize) {
         if p.closed.get() {
             return;
         }
-        let attempt = PgConn::connect(&p.cfg, &p.addrs, p.settings.conn.clone()).await;
+        // A panic while connecting (a bug in the startup or authentication
+        // exchange) fails this attempt only; the core serves on.
+        let attempt =
+            match catch_panic(PgConn::connect(&p.cfg, &p.addrs, p.settings.conn.clone())).await {
+                Ok(attempt) => attempt,
+                Err(why) => {
+                    tracing::error!("connecting to the database panicked (a bug): {why}");
+                    Err(QueryError::Unavailable(format!(
+                        "internal error while connecting: {why}"
+                    )))
+                }
+            };
         match attempt {
             Ok(conn) => {
                 backoff = Duration::from_millis(100);
