@@ -124,7 +124,9 @@ impl CoreStart {
             c.write_timeout,
             c.body_rate_grace,
         ]);
-        // It also shows the supervisor that this core turns its loop.
+        // It also shows the supervisor that this core turns its loop. Under
+        // load, connection tasks tick in its stead when it is late.
+        ctx.tick_every.set(tick);
         let tick_ctx = ctx.clone();
         let heartbeats = self.heartbeats;
         heartbeats.beat(self.index);
