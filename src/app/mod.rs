@@ -163,7 +163,12 @@ impl App {
     ) -> Self {
         let db = db.map(|d| {
             let primary = Pool::new(d.config.clone(), d.addrs.clone(), d.pool.clone());
-            Router::new(primary, &d.replicas, d.routing.clone())
+            let router = Router::new(primary, &d.replicas, d.routing.clone());
+            // Query deadlines keep time on a loaded core too.
+            for pool in router.pools() {
+                core.also_tick(pool.deadline_table());
+            }
+            router
         });
         let metrics = Rc::new(CoreMetrics::default());
         let scrape_cores = match scrape {

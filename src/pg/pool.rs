@@ -163,12 +163,18 @@ pub struct Pool {
     /// watcher. A runtime timer per query (monoio's `Sleep`: 640 bytes, an
     /// insert and a removal in the timer wheel) cost 1.6 % of a TechEmpower
     /// `/db` request in `perf`; a deadline fires within one tick instead.
-    deadlines: DeadlineTable,
+    deadlines: Rc<DeadlineTable>,
     /// Executions that identical reads may still join (see `coalesce`).
     flights: coalesce::Flights,
 }
 
 impl Pool {
+    /// The pool's table of query deadlines, for the core to tick when the
+    /// pool's own ticker is late (see `CoreCtx::also_tick`).
+    pub fn deadline_table(&self) -> std::rc::Weak<DeadlineTable> {
+        Rc::downgrade(&self.deadlines)
+    }
+
     /// Whether identical reads may share an execution (`--db-coalesce`).
     pub fn coalesces(&self) -> bool {
         self.settings.coalesce
@@ -199,7 +205,7 @@ impl Pool {
             closed: Cell::new(false),
             last_error: RefCell::new(None),
             timeouts_logged: LogLimit::default(),
-            deadlines: DeadlineTable::new(),
+            deadlines: Rc::new(DeadlineTable::new()),
             flights: Default::default(),
         });
         for i in 0..pool.settings.connections {

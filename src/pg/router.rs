@@ -185,6 +185,11 @@ impl Router {
         router
     }
 
+    /// The primary's pool, then each replica's.
+    pub fn pools(&self) -> impl Iterator<Item = &Rc<Pool>> {
+        std::iter::once(&self.primary).chain(self.replicas.iter().map(|r| &r.pool))
+    }
+
     pub fn primary(&self) -> &Rc<Pool> {
         &self.primary
     }

@@ -105,6 +105,9 @@ pub struct CoreCtx {
     /// counted towards the next look at the clock (see `note_progress`).
     tick_every: Cell<Duration>,
     polls: Cell<u32>,
+    /// Other deadline tables on this core (the database pools' query
+    /// deadlines), ticked with the core's when their tickers are late.
+    also_ticked: std::cell::RefCell<Vec<std::rc::Weak<DeadlineTable>>>,
     panic_log: LogLimit,
 }
 
@@ -144,6 +147,7 @@ impl CoreCtx {
             heartbeats,
             tick_every: Cell::new(Duration::ZERO),
             polls: Cell::new(0),
+            also_ticked: Default::default(),
             panic_log: LogLimit::default(),
         }
     }
@@ -205,6 +209,19 @@ impl CoreCtx {
                 h.beat(self.index);
             }
         }
+        for table in self.also_ticked.borrow().iter().filter_map(|t| t.upgrade()) {
+            if now.saturating_duration_since(table.now()) >= every {
+                table.tick(now);
+            }
+        }
+    }
+
+    /// Ticks `table` too when its own ticker is late (see `note_progress`):
+    /// a table on this core whose ticker is a runtime timer.
+    pub fn also_tick(&self, table: std::rc::Weak<DeadlineTable>) {
+        let mut tables = self.also_ticked.borrow_mut();
+        tables.retain(|t| t.strong_count() > 0);
+        tables.push(table);
     }
     /// Records memory given back to the allocator (freed buffers), so that
     /// the core can return it to the kernel when enough has accumulated.
