@@ -128,15 +128,12 @@ impl CoreStart {
         // load, connection tasks tick in its stead when it is late.
         ctx.tick_every.set(tick);
         let tick_ctx = ctx.clone();
-        let heartbeats = self.heartbeats;
-        heartbeats.beat(self.index);
         monoio::spawn(async move {
             let mut interval = monoio::time::interval(tick);
             interval.set_missed_tick_behavior(monoio::time::MissedTickBehavior::Delay);
             loop {
                 let now = interval.tick().await;
-                tick_ctx.deadlines.tick(now);
-                heartbeats.beat(tick_ctx.index);
+                tick_ctx.tick_deadlines(now);
             }
         });
 

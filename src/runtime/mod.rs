@@ -204,15 +204,21 @@ impl CoreCtx {
         }
         let now = monoio::time::Instant::now();
         if now.saturating_duration_since(self.deadlines.now()) >= every {
-            self.deadlines.tick(now);
-            if let Some(h) = &self.heartbeats {
-                h.beat(self.index);
-            }
+            self.tick_deadlines(now);
         }
         for table in self.also_ticked.borrow().iter().filter_map(|t| t.upgrade()) {
             if now.saturating_duration_since(table.now()) >= every {
                 table.tick(now);
             }
+        }
+    }
+
+    /// Advances the core's deadline table to `now` (waking the waits that
+    /// expired) and shows the supervisor that this core turns its loop.
+    fn tick_deadlines(&self, now: monoio::time::Instant) {
+        self.deadlines.tick(now);
+        if let Some(h) = &self.heartbeats {
+            h.beat(self.index);
         }
     }
 
