@@ -51,7 +51,9 @@
 # --far, scale.csv and scale.md with --scale), replaced only when a run
 # completes; logs in bench/results/tmp/.
 #
-# Servers: ringside, coalesce (ringside with --db-coalesce on), tlsdb (ringside
+# Servers: ringside, coalesce (ringside with --db-coalesce on), admit64
+# (ringside with --max-active-requests-per-core 64, the setting
+# docs/connection.md suggests with PostgreSQL on the server's machine), tlsdb (ringside
 # with PostgreSQL over TLS, sslmode=require: results in orders-tls.*), threaded,
 # tokio, before (--before BIN), pgbench and pgbench-pipeline (PostgreSQL
 # alone: the page's statement from pgbench, prepared, on as many
@@ -208,9 +210,9 @@ IFS=',' read -ra SERVERS <<<"$SERVERS_ARG"
 (( ${#SERVERS[@]} > 0 )) || die "--servers is empty"
 for s in "${SERVERS[@]}"; do
     case $s in
-        ringside | coalesce | tlsdb | threaded | tokio | pgbench | pgbench-pipeline) ;;
+        ringside | coalesce | admit64 | tlsdb | threaded | tokio | pgbench | pgbench-pipeline) ;;
         before) [[ -n "${BEFORE_BIN:-}" ]] || die "server 'before' needs --before BIN" ;;
-        *) die "unknown server '$s' (expected ringside, coalesce, tlsdb, threaded, tokio, before, pgbench, pgbench-pipeline)" ;;
+        *) die "unknown server '$s' (expected ringside, coalesce, admit64, tlsdb, threaded, tokio, before, pgbench, pgbench-pipeline)" ;;
     esac
 done
 
@@ -245,7 +247,7 @@ build_standalone() { # name dir bin
 if (( BUILD )); then
     for s in "${SERVERS[@]}"; do
         case $s in
-            ringside | coalesce) build_ringside ;;
+            ringside | coalesce | admit64) build_ringside ;;
             threaded) build_standalone threaded-baseline "$THREADED_DIR" "$THREADED_BIN" ;;
             tokio) build_standalone tokio-baseline "$TOKIO_DIR" "$TOKIO_BIN" ;;
         esac
@@ -335,6 +337,9 @@ start_orders_server() { # name port log
         coalesce)
             DATABASE_URL="$SERVER_URL" taskset -c "$SERVER_CPUS" "$RINGSIDE_BIN" serve --listen "$HOST:$port" \
                 --cores "$rcores" --db-pool-size "$POOL" --db-coalesce on ${cap_ringside[@]+"${cap_ringside[@]}"} >"$logf" 2>&1 & ;;
+        admit64)
+            DATABASE_URL="$SERVER_URL" taskset -c "$SERVER_CPUS" "$RINGSIDE_BIN" serve --listen "$HOST:$port" \
+                --cores "$rcores" --db-pool-size "$POOL" --max-active-requests-per-core 64 ${cap_ringside[@]+"${cap_ringside[@]}"} >"$logf" 2>&1 & ;;
         before)
             DATABASE_URL="$SERVER_URL" taskset -c "$SERVER_CPUS" "$BEFORE_BIN" serve --listen "$HOST:$port" \
                 --cores "$rcores" --db-pool-size "$POOL" ${cap_ringside[@]+"${cap_ringside[@]}"} >"$logf" 2>&1 & ;;
@@ -686,8 +691,9 @@ for c in conns:
         out.append(f"| {c} | {s} | {rng(col('ok_rps'))} | {fmt(med(col('p50_ms')), 2)} | {rng(col('p99_ms'), 1)} | "
                    f"{fmt(med(col('max_ms')), 1)} | {fmt(med(col('errors')))} | {fmt(med(col('server_cpu_s_per_10k_req')), 3)} | "
                    f"{fmt(med(col('pg_cpu_s_per_10k_req')), 3)} | {fmt(med(col('server_cpu_util')), 2)} | {len(rs)} |")
-for subject in [s for s in ("ringside", "coalesce") if s in servers]:
-    others = [s for s in servers if s not in ("ringside", "coalesce") or (subject == "coalesce" and s == "ringside")]
+subjects = ("ringside", "admit64", "coalesce")
+for subject in [s for s in subjects if s in servers]:
+    others = [s for s in servers if s not in subjects or (subject != "ringside" and s == "ringside")]
     if not others:
         continue
     out += ["", f"Ratios of medians ({subject} / baseline): 2xx req/s (higher is better for {subject}), "

@@ -74,6 +74,7 @@ pub struct Snapshot {
     pub fd_exhausted: u64,
     pub refused_no_fd: u64,
     pub connection_panics: u64,
+    pub requests_queued: u64,
     pub requests: Vec<[u64; 5]>,
     /// Per bucket, not cumulative.
     pub latency_buckets: Vec<u64>,
@@ -110,6 +111,7 @@ impl Snapshot {
             fd_exhausted: core.fd_exhausted(),
             refused_no_fd: core.refused_no_fd(),
             connection_panics: core.connection_panics(),
+            requests_queued: core.requests_queued(),
             requests: m
                 .requests
                 .iter()
@@ -260,7 +262,7 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
         );
     }
 
-    let per_core: [Family<Snapshot>; 17] = [
+    let per_core: [Family<Snapshot>; 18] = [
         (
             "ringside_open_connections",
             "gauge",
@@ -332,6 +334,12 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
             "counter",
             "Connections closed because their task panicked (a bug: the log has the message); the core served on.",
             |s| s.connection_panics,
+        ),
+        (
+            "ringside_requests_queued_total",
+            "counter",
+            "Requests on keep-alive connections that waited unread for room among the core's requests at work (--max-active-requests-per-core).",
+            |s| s.requests_queued,
         ),
         (
             "ringside_db_shed_requests_total",

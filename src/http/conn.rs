@@ -17,6 +17,7 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 use ringside_wire::http::{parse_head_in_place, BodyKind, Framing, ResponseHead, StatusCode};
 
+use super::admission::Active;
 use super::exchange::Exchange;
 use super::idle::{WatchGuard, WatchId};
 use super::io::{ConnIo, IoFailure, Shared};
@@ -42,13 +43,15 @@ impl Drop for SlotGuard<'_> {
 }
 
 /// How a connection's task starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Start {
     /// Just accepted: wait for the first request, within the head timeout.
     Accepted,
     /// Woken from the core's idle set, with its watch there: bytes (or the
     /// end) are probably there.
     Woken(WatchId),
+    /// Woken, after it waited in the idle set for room among the requests
+    /// at work: its first request is counted already (reserved).
+    Admitted(WatchId),
 }
 
 /// What handling the arrived bytes came to.
@@ -79,12 +82,13 @@ pub(super) async fn serve<S: Service>(
     let slot = SlotGuard::new(&http.shared.core.deadlines);
     // The first head must be complete within the head timeout of the accept.
     let mut first_head_by =
-        (start == Start::Accepted).then(|| slot.0.now() + http.shared.settings.head_timeout);
+        matches!(start, Start::Accepted).then(|| slot.0.now() + http.shared.settings.head_timeout);
     // The socket's registration in the idle set's epoll set, made the
     // first time the connection waits there and kept until it closes.
-    let (mut has_input, woken_with) = match start {
-        Start::Woken(id) => (true, Some(id)),
-        Start::Accepted => (false, None),
+    let (mut has_input, woken_with, mut reserved) = match start {
+        Start::Woken(id) => (true, Some(id), false),
+        Start::Admitted(id) => (true, Some(id), true),
+        Start::Accepted => (false, None, false),
     };
     let mut watch = WatchGuard::new(&http.idle, woken_with);
     let mut idle_since = slot.0.now();
@@ -129,10 +133,12 @@ pub(super) async fn serve<S: Service>(
                 Wake::TimedOut | Wake::Drained | Wake::Closed => return,
             }
         }
+        // Taken over at the first poll (no wait comes before it).
+        let counted = std::mem::take(&mut reserved).then(|| http.shared.admission.adopt());
         let (h, s, key) = (&http, &mut stream, slot.1);
         let frames = &http.shared.core.frames;
         match frames
-            .boxed_with(move || process_input(h, s, key, first_head_by))
+            .boxed_with(move || process_input(h, s, key, first_head_by, counted))
             .await
         {
             Served::Closed => return,
@@ -289,6 +295,7 @@ async fn process_input<S: Service>(
     stream: &mut Stream,
     key: DeadlineKey,
     mut first_head_by: Option<Instant>,
+    mut counted: Option<Active>,
 ) -> Served {
     let settings = &http.shared.settings;
     let mut io = ConnIo::new(stream, &http.shared, key);
@@ -338,6 +345,12 @@ async fn process_input<S: Service>(
         // dropped from it afterwards: no reference-counted split per request.
         let head_bytes =
             (head.body_kind() != BodyKind::Empty).then(|| io.rbuf.split_to(head.len()).freeze());
+        // Counted among the core's requests at work while its handler runs.
+        io.active = Some(
+            counted
+                .take()
+                .unwrap_or_else(|| http.shared.admission.enter()),
+        );
         let mut ex = Exchange::new(&mut io, head, head_bytes, settings.max_body_bytes);
         http.service.call(&mut ex).await;
         ex.complete();
@@ -345,6 +358,7 @@ async fn process_input<S: Service>(
             ex.keep_alive = false;
         }
         let (keep_alive, io_failed) = ex.into_parts();
+        io.active = None;
         if io_failed {
             return Served::Closed;
         }
@@ -422,7 +436,7 @@ mod tests {
             );
             let http = HttpCore::new(core, &config, app);
             let mut stream2 = Stream::Tcp(monoio::net::TcpStream::connect(addr).await.unwrap());
-            let work = process_input(&http, &mut stream2, DeadlineKey::for_tests(), None);
+            let work = process_input(&http, &mut stream2, DeadlineKey::for_tests(), None, None);
             let work_size = std::mem::size_of_val(&work);
             drop(work);
             println!("work future (boxed while a connection is busy): {work_size} bytes");

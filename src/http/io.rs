@@ -13,6 +13,7 @@ use bytes::{Buf, BytesMut};
 use monoio::time::Instant;
 use ringside_wire::http::{Framing, HttpDate, ResponseHead, StatusCode};
 
+use super::admission::Active;
 use super::stream::Stream;
 use super::HttpSettings;
 use crate::runtime::deadlines::DeadlineKey;
@@ -54,6 +55,9 @@ pub(super) struct ConnIo<'a> {
     /// is a plain non-blocking recv tried before the ring's read (a recv
     /// that finds nothing would be a wasted system call).
     bytes_waiting: bool,
+    /// Set while a handler works on a request: counted by the core's
+    /// admission, except while it waits on the client.
+    pub(super) active: Option<super::admission::Active>,
 }
 
 impl<'a> ConnIo<'a> {
@@ -71,6 +75,7 @@ impl<'a> ConnIo<'a> {
             bytes_waiting: true,
             shared,
             deadline_key,
+            active: None,
         }
     }
 }
@@ -84,6 +89,7 @@ impl Drop for ConnIo<'_> {
 /// What a connection needs from its core, independent of the service type.
 pub(super) struct Shared {
     pub(super) core: Rc<crate::runtime::CoreCtx>,
+    pub(super) admission: Rc<super::admission::Admission>,
     pub(super) settings: HttpSettings,
     pub(super) buffers: super::BufPool,
     pub(super) date: std::cell::Cell<HttpDate>,
@@ -183,6 +189,7 @@ impl ConnIo<'_> {
                 Err(_) => return Err(IoFailure::Error),
             }
         }
+        let _away = self.active.as_ref().map(Active::away);
         let buf = mem::take(&mut self.rbuf);
         let deadlines = &self.shared.core.deadlines;
         monoio::select! {
@@ -219,6 +226,7 @@ impl ConnIo<'_> {
             return Ok(());
         }
         self.wbuf.advance(sent);
+        let _away = self.active.as_ref().map(Active::away);
         let buf = mem::take(&mut self.wbuf);
         let deadlines = &self.shared.core.deadlines;
         let deadline = deadlines.now() + self.shared.settings.write_timeout;

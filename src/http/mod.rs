@@ -3,6 +3,7 @@
 //!
 //! It knows no routes: requests go to a [`Service`] made on each core.
 
+mod admission;
 mod bufpool;
 mod conn;
 mod exchange;
@@ -122,6 +123,9 @@ impl<S: Service> HttpCore<S> {
             .keep_up_to(settings.write_high_water);
         let shared = Rc::new(io::Shared {
             core,
+            admission: Rc::new(admission::Admission::new(
+                config.max_active_requests_per_core,
+            )),
             settings,
             buffers,
             date: Cell::new(HttpDate::from_system_time(SystemTime::now())),
@@ -140,7 +144,7 @@ impl<S: Service> HttpCore<S> {
         let http = Rc::new(HttpCore {
             tls,
             tls_listener,
-            idle: idle::new_set(shared.core.clone()),
+            idle: idle::new_set(shared.core.clone(), shared.admission.clone()),
             shared,
             service,
         });

@@ -98,6 +98,9 @@ pub struct CoreCtx {
     released_bytes: Cell<usize>,
     /// Connections whose task panicked (each closed; see `panics`).
     connection_panics: Cell<u64>,
+    /// Requests that waited, unread, for room among those at work
+    /// (`http/admission.rs`).
+    requests_queued: Cell<u64>,
     /// Where this core shows the supervisor it turns its loop (none for a
     /// standalone runtime).
     heartbeats: Option<Arc<Heartbeats>>,
@@ -144,6 +147,7 @@ impl CoreCtx {
             refused_no_fd: Cell::new(0),
             released_bytes: Cell::new(0),
             connection_panics: Cell::new(0),
+            requests_queued: Cell::new(0),
             heartbeats,
             tick_every: Cell::new(Duration::ZERO),
             polls: Cell::new(0),
@@ -178,6 +182,12 @@ impl CoreCtx {
     }
     pub fn connection_panics(&self) -> u64 {
         self.connection_panics.get()
+    }
+    pub fn requests_queued(&self) -> u64 {
+        self.requests_queued.get()
+    }
+    pub fn note_request_queued(&self) {
+        self.requests_queued.set(self.requests_queued.get() + 1);
     }
     /// Counts a poll of a connection's task: a sign of life for the stall
     /// check; and every 64 polls, a look at the clock that ticks the

@@ -1,6 +1,7 @@
 //! Integration tests: the real `ringside` binary on an ephemeral port,
 //! spoken to with raw bytes over TCP.
 
+mod admission;
 mod app;
 mod balancer;
 mod coalesce;

@@ -1,0 +1,176 @@
+//! `--max-active-requests-per-core`: past the limit, a keep-alive connection's
+//! next request waits unread, and is served in turn, or after the head
+//! timeout at the latest; a request waiting on its client leaves its room to
+//! the others. Real server, real PostgreSQL (a lock holds the reads), real TCP.
+
+use std::io::{ErrorKind, Read};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::app::Db;
+use crate::harness::{get, Conn, Server};
+use crate::pgfix::{shared, SpawnedPsql};
+
+/// A connection that made one request and is parked, idle, afterwards.
+fn parked_conn(srv: &Server) -> Conn {
+    let mut c = srv.connect();
+    c.s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    assert_eq!(c.roundtrip(get("/healthz")).status, 200);
+    // Its task ends and the connection parks right after the answer; the
+    // next request must find it parked, not still in its task.
+    thread::sleep(Duration::from_millis(300));
+    c
+}
+
+/// Nothing arrives on `c` for `wait`.
+fn assert_silent(c: &mut Conn, wait: Duration, what: &str) {
+    c.s.set_read_timeout(Some(wait)).unwrap();
+    let mut b = [0u8; 1];
+    match c.s.read(&mut b) {
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+        other => panic!("{what}: expected no answer yet, got {other:?}"),
+    }
+    c.s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+}
+
+/// Takes an exclusive lock on `orders` in another session (reads of the
+/// orders wait behind it) and returns once it is granted.
+fn lock_orders(db: &Db) -> SpawnedPsql {
+    let holder = shared().psql_spawn_in(
+        &db.name,
+        "BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600)",
+    );
+    wait_for(db, "AccessExclusiveLock' AND granted", "the lock is taken");
+    holder
+}
+
+fn wait_for(db: &Db, lock_clause: &str, what: &str) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while db.sql(&format!(
+        "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'relation' \
+         AND relation = 'orders'::regclass AND mode = '{lock_clause}"
+    )) != "t"
+    {
+        assert!(Instant::now() < until, "{what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn unlock_orders(db: &Db, mut holder: SpawnedPsql) {
+    db.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE query LIKE 'BEGIN; LOCK TABLE orders%' AND datname = current_database()",
+    );
+    let _ = holder.wait();
+}
+
+/// Starts `GET /orders` on a new connection (a first request: admitted at
+/// once) and returns once PostgreSQL has it waiting behind the lock.
+fn blocked_read(srv: &Server, db: &Db) -> thread::JoinHandle<u16> {
+    let addr = srv.addr;
+    let reader = thread::spawn(move || {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        Conn::from_parts(s, Vec::new())
+            .roundtrip(get("/orders?limit=5"))
+            .status
+    });
+    wait_for(
+        db,
+        "AccessShareLock' AND NOT granted",
+        "the read waits behind the lock",
+    );
+    reader
+}
+
+#[test]
+fn past_the_limit_a_request_waits_unread_and_is_served_in_turn() {
+    let db = Db::new(shared(), 10);
+    let srv = db.server(&[
+        "--cores",
+        "1",
+        "--max-active-requests-per-core",
+        "1",
+        "--head-timeout",
+        "60s",
+        "--db-query-timeout",
+        "60s",
+        "--db-wait-timeout",
+        "60s",
+    ]);
+    let mut waiting = parked_conn(&srv);
+    let holder = lock_orders(&db);
+    let read = blocked_read(&srv, &db);
+    // The one request at work waits on the database: the next one, on a
+    // parked connection, is not read.
+    waiting.send(get("/healthz"));
+    assert_silent(&mut waiting, Duration::from_millis(1500), "queued request");
+    // A new connection's first request is not held back (it reads the count).
+    assert_eq!(srv.counter("ringside_requests_queued_total"), 1);
+    unlock_orders(&db, holder);
+    assert_eq!(read.join().unwrap(), 200);
+    let r = waiting.read_response();
+    assert_eq!((r.status, r.text()), (200, "ok\n".to_string()));
+    // And the connection goes on as any other.
+    assert_eq!(waiting.roundtrip(get("/healthz")).status, 200);
+}
+
+#[test]
+fn a_queued_request_waits_at_most_the_head_timeout() {
+    let db = Db::new(shared(), 10);
+    let srv = db.server(&[
+        "--cores",
+        "1",
+        "--max-active-requests-per-core",
+        "1",
+        "--head-timeout",
+        "2s",
+        "--db-query-timeout",
+        "60s",
+        "--db-wait-timeout",
+        "60s",
+    ]);
+    let mut waiting = parked_conn(&srv);
+    let holder = lock_orders(&db);
+    let read = blocked_read(&srv, &db);
+    waiting.send(get("/healthz"));
+    // Answered while the request at work still waits on the lock.
+    let r = waiting.read_response();
+    assert_eq!(r.status, 200);
+    assert!(!read.is_finished(), "the read is still held by the lock");
+    assert_eq!(srv.counter("ringside_requests_queued_total"), 1);
+    unlock_orders(&db, holder);
+    assert_eq!(read.join().unwrap(), 200);
+}
+
+#[test]
+fn a_request_waiting_on_its_client_leaves_its_room_to_others() {
+    let srv = Server::start(
+        "auto",
+        &[
+            "--cores",
+            "1",
+            "--max-active-requests-per-core",
+            "1",
+            "--head-timeout",
+            "60s",
+        ],
+    );
+    let mut other = parked_conn(&srv);
+    // Well under the 60 s bound: only the room the slow request left can
+    // answer it in time.
+    other
+        .s
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // A body that comes slowly: its handler waits on the client.
+    let mut slow = srv.connect();
+    slow.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhello");
+    thread::sleep(Duration::from_millis(300));
+    let r = other.roundtrip(get("/healthz"));
+    assert_eq!(r.status, 200);
+    slow.send("world");
+    let r = slow.read_response();
+    assert_eq!((r.status, r.text()), (200, "helloworld".to_string()));
+}
