@@ -46,7 +46,9 @@ pub struct Config {
     pub backlog: u32,
     pub ring_entries: u32,
     pub max_connections_per_core: usize,
-    pub max_active_requests_per_core: usize,
+    /// None: as many as the pool can have in flight (see
+    /// [`Config::active_request_limit`]).
+    pub max_active_requests_per_core: Option<usize>,
     pub max_request_line: usize,
     pub max_head_bytes: usize,
     pub max_headers: usize,
@@ -158,7 +160,7 @@ impl Default for Config {
             backlog: 0,
             ring_entries: 0,
             max_connections_per_core: 0,
-            max_active_requests_per_core: 0,
+            max_active_requests_per_core: None,
             max_request_line: 0,
             max_head_bytes: 0,
             max_headers: 0,
@@ -292,13 +294,15 @@ pub static SETTINGS: &[Setting] = &[
         |c, v| c.max_connections_per_core = parse_int(v, 1, 10_000_000)? as usize),
     // Requests worked on at once hold their futures, rows and answers: past a
     // few hundred they outgrow the CPU's caches and each costs more
-    // (src/http/admission.rs); the rest wait unread, in the kernel. The
-    // default bounds memory without capping a far database's concurrency
-    // (1024 in flight at 20 ms is 51k requests/s a core); with PostgreSQL
-    // close by, a lower value pays (docs/connection.md).
-    setting!("max-active-requests-per-core", "RINGSIDE_MAX_ACTIVE_REQUESTS_PER_CORE", "1024",
-        "requests per core worked on at once (not counting those waiting on their client); past it, keep-alive connections with a new request wait unread, in arrival order, at most the head timeout (0: no limit)",
-        |c, v| c.max_active_requests_per_core = parse_int(v, 0, 10_000_000)? as usize),
+    // (src/http/admission.rs); the rest wait unread, in the kernel. By
+    // default no more than the database can have in flight: more could
+    // only wait for the pool, and a far database keeps all it needs.
+    setting!("max-active-requests-per-core", "RINGSIDE_MAX_ACTIVE_REQUESTS_PER_CORE", "auto",
+        "requests per core worked on at once (not counting those waiting on their client); past it, a connection's next request waits unread, in arrival order, at most the head timeout (auto: --db-pool-size × --db-pipeline-depth; 0: no limit)",
+        |c, v| c.max_active_requests_per_core = match v {
+            "auto" => None,
+            _ => Some(parse_int(v, 0, 10_000_000)? as usize),
+        }),
     setting!("max-request-line", "RINGSIDE_MAX_REQUEST_LINE", "8KiB",
         "longest request line (414 past it)",
         |c, v| c.max_request_line = parse_bytes(v, 64, 1 << 20)? as usize),
@@ -426,6 +430,13 @@ pub static SETTINGS: &[Setting] = &[
 ];
 
 impl Config {
+    /// Requests a core works on at once (`--max-active-requests-per-core`;
+    /// 0: no limit).
+    pub fn active_request_limit(&self) -> usize {
+        self.max_active_requests_per_core
+            .unwrap_or(self.db_pool_size * self.db_pipeline_depth)
+    }
+
     /// Builds the configuration from command-line flags (`--name value` or
     /// `--name=value`) over environment variables over defaults.
     pub fn from_args_and_env<I, E>(args: I, env: E) -> Result<Config, ConfigError>

@@ -1,11 +1,12 @@
 //! How many requests a core works on at once.
 //!
-//! A parked keep-alive connection that turns readable while the core already
-//! works on `--max-active-requests-per-core` requests is not read yet: it
-//! stays parked, its request in the kernel's socket buffer, in a
-//! first-come queue (`idle.rs`), and is taken when a request ends or starts
-//! waiting on its client. It waits at most the head timeout: then it is taken
-//! whatever the count, so the wait is bounded in time as well as in number.
+//! A connection with a request to read while the core already works on
+//! `--max-active-requests-per-core` requests does not read it yet: its task
+//! (the connection's small future, no buffer, no handler frame) waits in a
+//! first-come queue, the request in the kernel's socket buffer, until a
+//! request ends or starts waiting on its client. It waits at most the head
+//! timeout: then it goes on whatever the count, so the wait is bounded in
+//! time as well as in number.
 //!
 //! Why: a request being worked on holds its future frames (3.4 KB for the
 //! orders page), its rows and its answer. A thousand of them at once outgrow
@@ -17,79 +18,81 @@
 //!
 //! What counts is a handler that runs or waits on the database; not one
 //! waiting on its client (a body to read, a full socket to write to), so
-//! slow clients cannot take the room of the others. A new connection's first
-//! request and a pipelined one are taken at once: accepting has bounds of
-//! its own, and a connection already being served is not interrupted.
+//! slow clients cannot take the room of the others. Pipelined requests read
+//! with the one that took the turn are worked on in the same turn.
 
 use std::cell::Cell;
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+
+use crate::runtime::wait::{WaitQueue, WaitTurn};
 
 pub(super) struct Admission {
     /// Most requests at work at once (0: no limit).
     limit: usize,
     active: Cell<usize>,
-    /// Connections waiting for room (kept by the idle set).
-    queued: Cell<usize>,
-    /// The idle set's watcher, waiting for room to take queued connections.
-    watcher: Cell<Option<Waker>>,
+    /// Connections waiting for room, first come, first served.
+    waiters: WaitQueue,
 }
 
 impl Admission {
-    pub(super) fn new(limit: usize) -> Self {
+    /// `max_waiting`: the most connections that may wait (a core's
+    /// connection limit); it only bounds the queue's bookkeeping.
+    pub(super) fn new(limit: usize, max_waiting: usize) -> Self {
         Admission {
             limit,
             active: Cell::new(0),
-            queued: Cell::new(0),
-            watcher: Cell::new(None),
+            waiters: WaitQueue::new(max_waiting),
         }
     }
 
-    pub(super) fn has_room(&self) -> bool {
+    fn has_room(&self) -> bool {
         self.limit == 0 || self.active.get() < self.limit
     }
 
-    #[cfg(test)]
-    fn active(&self) -> usize {
-        self.active.get()
+    /// Whether a request may start now: there is room and no one waits
+    /// before it.
+    pub(super) fn may_start(&self) -> bool {
+        self.has_room() && self.waiters.is_empty()
     }
 
     /// Counts a request at work until the guard is dropped.
     pub(super) fn enter(self: &Rc<Self>) -> Active {
-        self.reserve();
-        self.adopt()
-    }
-
-    /// Counts a request ahead of its guard: a connection taken from the
-    /// queue is counted from then, so the room it takes is not given to the
-    /// next in line before its task runs. Its task [`Self::adopt`]s it.
-    pub(super) fn reserve(&self) {
         self.active.set(self.active.get() + 1);
+        Active(self.clone())
     }
 
-    /// The guard of a request [`Self::reserve`]d before.
-    pub(super) fn adopt(self: &Rc<Self>) -> Active {
-        Active(self.clone())
+    /// A place in the queue (`front`: a waiter woken but beaten to the room
+    /// keeps its place at the head).
+    fn wait_turn(&self, front: bool) -> WaitTurn<'_> {
+        WaitTurn::new(&self.waiters, front)
     }
 
     fn leave(&self) {
         self.active.set(self.active.get() - 1);
-        if self.queued.get() > 0 && self.has_room() {
-            if let Some(w) = self.watcher.take() {
-                w.wake();
-            }
+        if !self.waiters.is_empty() && self.has_room() {
+            self.waiters.wake_one();
         }
     }
+}
 
-    pub(super) fn set_queued(&self, n: usize) {
-        self.queued.set(n);
-    }
-
-    /// Ready when connections wait and there is room for one.
-    pub(super) fn room(&self) -> Room<'_> {
-        Room(self)
+/// Waits for room among the core's requests at work, in arrival order,
+/// until `bounded_by` completes (the caller's deadline: then it goes on
+/// regardless), and counts the request.
+pub(super) async fn take_turn(
+    admission: &Rc<Admission>,
+    bounded_by: impl std::future::Future<Output = ()>,
+) -> Active {
+    let mut bounded_by = std::pin::pin!(bounded_by);
+    let mut front = false;
+    loop {
+        let turn = monoio::select! {
+            () = admission.wait_turn(front) => true,
+            () = &mut bounded_by => false,
+        };
+        if !turn || admission.has_room() {
+            return admission.enter();
+        }
+        front = true;
     }
 }
 
@@ -119,27 +122,14 @@ impl Drop for Away<'_> {
     }
 }
 
-pub(super) struct Room<'a>(&'a Admission);
-
-impl Future for Room<'_> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let a = self.0;
-        if a.queued.get() > 0 && a.has_room() {
-            return Poll::Ready(());
-        }
-        a.watcher.set(Some(cx.waker().clone()));
-        Poll::Pending
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
+    use std::pin::Pin;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use std::task::Wake;
+    use std::task::{Context, Poll, Wake, Waker};
 
     struct Count(AtomicUsize);
     impl Wake for Count {
@@ -148,37 +138,42 @@ mod tests {
         }
     }
 
+    fn poll<F: Future>(f: Pin<&mut F>, waker: &Waker) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(waker))
+    }
+
     #[test]
-    fn room_opens_when_a_request_ends_or_waits_on_its_client() {
-        let a = Rc::new(Admission::new(2));
+    fn turns_come_in_arrival_order_as_requests_end_or_wait_on_their_client() {
+        let a = Rc::new(Admission::new(2, 100));
         let woken = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(woken.clone());
-        let mut cx = Context::from_waker(&waker);
         let first = a.enter();
         let second = a.enter();
-        assert!(!a.has_room());
-        a.set_queued(1);
-        assert!(Pin::new(&mut a.room()).poll(&mut cx).is_pending());
-        // Waiting on its client, a request leaves its room to others.
+        assert!(!a.may_start());
+        let mut t1 = std::pin::pin!(a.wait_turn(false));
+        let mut t2 = std::pin::pin!(a.wait_turn(false));
+        assert!(poll(t1.as_mut(), &waker).is_pending());
+        assert!(poll(t2.as_mut(), &waker).is_pending());
+        // Waiting on its client, a request leaves its room: the first in
+        // line gets it, the second still waits.
         let away = first.away();
         assert_eq!(woken.0.load(Ordering::Relaxed), 1);
-        assert!(Pin::new(&mut a.room()).poll(&mut cx).is_ready());
+        assert!(poll(t1.as_mut(), &waker).is_ready());
+        assert!(poll(t2.as_mut(), &waker).is_pending());
+        // Someone still waits: a newcomer may not start, even with room.
+        assert!(!a.may_start());
         drop(away);
-        assert_eq!(a.active(), 2);
-        assert!(Pin::new(&mut a.room()).poll(&mut cx).is_pending());
+        assert_eq!(a.active.get(), 2);
         drop(second);
-        assert_eq!(woken.0.load(Ordering::Relaxed), 2);
+        assert!(poll(t2.as_mut(), &waker).is_ready());
         drop(first);
-        assert_eq!(a.active(), 0);
-        // Nothing queued: no room to wait for.
-        a.set_queued(0);
-        assert!(Pin::new(&mut a.room()).poll(&mut cx).is_pending());
+        assert_eq!(a.active.get(), 0);
     }
 
     #[test]
     fn no_limit_always_has_room() {
-        let a = Rc::new(Admission::new(0));
+        let a = Rc::new(Admission::new(0, 100));
         let _held: Vec<_> = (0..1000).map(|_| a.enter()).collect();
-        assert!(a.has_room());
+        assert!(a.may_start());
     }
 }

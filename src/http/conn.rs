@@ -17,7 +17,7 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 use ringside_wire::http::{parse_head_in_place, BodyKind, Framing, ResponseHead, StatusCode};
 
-use super::admission::Active;
+use super::admission::{take_turn, Active};
 use super::exchange::Exchange;
 use super::idle::{WatchGuard, WatchId};
 use super::io::{ConnIo, IoFailure, Shared};
@@ -49,9 +49,6 @@ pub(super) enum Start {
     /// Woken from the core's idle set, with its watch there: bytes (or the
     /// end) are probably there.
     Woken(WatchId),
-    /// Woken, after it waited in the idle set for room among the requests
-    /// at work: its first request is counted already (reserved).
-    Admitted(WatchId),
 }
 
 /// What handling the arrived bytes came to.
@@ -85,10 +82,9 @@ pub(super) async fn serve<S: Service>(
         matches!(start, Start::Accepted).then(|| slot.0.now() + http.shared.settings.head_timeout);
     // The socket's registration in the idle set's epoll set, made the
     // first time the connection waits there and kept until it closes.
-    let (mut has_input, woken_with, mut reserved) = match start {
-        Start::Woken(id) => (true, Some(id), false),
-        Start::Admitted(id) => (true, Some(id), true),
-        Start::Accepted => (false, None, false),
+    let (mut has_input, woken_with) = match start {
+        Start::Woken(id) => (true, Some(id)),
+        Start::Accepted => (false, None),
     };
     let mut watch = WatchGuard::new(&http.idle, woken_with);
     let mut idle_since = slot.0.now();
@@ -133,12 +129,38 @@ pub(super) async fn serve<S: Service>(
                 Wake::TimedOut | Wake::Drained | Wake::Closed => return,
             }
         }
-        // Taken over at the first poll (no wait comes before it).
-        let counted = std::mem::take(&mut reserved).then(|| http.shared.admission.adopt());
+        // Room among the core's requests at work, before anything is read
+        // (admission.rs); a wait for it does not count against the head.
+        let admission = &http.shared.admission;
+        let counted = if admission.may_start() {
+            admission.enter()
+        } else {
+            http.shared.core.note_request_queued();
+            let (table, since) = (slot.0, slot.0.now());
+            let bound = async {
+                // A drain ends the wait too: the request is answered, with
+                // `Connection: close`.
+                table
+                    .wait(slot.1, since + http.shared.settings.head_timeout, true)
+                    .await;
+            };
+            // In a pooled frame: the connection's own future stays small
+            // for the connections that never wait.
+            let active = http
+                .shared
+                .core
+                .frames
+                .boxed_with(|| take_turn(admission, bound))
+                .await;
+            if let Some(by) = first_head_by.as_mut() {
+                *by += table.now().saturating_duration_since(since);
+            }
+            active
+        };
         let (h, s, key) = (&http, &mut stream, slot.1);
         let frames = &http.shared.core.frames;
         match frames
-            .boxed_with(move || process_input(h, s, key, first_head_by, counted))
+            .boxed_with(move || process_input(h, s, key, first_head_by, Some(counted)))
             .await
         {
             Served::Closed => return,

@@ -24,7 +24,6 @@
 //! a last request (answered with `Connection: close`), as in-task waits do.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::num::NonZeroU32;
@@ -36,7 +35,6 @@ use std::time::Duration;
 
 use monoio::time::Instant;
 
-use super::admission::Admission;
 use super::conn::{self, Start, DRAIN_IDLE_GRACE};
 use super::stream::Stream;
 use super::{HttpCore, Service};
@@ -55,9 +53,6 @@ struct Parked {
     /// Milliseconds since the set's epoch.
     idle_since_ms: u64,
     deadline_ms: u64,
-    /// When its request came while the core had no room for it
-    /// (`admission.rs`): it waits in the set's queue, not idle any more.
-    queued_at_ms: Option<u64>,
 }
 
 /// A connection's place in the set, named by its socket's registration for
@@ -115,10 +110,6 @@ pub(super) struct IdleSet {
     /// The watcher's deadline slot: the first park brings its wait
     /// forward to the next tick, from which it expires what is parked.
     watcher_key: Cell<Option<DeadlineKey>>,
-    /// Parked connections with a request that wait for room, oldest first
-    /// (an entry whose connection closed meanwhile is skipped when met).
-    queue: RefCell<VecDeque<WatchId>>,
-    admission: Rc<Admission>,
 }
 
 /// Completes when an event for its connection's socket came.
@@ -210,7 +201,7 @@ impl Drop for WatchGuard<'_> {
 }
 
 impl IdleSet {
-    fn new(epoll: Option<EpollSet>, core: Rc<CoreCtx>, admission: Rc<Admission>) -> Self {
+    fn new(epoll: Option<EpollSet>, core: Rc<CoreCtx>) -> Self {
         IdleSet {
             epoll: RefCell::new(epoll),
             watches: RefCell::default(),
@@ -219,8 +210,6 @@ impl IdleSet {
             epoch: Instant::now(),
             core,
             watcher_key: Cell::new(None),
-            queue: RefCell::default(),
-            admission,
         }
     }
 
@@ -336,7 +325,6 @@ impl IdleSet {
                 open,
                 idle_since_ms: now_ms,
                 deadline_ms: now_ms + keepalive.as_millis() as u64,
-                queued_at_ms: None,
             });
         }
         watch.take();
@@ -350,8 +338,7 @@ impl IdleSet {
     }
 
     /// An event for `token`: a busy connection is marked (and woken if it
-    /// waits); a parked one is handed back with its watch, or queued when
-    /// the core has no room for its request (or others wait before it).
+    /// waits); a parked one is handed back with its watch.
     fn event(&self, token: u64) -> Option<(Parked, WatchId)> {
         let id = WatchId::from_token(token)?;
         let (parked, waker) = {
@@ -366,18 +353,7 @@ impl IdleSet {
                     *ready = true;
                     (None, waker.take())
                 }
-                Slot::Parked(p) => {
-                    if p.queued_at_ms.is_some() {
-                        return None;
-                    }
-                    let mut queue = self.queue.borrow_mut();
-                    if !queue.is_empty() || !self.admission.has_room() {
-                        p.queued_at_ms = Some(self.to_ms(self.core.deadlines.now()));
-                        queue.push_back(id);
-                        self.admission.set_queued(queue.len());
-                        self.core.note_request_queued();
-                        return None;
-                    }
+                Slot::Parked(_) => {
                     let busy = Slot::Busy {
                         ready: false,
                         waker: None,
@@ -397,60 +373,9 @@ impl IdleSet {
         Some((parked, id))
     }
 
-    /// Takes queued connections off the queue, oldest first: while the core
-    /// has room, or (`force`) all of them, or those that waited `bound`.
-    /// Each is counted among the requests at work from here.
-    fn take_queued(
-        &self,
-        now: Instant,
-        bound: Duration,
-        force: bool,
-    ) -> Vec<(Stream, OpenGuard, WatchId)> {
-        let now_ms = self.to_ms(now);
-        let bound_ms = bound.as_millis() as u64;
-        let mut taken = Vec::new();
-        let mut queue = self.queue.borrow_mut();
-        let mut watches = self.watches.borrow_mut();
-        while let Some(&id) = queue.front() {
-            let Some(w) = watches
-                .get_mut(id.index as usize)
-                .filter(|w| w.generation == id.generation.get())
-            else {
-                queue.pop_front();
-                continue;
-            };
-            let queued_at = match &w.slot {
-                Slot::Parked(Parked {
-                    queued_at_ms: Some(t),
-                    ..
-                }) => *t,
-                _ => {
-                    queue.pop_front();
-                    continue;
-                }
-            };
-            if !(force || self.admission.has_room() || queued_at + bound_ms <= now_ms) {
-                break;
-            }
-            queue.pop_front();
-            let busy = Slot::Busy {
-                ready: false,
-                waker: None,
-            };
-            if let Slot::Parked(p) = std::mem::replace(&mut w.slot, busy) {
-                self.admission.reserve();
-                taken.push((p.stream, p.open, id));
-            }
-        }
-        self.admission.set_queued(queue.len());
-        drop((queue, watches));
-        self.set_parked(self.parked.get() - taken.len());
-        taken
-    }
-
     /// Closes what passed its deadline (dropping a socket closes it and
     /// ends its registration), and gives back the table's tail after a
-    /// burst. A queued connection is not idle: it is not closed here.
+    /// burst.
     fn expire(&self, now: Instant) {
         let now_ms = self.to_ms(now);
         let mut expired = Vec::new();
@@ -458,8 +383,7 @@ impl IdleSet {
             let mut watches = self.watches.borrow_mut();
             let mut free = self.free.borrow_mut();
             for (i, w) in watches.iter_mut().enumerate() {
-                if matches!(&w.slot, Slot::Parked(p) if p.deadline_ms <= now_ms && p.queued_at_ms.is_none())
-                {
+                if matches!(&w.slot, Slot::Parked(p) if p.deadline_ms <= now_ms) {
                     if let Slot::Parked(p) = std::mem::replace(&mut w.slot, Slot::Free) {
                         expired.push(p);
                     }
@@ -521,8 +445,6 @@ impl IdleSet {
             }
         }
         self.set_parked(0);
-        self.queue.borrow_mut().clear();
-        self.admission.set_queued(0);
         drop(closed);
         wakers.into_iter().for_each(Waker::wake);
     }
@@ -530,13 +452,13 @@ impl IdleSet {
 
 /// Makes a core's idle set. Parking is off (every idle connection waits in
 /// its own task) when the epoll set cannot be made.
-pub(super) fn new_set(core: Rc<CoreCtx>, admission: Rc<Admission>) -> IdleSet {
+pub(super) fn new_set(core: Rc<CoreCtx>) -> IdleSet {
     let epoll = EpollSet::new()
         .inspect_err(|e| {
             tracing::warn!(error = %e, "no epoll set for idle connections; they wait in their tasks");
         })
         .ok();
-    IdleSet::new(epoll, core, admission)
+    IdleSet::new(epoll, core)
 }
 
 /// Watches the core's epoll set: spawns a connection's task again when its
@@ -576,15 +498,11 @@ pub(super) async fn watch<S: Service>(http: Weak<HttpCore<S>>, core: Rc<CoreCtx>
         };
         enum Woke {
             Ready(io::Result<()>),
-            Room,
             Tick,
             Drain,
         }
-        let admission = http.upgrade().map(|h| h.shared.admission.clone());
-        let Some(admission) = admission else { break };
         let woke = monoio::select! {
             r = &mut ready => Woke::Ready(r),
-            () = admission.room() => Woke::Room,
             end = table.wait(key, wake_by, !draining) => match end {
                 WaitEnd::Expired => Woke::Tick,
                 WaitEnd::Drained => Woke::Drain,
@@ -601,16 +519,9 @@ pub(super) async fn watch<S: Service>(http: Weak<HttpCore<S>>, core: Rc<CoreCtx>
                 h.idle.close_all();
                 break;
             }
-            Woke::Room => admit(&h, table.now(), false),
-            Woke::Tick => {
-                // A request waits for room at most the head timeout.
-                admit(&h, table.now(), false);
-                h.idle.expire(table.now());
-            }
+            Woke::Tick => h.idle.expire(table.now()),
             Woke::Drain => {
                 draining = true;
-                // Queued requests are answered (with `Connection: close`).
-                admit(&h, table.now(), true);
                 h.idle.start_drain();
                 h.idle.expire(table.now());
             }
@@ -621,17 +532,6 @@ pub(super) async fn watch<S: Service>(http: Weak<HttpCore<S>>, core: Rc<CoreCtx>
         h.idle.close_all();
     }
     table.release(key);
-}
-
-/// Gives queued connections their task again (see [`IdleSet::take_queued`]).
-fn admit<S: Service>(http: &Rc<HttpCore<S>>, now: Instant, force: bool) {
-    let bound = http.shared.settings.head_timeout;
-    for (stream, open, id) in http.idle.take_queued(now, bound, force) {
-        monoio::spawn(Contained::new(
-            &http.shared.core,
-            conn::serve(http.clone(), stream, open, Start::Admitted(id)),
-        ));
-    }
 }
 
 /// Takes the ready events: marks (and wakes) the busy connections they

@@ -124,7 +124,8 @@ impl<S: Service> HttpCore<S> {
         let shared = Rc::new(io::Shared {
             core,
             admission: Rc::new(admission::Admission::new(
-                config.max_active_requests_per_core,
+                config.active_request_limit(),
+                config.max_connections_per_core,
             )),
             settings,
             buffers,
@@ -144,7 +145,7 @@ impl<S: Service> HttpCore<S> {
         let http = Rc::new(HttpCore {
             tls,
             tls_listener,
-            idle: idle::new_set(shared.core.clone(), shared.admission.clone()),
+            idle: idle::new_set(shared.core.clone()),
             shared,
             service,
         });

@@ -6,7 +6,6 @@ pub mod config;
 pub mod conn;
 pub mod pool;
 pub mod router;
-mod wait;
 
 use std::fmt;
 

@@ -29,9 +29,9 @@ use monoio::time::Instant;
 
 use super::config::PgConfig;
 use super::conn::{ConnSettings, Param, PgConn, Rows, SentProbe, Statement};
-use super::wait::{WaitQueue, WaitTurn};
 use super::QueryError;
 use crate::runtime::deadlines::{DeadlineKey, DeadlineTable};
+use crate::runtime::wait::{WaitQueue, WaitTurn};
 use crate::runtime::LogLimit;
 
 mod coalesce;

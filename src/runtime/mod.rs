@@ -22,6 +22,7 @@ mod listener;
 mod log_limit;
 mod panics;
 mod setup;
+pub(crate) mod wait;
 
 pub use core_thread::OpenGuard;
 pub use frames::{FramePool, PooledFuture};

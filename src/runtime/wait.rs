@@ -1,5 +1,6 @@
 //! A bounded first-come-first-served queue of callers waiting for capacity
-//! (a slot on a pooled connection, or a connection of their own): a place is
+//! (a slot on a pooled connection, a connection of their own, room among a
+//! core's requests at work): a place is
 //! taken on the first poll, kept at the front when a woken waiter was beaten
 //! to the capacity, and left when the wait is dropped (a timeout, a caller
 //! gone). Places left behind are dropped lazily and bounded.
@@ -12,15 +13,15 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 /// Callers waiting for capacity, first come, first served, bounded in count.
-pub(super) struct WaitQueue {
+pub(crate) struct WaitQueue {
     waiters: RefCell<VecDeque<Rc<Waiter>>>,
     /// Waiters still waiting (the queue may hold ones that gave up).
-    pub(super) waiting: Cell<usize>,
+    pub(crate) waiting: Cell<usize>,
     max: usize,
 }
 
 impl WaitQueue {
-    pub(super) fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         WaitQueue {
             waiters: RefCell::new(VecDeque::new()),
             waiting: Cell::new(0),
@@ -28,15 +29,15 @@ impl WaitQueue {
         }
     }
 
-    pub(super) fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.waiting.get() == 0
     }
 
-    pub(super) fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.waiting.get() >= self.max
     }
 
-    pub(super) fn wake_one(&self) {
+    pub(crate) fn wake_one(&self) {
         loop {
             let Some(w) = self.waiters.borrow_mut().pop_front() else {
                 return;
@@ -47,7 +48,7 @@ impl WaitQueue {
         }
     }
 
-    pub(super) fn wake_all(&self) {
+    pub(crate) fn wake_all(&self) {
         let all: Vec<Rc<Waiter>> = self.waiters.borrow_mut().drain(..).collect();
         for w in all {
             w.give_turn();
@@ -79,14 +80,14 @@ impl Waiter {
 
 /// A place in a queue, held until woken once; dropping it (a timeout, a
 /// caller gone) leaves the queue.
-pub(super) struct WaitTurn<'a> {
+pub(crate) struct WaitTurn<'a> {
     queue: &'a WaitQueue,
     front: bool,
     waiter: Option<Rc<Waiter>>,
 }
 
 impl<'a> WaitTurn<'a> {
-    pub(super) fn new(queue: &'a WaitQueue, front: bool) -> Self {
+    pub(crate) fn new(queue: &'a WaitQueue, front: bool) -> Self {
         WaitTurn {
             queue,
             front,
