@@ -298,7 +298,7 @@ pub static SETTINGS: &[Setting] = &[
     // default no more than the database can have in flight: more could
     // only wait for the pool, and a far database keeps all it needs.
     setting!("max-active-requests-per-core", "RINGSIDE_MAX_ACTIVE_REQUESTS_PER_CORE", "auto",
-        "requests per core worked on at once (not counting those waiting on their client); past it, a connection's next request waits unread, in arrival order, at most the head timeout (auto: --db-pool-size × --db-pipeline-depth; 0: no limit)",
+        "requests per core worked on at once (not counting those waiting on their client); past it, a connection's next request waits unread, in arrival order, at most --db-wait-timeout (or the head timeout if shorter), then goes on (auto: --db-pool-size × --db-pipeline-depth; 0: no limit)",
         |c, v| c.max_active_requests_per_core = match v {
             "auto" => None,
             _ => Some(parse_int(v, 0, 10_000_000)? as usize),

@@ -4,9 +4,11 @@
 //! `--max-active-requests-per-core` requests does not read it yet: its task
 //! (the connection's small future, no buffer, no handler frame) waits in a
 //! first-come queue, the request in the kernel's socket buffer, until a
-//! request ends or starts waiting on its client. It waits at most the head
-//! timeout: then it goes on whatever the count, so the wait is bounded in
-//! time as well as in number.
+//! request ends or starts waiting on its client. It waits at most
+//! `--db-wait-timeout` (or the head timeout, if shorter): then it goes on
+//! whatever the count, so the wait is bounded in time as well as in number,
+//! and a request held up by a busy database gets its 503 from the pool about
+//! as soon as it did without this queue.
 //!
 //! Why: a request being worked on holds its future frames (3.4 KB for the
 //! orders page), its rows and its answer. A thousand of them at once outgrow

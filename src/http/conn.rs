@@ -141,7 +141,7 @@ pub(super) async fn serve<S: Service>(
                 // A drain ends the wait too: the request is answered, with
                 // `Connection: close`.
                 table
-                    .wait(slot.1, since + http.shared.settings.head_timeout, true)
+                    .wait(slot.1, since + http.shared.settings.admission_wait, true)
                     .await;
             };
             // In a pooled frame: the connection's own future stays small

@@ -56,6 +56,9 @@ pub struct HttpSettings {
     /// A request body the handler left unread is read and dropped up to this
     /// size to keep the connection; past it the connection is closed.
     pub max_discard_bytes: u64,
+    /// Longest wait of a request for room among the core's requests at
+    /// work (`admission.rs`); past it, it goes on regardless.
+    pub admission_wait: Duration,
 }
 
 impl HttpSettings {
@@ -75,6 +78,10 @@ impl HttpSettings {
             body_rate_grace: c.body_rate_grace,
             write_high_water: 64 * 1024,
             max_discard_bytes: 64 * 1024,
+            // The room is, by default, the database's: a request waits for
+            // it no longer than for a database slot (then the pool answers
+            // 503 if it must), and never longer than its head may take.
+            admission_wait: c.db_wait_timeout.min(c.head_timeout),
         }
     }
 }
