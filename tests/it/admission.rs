@@ -12,6 +12,17 @@ use crate::app::Db;
 use crate::harness::{get, Conn, Server};
 use crate::pgfix::{shared, SpawnedPsql};
 
+/// One core with room for one request at work; a long head timeout, so
+/// that only what a test sets bounds a wait.
+const ROOM_FOR_ONE: [&str; 6] = [
+    "--cores",
+    "1",
+    "--max-active-requests-per-core",
+    "1",
+    "--head-timeout",
+    "60s",
+];
+
 /// A keep-alive connection that made one request.
 fn served_conn(srv: &Server) -> Conn {
     let mut c = srv.connect();
@@ -81,30 +92,59 @@ fn blocked_read(srv: &Server, db: &Db) -> thread::JoinHandle<u16> {
     reader
 }
 
+/// One core with room for one request, taken by a read held behind a lock;
+/// a second connection has sent `GET /healthz`. `db_wait` bounds the wait
+/// for room (the read holds its pipeline slot: nothing else waits for one).
+struct OneReadAtWork {
+    srv: Server,
+    db: Db<'static>,
+    holder: SpawnedPsql,
+    read: thread::JoinHandle<u16>,
+    waiting: Conn,
+}
+
+impl OneReadAtWork {
+    fn start(db_wait: &str) -> Self {
+        let db = Db::new(shared(), 10);
+        let srv = db.server(
+            &[
+                &ROOM_FOR_ONE[..],
+                &["--db-query-timeout", "60s", "--db-wait-timeout", db_wait],
+            ]
+            .concat(),
+        );
+        let mut waiting = served_conn(&srv);
+        let holder = lock_orders(&db);
+        let read = blocked_read(&srv, &db);
+        waiting.send(get("/healthz"));
+        OneReadAtWork {
+            srv,
+            db,
+            holder,
+            read,
+            waiting,
+        }
+    }
+
+    /// Lets the read finish; it must have been answered 200.
+    fn release(self) -> (Server, Conn) {
+        unlock_orders(&self.db, self.holder);
+        assert_eq!(self.read.join().unwrap(), 200);
+        (self.srv, self.waiting)
+    }
+}
+
 #[test]
 fn past_the_limit_a_request_waits_unread_and_is_served_in_turn() {
-    let db = Db::new(shared(), 10);
-    let srv = db.server(&[
-        "--cores",
-        "1",
-        "--max-active-requests-per-core",
-        "1",
-        "--head-timeout",
-        "60s",
-        "--db-query-timeout",
-        "60s",
-        "--db-wait-timeout",
-        "60s",
-    ]);
-    let mut waiting = served_conn(&srv);
-    let holder = lock_orders(&db);
-    let read = blocked_read(&srv, &db);
+    let mut scene = OneReadAtWork::start("60s");
     // The one request at work waits on the database: the next one is not
     // read.
-    waiting.send(get("/healthz"));
-    assert_silent(&mut waiting, Duration::from_millis(1500), "queued request");
-    unlock_orders(&db, holder);
-    assert_eq!(read.join().unwrap(), 200);
+    assert_silent(
+        &mut scene.waiting,
+        Duration::from_millis(1500),
+        "queued request",
+    );
+    let (srv, mut waiting) = scene.release();
     let r = waiting.read_response();
     assert_eq!((r.status, r.text()), (200, "ok\n".to_string()));
     // And the connection goes on as any other.
@@ -114,47 +154,21 @@ fn past_the_limit_a_request_waits_unread_and_is_served_in_turn() {
 
 #[test]
 fn a_queued_request_waits_no_longer_than_for_a_database_slot() {
-    let db = Db::new(shared(), 10);
-    let srv = db.server(&[
-        "--cores",
-        "1",
-        "--max-active-requests-per-core",
-        "1",
-        "--head-timeout",
-        "60s",
-        "--db-query-timeout",
-        "60s",
-        // The read at work holds its pipeline slot: this bounds only the
-        // wait for room.
-        "--db-wait-timeout",
-        "2s",
-    ]);
-    let mut waiting = served_conn(&srv);
-    let holder = lock_orders(&db);
-    let read = blocked_read(&srv, &db);
-    waiting.send(get("/healthz"));
+    let mut scene = OneReadAtWork::start("2s");
     // Answered while the request at work still waits on the lock.
-    let r = waiting.read_response();
+    let r = scene.waiting.read_response();
     assert_eq!(r.status, 200);
-    assert!(!read.is_finished(), "the read is still held by the lock");
-    unlock_orders(&db, holder);
-    assert_eq!(read.join().unwrap(), 200);
+    assert!(
+        !scene.read.is_finished(),
+        "the read is still held by the lock"
+    );
+    let (srv, _) = scene.release();
     assert_eq!(srv.counter("ringside_requests_queued_total"), 1);
 }
 
 #[test]
 fn a_request_waiting_on_its_client_leaves_its_room_to_others() {
-    let srv = Server::start(
-        "auto",
-        &[
-            "--cores",
-            "1",
-            "--max-active-requests-per-core",
-            "1",
-            "--head-timeout",
-            "60s",
-        ],
-    );
+    let srv = Server::start("auto", &ROOM_FOR_ONE);
     let mut other = served_conn(&srv);
     // Well under the 60 s bound: only the room the slow request left can
     // answer it in time.
