@@ -338,7 +338,7 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
         (
             "ringside_requests_queued_total",
             "counter",
-            "Requests on keep-alive connections that waited unread for room among the core's requests at work (--max-active-requests-per-core).",
+            "Requests that waited unread for room among the core's requests at work (--max-active-requests-per-core).",
             |s| s.requests_queued,
         ),
         (

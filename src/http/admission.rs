@@ -2,26 +2,26 @@
 //!
 //! A connection with a request to read while the core already works on
 //! `--max-active-requests-per-core` requests does not read it yet: its task
-//! (the connection's small future, no buffer, no handler frame) waits in a
-//! first-come queue, the request in the kernel's socket buffer, until a
-//! request ends or starts waiting on its client. It waits at most
-//! `--db-wait-timeout` (or the head timeout, if shorter): then it goes on
-//! whatever the count, so the wait is bounded in time as well as in number,
-//! and a request held up by a busy database gets its 503 from the pool about
-//! as soon as it did without this queue.
+//! (the connection's future and a small pooled frame, no buffer, no handler
+//! frame) waits in a first-come queue, the request in the kernel's socket
+//! buffer, until a request ends or starts waiting on its client and hands
+//! its room over. It waits at most `--db-wait-timeout` (or the head timeout,
+//! if shorter): then it goes on whatever the count, so the wait is bounded
+//! in time as well as in number (docs/connection.md has what that costs).
 //!
 //! Why: a request being worked on holds its future frames (3.4 KB for the
 //! orders page), its rows and its answer. A thousand of them at once outgrow
 //! the CPU's caches and every request then costs more: `/orders` at 1,024
-//! connections took 26–28 µs of server CPU per request against 16–19 µs at
-//! 256, with the same database and the same answers (bench/RESULTS.md). Kept
+//! connections took 25–29 µs of server CPU per request against 16–19 µs at
+//! 256, with the same database and the same answers (bench/targets.md). Kept
 //! in the kernel instead, waiting requests cost nothing; this is also the
 //! article's rule that while the database is busy the server stops reading.
 //!
 //! What counts is a handler that runs or waits on the database; not one
-//! waiting on its client (a body to read, a full socket to write to), so
+//! waiting on its client (the rest of a head, a body, a full socket), so
 //! slow clients cannot take the room of the others. Pipelined requests read
-//! with the one that took the turn are worked on in the same turn.
+//! with the one that took the turn are worked on in the same turn: the limit
+//! is a target, not a cap.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -63,16 +63,39 @@ impl Admission {
         Active(self.clone())
     }
 
-    /// A place in the queue (`front`: a waiter woken but beaten to the room
-    /// keeps its place at the head).
-    fn wait_turn(&self, front: bool) -> WaitTurn<'_> {
-        WaitTurn::new(&self.waiters, front)
+    /// A place at the back of the queue.
+    fn wait_turn(&self) -> Turn<'_> {
+        Turn {
+            wait: WaitTurn::new(&self.waiters, false),
+            admission: self,
+            taken: false,
+        }
     }
 
+    /// A request's room is given back, or handed over as it is to the
+    /// first in line: no one can take it in between (a pipelined request,
+    /// one back from its client), so the order holds and no wake is wasted.
     fn leave(&self) {
+        let room_after = self.limit == 0 || self.active.get() - 1 < self.limit;
+        if room_after && !self.waiters.is_empty() && self.waiters.wake_one() {
+            return;
+        }
         self.active.set(self.active.get() - 1);
-        if !self.waiters.is_empty() && self.has_room() {
-            self.waiters.wake_one();
+    }
+}
+
+/// A place in the admission queue; a room handed over to it and never
+/// taken (the wait dropped first) is given back.
+struct Turn<'a> {
+    wait: WaitTurn<'a>,
+    admission: &'a Admission,
+    taken: bool,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if self.wait.granted() && !self.taken {
+            self.admission.leave();
         }
     }
 }
@@ -84,17 +107,17 @@ pub(super) async fn take_turn(
     admission: &Rc<Admission>,
     bounded_by: impl std::future::Future<Output = ()>,
 ) -> Active {
-    let mut bounded_by = std::pin::pin!(bounded_by);
-    let mut front = false;
-    loop {
-        let turn = monoio::select! {
-            () = admission.wait_turn(front) => true,
-            () = &mut bounded_by => false,
-        };
-        if !turn || admission.has_room() {
-            return admission.enter();
-        }
-        front = true;
+    let mut turn = std::pin::pin!(admission.wait_turn());
+    let granted = monoio::select! {
+        () = &mut turn.wait => true,
+        () = bounded_by => turn.wait.granted(),
+    };
+    if granted {
+        turn.taken = true;
+        // Counted already, by the request that handed its room over.
+        Active(admission.clone())
+    } else {
+        admission.enter()
     }
 }
 
@@ -145,31 +168,40 @@ mod tests {
     }
 
     #[test]
-    fn turns_come_in_arrival_order_as_requests_end_or_wait_on_their_client() {
+    fn a_room_is_handed_over_in_arrival_order() {
         let a = Rc::new(Admission::new(2, 100));
         let woken = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(woken.clone());
         let first = a.enter();
         let second = a.enter();
         assert!(!a.may_start());
-        let mut t1 = std::pin::pin!(a.wait_turn(false));
-        let mut t2 = std::pin::pin!(a.wait_turn(false));
-        assert!(poll(t1.as_mut(), &waker).is_pending());
-        assert!(poll(t2.as_mut(), &waker).is_pending());
-        // Waiting on its client, a request leaves its room: the first in
-        // line gets it, the second still waits.
+        let mut t1 = a.wait_turn();
+        let mut t2 = a.wait_turn();
+        assert!(poll(std::pin::Pin::new(&mut t1.wait), &waker).is_pending());
+        assert!(poll(std::pin::Pin::new(&mut t2.wait), &waker).is_pending());
+        // Waiting on its client, a request hands its room to the first in
+        // line: still counted, so a request back from its client, or one
+        // that comes now, cannot take it.
         let away = first.away();
         assert_eq!(woken.0.load(Ordering::Relaxed), 1);
-        assert!(poll(t1.as_mut(), &waker).is_ready());
-        assert!(poll(t2.as_mut(), &waker).is_pending());
-        // Someone still waits: a newcomer may not start, even with room.
+        assert_eq!(a.active.get(), 2);
+        assert!(t1.wait.granted() && !t2.wait.granted());
         assert!(!a.may_start());
         drop(away);
-        assert_eq!(a.active.get(), 2);
+        assert_eq!(a.active.get(), 3);
+        // Over the limit: an end makes no room yet.
         drop(second);
-        assert!(poll(t2.as_mut(), &waker).is_ready());
+        assert_eq!(a.active.get(), 2);
+        assert!(!t2.wait.granted());
+        // The next end does, for the second in line.
         drop(first);
+        assert!(t2.wait.granted());
+        assert_eq!(a.active.get(), 2);
+        // A room handed over to a wait that is then dropped is given back.
+        drop(t1);
+        drop(t2);
         assert_eq!(a.active.get(), 0);
+        assert!(a.may_start());
     }
 
     #[test]

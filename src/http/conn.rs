@@ -317,7 +317,7 @@ async fn process_input<S: Service>(
     stream: &mut Stream,
     key: DeadlineKey,
     mut first_head_by: Option<Instant>,
-    mut counted: Option<Active>,
+    counted: Option<Active>,
 ) -> Served {
     let settings = &http.shared.settings;
     let mut io = ConnIo::new(stream, &http.shared, key);
@@ -327,6 +327,9 @@ async fn process_input<S: Service>(
         Ok(false) => return Served::Nothing,
         Err(_) => return Served::Closed,
     }
+    // The turn taken in `serve` counts from here: a wait for the rest of
+    // the head is a wait on the client, which steps away from it.
+    io.active = counted;
     loop {
         // A head must be complete within the head timeout, counted from the
         // accept for a new connection, from its first byte otherwise.
@@ -367,12 +370,11 @@ async fn process_input<S: Service>(
         // dropped from it afterwards: no reference-counted split per request.
         let head_bytes =
             (head.body_kind() != BodyKind::Empty).then(|| io.rbuf.split_to(head.len()).freeze());
-        // Counted among the core's requests at work while its handler runs.
-        io.active = Some(
-            counted
-                .take()
-                .unwrap_or_else(|| http.shared.admission.enter()),
-        );
+        // Counted among the core's requests at work while its handler runs
+        // (a pipelined request after the first: in the same turn).
+        if io.active.is_none() {
+            io.active = Some(http.shared.admission.enter());
+        }
         let mut ex = Exchange::new(&mut io, head, head_bytes, settings.max_body_bytes);
         http.service.call(&mut ex).await;
         ex.complete();

@@ -264,6 +264,8 @@ impl ConnIo<'_> {
     /// Sends what is queued, then closes the write side and drains (briefly)
     /// what the client still sends, so the response is not lost to an RST.
     pub(super) async fn close_gracefully(&mut self) {
+        // Closing is no work on a request: it leaves the core's room.
+        self.active = None;
         if self.flush().await.is_err() {
             return;
         }

@@ -37,13 +37,15 @@ impl WaitQueue {
         self.waiting.get() >= self.max
     }
 
-    pub(crate) fn wake_one(&self) {
+    /// Gives the turn to the first waiter still waiting; false if none
+    /// was.
+    pub(crate) fn wake_one(&self) -> bool {
         loop {
             let Some(w) = self.waiters.borrow_mut().pop_front() else {
-                return;
+                return false;
             };
             if w.give_turn() {
-                return;
+                return true;
             }
         }
     }
@@ -93,6 +95,13 @@ impl<'a> WaitTurn<'a> {
             front,
             waiter: None,
         }
+    }
+}
+
+impl WaitTurn<'_> {
+    /// Whether it was given its turn (perhaps not yet seen by a poll).
+    pub(crate) fn granted(&self) -> bool {
+        self.waiter.as_ref().is_some_and(|w| w.turn.get())
     }
 }
 

@@ -12,8 +12,9 @@ use crate::app::Db;
 use crate::harness::{get, Conn, Server};
 use crate::pgfix::{shared, SpawnedPsql};
 
-/// One core with room for one request at work; a long head timeout, so
-/// that only what a test sets bounds a wait.
+/// One core with room for one request at work; a long head timeout (the
+/// wait for room is bounded by it and by `--db-wait-timeout`, which each
+/// test sets).
 const ROOM_FOR_ONE: [&str; 6] = [
     "--cores",
     "1",
@@ -168,7 +169,10 @@ fn a_queued_request_waits_no_longer_than_for_a_database_slot() {
 
 #[test]
 fn a_request_waiting_on_its_client_leaves_its_room_to_others() {
-    let srv = Server::start("auto", &ROOM_FOR_ONE);
+    let srv = Server::start(
+        "auto",
+        &[&ROOM_FOR_ONE[..], &["--db-wait-timeout", "60s"]].concat(),
+    );
     let mut other = served_conn(&srv);
     // Well under the 60 s bound: only the room the slow request left can
     // answer it in time.
@@ -185,4 +189,26 @@ fn a_request_waiting_on_its_client_leaves_its_room_to_others() {
     slow.send("world");
     let r = slow.read_response();
     assert_eq!((r.status, r.text()), (200, "helloworld".to_string()));
+}
+
+#[test]
+fn a_client_slow_to_send_its_head_leaves_its_room_to_others() {
+    let srv = Server::start(
+        "auto",
+        &[&ROOM_FOR_ONE[..], &["--db-wait-timeout", "60s"]].concat(),
+    );
+    // Readable, so it takes the room; then it waits for the rest of its
+    // head, on its client.
+    let mut slow = srv.connect();
+    slow.send("GET /heal");
+    thread::sleep(Duration::from_millis(300));
+    let mut other = srv.connect();
+    // Well under the 60 s bound.
+    other
+        .s
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(other.roundtrip(get("/healthz")).status, 200);
+    slow.send("thz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(slow.read_response().status, 200);
 }
