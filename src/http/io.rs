@@ -55,9 +55,10 @@ pub(super) struct ConnIo<'a> {
     /// is a plain non-blocking recv tried before the ring's read (a recv
     /// that finds nothing would be a wasted system call).
     bytes_waiting: bool,
-    /// Set while a handler works on a request: counted by the core's
-    /// admission, except while it waits on the client.
-    pub(super) active: Option<super::admission::Active>,
+    /// Set from the first read of a turn (`admission.rs`) until its
+    /// request's handler is done: counted among the core's requests at
+    /// work, except while it waits on the client.
+    pub(super) active: Option<Active>,
 }
 
 impl<'a> ConnIo<'a> {
