@@ -46,8 +46,8 @@ pub struct Config {
     pub backlog: u32,
     pub ring_entries: u32,
     pub max_connections_per_core: usize,
-    /// None: as many as the pool can have in flight (see
-    /// [`Config::active_request_limit`]).
+    /// None: tuned to the time requests take, between a floor and all the
+    /// queries the pool can have in flight (`src/http/limit_tuner.rs`).
     pub max_active_requests_per_core: Option<usize>,
     pub max_request_line: usize,
     pub max_head_bytes: usize,
@@ -295,10 +295,10 @@ pub static SETTINGS: &[Setting] = &[
     // Requests worked on at once hold their futures, rows and answers: past a
     // few hundred they outgrow the CPU's caches and each costs more
     // (src/http/admission.rs); the rest wait unread, in the kernel. By
-    // default no more than the database can have in flight: more could
-    // only wait for the pool, and a far database keeps all it needs.
+    // default tuned: few when they only queue at a near database, up to all
+    // the pool can have in flight when a far one needs them.
     setting!("max-active-requests-per-core", "RINGSIDE_MAX_ACTIVE_REQUESTS_PER_CORE", "auto",
-        "requests per core worked on at once (not counting those waiting on their client); past it, a connection's next request waits unread, in arrival order, at most --db-wait-timeout (or the head timeout if shorter), then goes on (auto: --db-pool-size × --db-pipeline-depth; 0: no limit)",
+        "requests per core worked on at once (not counting those waiting on their client); past it, a connection's next request waits unread, in arrival order, at most --db-wait-timeout (or the head timeout if shorter), then goes on (auto: tuned to the time requests take, from max(64, 8 × --db-pool-size) up to --db-pool-size × --db-pipeline-depth; 0: no limit)",
         |c, v| c.max_active_requests_per_core = match v {
             "auto" => None,
             _ => Some(parse_int(v, 0, 10_000_000)? as usize),
@@ -430,13 +430,6 @@ pub static SETTINGS: &[Setting] = &[
 ];
 
 impl Config {
-    /// Requests a core works on at once (`--max-active-requests-per-core`;
-    /// 0: no limit).
-    pub fn active_request_limit(&self) -> usize {
-        self.max_active_requests_per_core
-            .unwrap_or(self.db_pool_size * self.db_pipeline_depth)
-    }
-
     /// Builds the configuration from command-line flags (`--name value` or
     /// `--name=value`) over environment variables over defaults.
     pub fn from_args_and_env<I, E>(args: I, env: E) -> Result<Config, ConfigError>

@@ -75,6 +75,7 @@ pub struct Snapshot {
     pub refused_no_fd: u64,
     pub connection_panics: u64,
     pub requests_queued: u64,
+    pub active_request_limit: u64,
     pub requests: Vec<[u64; 5]>,
     /// Per bucket, not cumulative.
     pub latency_buckets: Vec<u64>,
@@ -112,6 +113,7 @@ impl Snapshot {
             refused_no_fd: core.refused_no_fd(),
             connection_panics: core.connection_panics(),
             requests_queued: core.requests_queued(),
+            active_request_limit: core.active_request_limit(),
             requests: m
                 .requests
                 .iter()
@@ -262,7 +264,7 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
         );
     }
 
-    let per_core: [Family<Snapshot>; 18] = [
+    let per_core: [Family<Snapshot>; 19] = [
         (
             "ringside_open_connections",
             "gauge",
@@ -340,6 +342,12 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
             "counter",
             "Requests that waited unread for room among the core's requests at work (--max-active-requests-per-core).",
             |s| s.requests_queued,
+        ),
+        (
+            "ringside_active_request_limit",
+            "gauge",
+            "Requests the core works on at once before the next wait unread (0: no limit); moves with the time requests take when --max-active-requests-per-core is auto.",
+            |s| s.active_request_limit,
         ),
         (
             "ringside_db_shed_requests_total",

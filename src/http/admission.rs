@@ -23,32 +23,53 @@
 //! with the one that took the turn are worked on in the same turn: the limit
 //! is a target, not a cap.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::time::Instant;
 
+use super::limit_tuner::LimitTuner;
 use crate::runtime::wait::{WaitQueue, WaitTurn};
+use crate::runtime::CoreCtx;
 
 pub(super) struct Admission {
     /// Most requests at work at once (0: no limit).
-    limit: usize,
+    limit: Cell<usize>,
     active: Cell<usize>,
     /// Connections waiting for room, first come, first served.
     waiters: WaitQueue,
+    /// Moves the limit with the time requests take (`auto`), or none; the
+    /// core shows the limit in /metrics.
+    tuner: Option<(RefCell<LimitTuner>, Rc<CoreCtx>)>,
 }
 
 impl Admission {
-    /// `max_waiting`: the most connections that may wait (a core's
-    /// connection limit); it only bounds the queue's bookkeeping.
+    /// A fixed limit. `max_waiting`: the most connections that may wait (a
+    /// core's connection limit); it only bounds the queue's bookkeeping.
     pub(super) fn new(limit: usize, max_waiting: usize) -> Self {
         Admission {
-            limit,
+            limit: Cell::new(limit),
             active: Cell::new(0),
             waiters: WaitQueue::new(max_waiting),
+            tuner: None,
         }
     }
 
+    /// A limit that `tuner` moves.
+    pub(super) fn tuned(tuner: LimitTuner, max_waiting: usize, core: Rc<CoreCtx>) -> Self {
+        Admission {
+            limit: Cell::new(tuner.limit()),
+            tuner: Some((RefCell::new(tuner), core)),
+            ..Self::new(0, max_waiting)
+        }
+    }
+
+    /// The limit now (0: none).
+    pub(super) fn limit(&self) -> usize {
+        self.limit.get()
+    }
+
     fn has_room(&self) -> bool {
-        self.limit == 0 || self.active.get() < self.limit
+        self.limit.get() == 0 || self.active.get() < self.limit.get()
     }
 
     /// Whether a request may start now: there is room and no one waits
@@ -60,7 +81,32 @@ impl Admission {
     /// Counts a request at work until the guard is dropped.
     pub(super) fn enter(self: &Rc<Self>) -> Active {
         self.active.set(self.active.get() + 1);
-        Active(self.clone())
+        self.counted()
+    }
+
+    /// The guard of a request already counted; timed when the limit is
+    /// tuned.
+    fn counted(self: &Rc<Self>) -> Active {
+        Active {
+            admission: self.clone(),
+            started: Cell::new(self.tuner.is_some().then(Instant::now)),
+        }
+    }
+
+    /// A request at work from `started` until now is done.
+    fn done(&self, started: Instant) {
+        let Some((tuner, core)) = &self.tuner else {
+            return;
+        };
+        let Some(limit) = tuner.borrow_mut().done(started, Instant::now()) else {
+            return;
+        };
+        self.limit.set(limit);
+        core.note_active_request_limit(limit);
+        // A higher limit makes room for those waiting, in their order.
+        while self.has_room() && !self.waiters.is_empty() && self.waiters.wake_one() {
+            self.active.set(self.active.get() + 1);
+        }
     }
 
     /// A place at the back of the queue.
@@ -76,7 +122,7 @@ impl Admission {
     /// first in line: no one can take it in between (a pipelined request,
     /// one back from its client), so the order holds and no wake is wasted.
     fn leave(&self) {
-        let room_after = self.limit == 0 || self.active.get() - 1 < self.limit;
+        let room_after = self.limit.get() == 0 || self.active.get() - 1 < self.limit.get();
         if room_after && !self.waiters.is_empty() && self.waiters.wake_one() {
             return;
         }
@@ -115,26 +161,35 @@ pub(super) async fn take_turn(
     if granted {
         turn.taken = true;
         // Counted already, by the request that handed its room over.
-        Active(admission.clone())
+        admission.counted()
     } else {
         admission.enter()
     }
 }
 
 /// A request at work (see [`Admission::enter`]).
-pub(super) struct Active(Rc<Admission>);
+pub(super) struct Active {
+    admission: Rc<Admission>,
+    /// When it started, for the tuner; none once it waited on its client
+    /// (its time would be the client's, not the core's or the database's).
+    started: Cell<Option<Instant>>,
+}
 
 impl Active {
     /// Stops counting the request while it waits on its client.
     pub(super) fn away(&self) -> Away<'_> {
-        self.0.leave();
-        Away(&self.0)
+        self.started.set(None);
+        self.admission.leave();
+        Away(&self.admission)
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.leave();
+        self.admission.leave();
+        if let Some(started) = self.started.get() {
+            self.admission.done(started);
+        }
     }
 }
 

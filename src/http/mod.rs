@@ -9,6 +9,7 @@ mod conn;
 mod exchange;
 mod idle;
 mod io;
+mod limit_tuner;
 pub mod render;
 pub mod stream;
 mod tls;
@@ -129,15 +130,25 @@ impl<S: Service> HttpCore<S> {
         let buffers = BufPool::new(config.read_buffer_bytes, config.pooled_buffers_per_core)
             .keep_up_to(settings.write_high_water);
         let shared = Rc::new(io::Shared {
-            core,
-            admission: Rc::new(admission::Admission::new(
-                config.active_request_limit(),
-                config.max_connections_per_core,
-            )),
+            core: core.clone(),
+            admission: Rc::new(match config.max_active_requests_per_core {
+                Some(limit) => admission::Admission::new(limit, config.max_connections_per_core),
+                None => admission::Admission::tuned(
+                    limit_tuner::LimitTuner::for_pool(
+                        config.db_pool_size,
+                        config.db_pipeline_depth,
+                    ),
+                    config.max_connections_per_core,
+                    core.clone(),
+                ),
+            }),
             settings,
             buffers,
             date: Cell::new(HttpDate::from_system_time(SystemTime::now())),
         });
+        shared
+            .core
+            .note_active_request_limit(shared.admission.limit());
         let weak = Rc::downgrade(&shared);
         monoio::spawn(async move {
             let mut tick = monoio::time::interval(Duration::from_secs(1));

@@ -102,6 +102,8 @@ pub struct CoreCtx {
     /// Requests that waited, unread, for room among those at work
     /// (`http/admission.rs`).
     requests_queued: Cell<u64>,
+    /// The limit on requests at work now (0: none).
+    active_request_limit: Cell<u64>,
     /// Where this core shows the supervisor it turns its loop (none for a
     /// standalone runtime).
     heartbeats: Option<Arc<Heartbeats>>,
@@ -149,6 +151,7 @@ impl CoreCtx {
             released_bytes: Cell::new(0),
             connection_panics: Cell::new(0),
             requests_queued: Cell::new(0),
+            active_request_limit: Cell::new(0),
             heartbeats,
             tick_every: Cell::new(Duration::ZERO),
             polls: Cell::new(0),
@@ -189,6 +192,12 @@ impl CoreCtx {
     }
     pub fn note_request_queued(&self) {
         self.requests_queued.set(self.requests_queued.get() + 1);
+    }
+    pub fn active_request_limit(&self) -> u64 {
+        self.active_request_limit.get()
+    }
+    pub fn note_active_request_limit(&self, limit: usize) {
+        self.active_request_limit.set(limit as u64);
     }
     /// Counts a poll of a connection's task: a sign of life for the stall
     /// check; and every 64 polls, a look at the clock that ticks the

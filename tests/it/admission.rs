@@ -218,3 +218,76 @@ fn a_client_slow_to_send_its_head_leaves_its_room_to_others() {
     slow.send("thz HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(slow.read_response().status, 200);
 }
+
+const LIMIT: &str = "ringside_active_request_limit";
+
+/// Reads `/orders` one after another on `c` for `span`.
+fn quick_reads(c: &mut Conn, span: Duration) {
+    let until = Instant::now() + span;
+    while Instant::now() < until {
+        assert_eq!(c.roundtrip(get("/orders?limit=5")).status, 200);
+    }
+}
+
+/// With `auto`, the limit follows the time requests take (limit_tuner.rs):
+/// reads held at the database (behind a lock, so they take far longer than
+/// with no load) bring it down to its floor, 64; quick reads let it back up.
+#[test]
+fn the_auto_limit_falls_while_requests_queue_at_the_database_and_rises_after() {
+    let db = Db::new(shared(), 10);
+    // Between a floor of 64 and a ceiling of 2 × 128 = 256.
+    let srv = db.server(&[
+        "--cores",
+        "1",
+        "--db-pool-size",
+        "2",
+        "--db-pipeline-depth",
+        "128",
+        "--db-query-timeout",
+        "60s",
+        "--db-wait-timeout",
+        "60s",
+    ]);
+    assert_eq!(srv.counter(LIMIT), 256);
+    let mut c = served_conn(&srv);
+    // The first requests done measure the no-load time, under a pin.
+    quick_reads(&mut c, Duration::from_millis(300));
+    let mut seen = vec![srv.counter(LIMIT)];
+    while *seen.last().unwrap() != 64 {
+        assert!(
+            seen.len() <= 20,
+            "the limit did not reach its floor: {seen:?}"
+        );
+        let holder = lock_orders(&db);
+        let held: Vec<_> = (0..20)
+            .map(|_| {
+                let addr = srv.addr;
+                thread::spawn(move || {
+                    let s = TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                    Conn::from_parts(s, Vec::new())
+                        .roundtrip(get("/orders?limit=5"))
+                        .status
+                })
+            })
+            .collect();
+        wait_for(
+            &db,
+            "AccessShareLock' AND NOT granted",
+            "the reads wait behind the lock",
+        );
+        thread::sleep(Duration::from_millis(200));
+        unlock_orders(&db, holder);
+        for read in held {
+            assert_eq!(read.join().unwrap(), 200);
+        }
+        // Quick reads close the window that holds the slow ones.
+        quick_reads(&mut c, Duration::from_millis(150));
+        seen.push(srv.counter(LIMIT));
+    }
+    let until = Instant::now() + Duration::from_secs(20);
+    while srv.counter(LIMIT) <= 64 {
+        assert!(Instant::now() < until, "the limit stayed at its floor");
+        quick_reads(&mut c, Duration::from_millis(150));
+    }
+}
