@@ -113,7 +113,7 @@ impl Snapshot {
             refused_no_fd: core.refused_no_fd(),
             connection_panics: core.connection_panics(),
             requests_queued: core.requests_queued(),
-            active_request_limit: core.active_request_limit(),
+            active_request_limit: core.request_limit.get() as u64,
             requests: m
                 .requests
                 .iter()

@@ -167,6 +167,8 @@ impl App {
             // Query deadlines keep time on a loaded core too.
             for pool in router.pools() {
                 core.also_tick(pool.deadline_table());
+                // The limit on requests at work may be tuned to them.
+                pool.report_round_trips_to(core.request_limit.clone());
             }
             router
         });

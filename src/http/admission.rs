@@ -23,53 +23,35 @@
 //! with the one that took the turn are worked on in the same turn: the limit
 //! is a target, not a cap.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Instant;
 
-use super::limit_tuner::LimitTuner;
+use crate::runtime::request_limit::RequestLimit;
 use crate::runtime::wait::{WaitQueue, WaitTurn};
-use crate::runtime::CoreCtx;
 
 pub(super) struct Admission {
-    /// Most requests at work at once (0: no limit).
-    limit: Cell<usize>,
+    /// Most requests at work at once (0: no limit); the database pools
+    /// move it when it is tuned (`runtime/limit_tuner.rs`).
+    limit: Rc<RequestLimit>,
     active: Cell<usize>,
     /// Connections waiting for room, first come, first served.
     waiters: WaitQueue,
-    /// Moves the limit with the time requests take (`auto`), or none; the
-    /// core shows the limit in /metrics.
-    tuner: Option<(RefCell<LimitTuner>, Rc<CoreCtx>)>,
 }
 
 impl Admission {
-    /// A fixed limit. `max_waiting`: the most connections that may wait (a
-    /// core's connection limit); it only bounds the queue's bookkeeping.
-    pub(super) fn new(limit: usize, max_waiting: usize) -> Self {
+    /// `max_waiting`: the most connections that may wait (a core's
+    /// connection limit); it only bounds the queue's bookkeeping.
+    pub(super) fn new(limit: Rc<RequestLimit>, max_waiting: usize) -> Self {
         Admission {
-            limit: Cell::new(limit),
+            limit,
             active: Cell::new(0),
             waiters: WaitQueue::new(max_waiting),
-            tuner: None,
         }
-    }
-
-    /// A limit that `tuner` moves.
-    pub(super) fn tuned(tuner: LimitTuner, max_waiting: usize, core: Rc<CoreCtx>) -> Self {
-        Admission {
-            limit: Cell::new(tuner.limit()),
-            tuner: Some((RefCell::new(tuner), core)),
-            ..Self::new(0, max_waiting)
-        }
-    }
-
-    /// The limit now (0: none).
-    pub(super) fn limit(&self) -> usize {
-        self.limit.get()
     }
 
     fn has_room(&self) -> bool {
-        self.limit.get() == 0 || self.active.get() < self.limit.get()
+        let limit = self.limit.get();
+        limit == 0 || self.active.get() < limit
     }
 
     /// Whether a request may start now: there is room and no one waits
@@ -81,32 +63,7 @@ impl Admission {
     /// Counts a request at work until the guard is dropped.
     pub(super) fn enter(self: &Rc<Self>) -> Active {
         self.active.set(self.active.get() + 1);
-        self.counted()
-    }
-
-    /// The guard of a request already counted; timed when the limit is
-    /// tuned.
-    fn counted(self: &Rc<Self>) -> Active {
-        Active {
-            admission: self.clone(),
-            started: Cell::new(self.tuner.is_some().then(Instant::now)),
-        }
-    }
-
-    /// A request at work from `started` until now is done.
-    fn done(&self, started: Instant) {
-        let Some((tuner, core)) = &self.tuner else {
-            return;
-        };
-        let Some(limit) = tuner.borrow_mut().done(started, Instant::now()) else {
-            return;
-        };
-        self.limit.set(limit);
-        core.note_active_request_limit(limit);
-        // A higher limit makes room for those waiting, in their order.
-        while self.has_room() && !self.waiters.is_empty() && self.waiters.wake_one() {
-            self.active.set(self.active.get() + 1);
-        }
+        Active(self.clone())
     }
 
     /// A place at the back of the queue.
@@ -122,11 +79,15 @@ impl Admission {
     /// first in line: no one can take it in between (a pipelined request,
     /// one back from its client), so the order holds and no wake is wasted.
     fn leave(&self) {
-        let room_after = self.limit.get() == 0 || self.active.get() - 1 < self.limit.get();
-        if room_after && !self.waiters.is_empty() && self.waiters.wake_one() {
-            return;
+        let limit = self.limit.get();
+        let room_after = limit == 0 || self.active.get() - 1 < limit;
+        if !(room_after && !self.waiters.is_empty() && self.waiters.wake_one()) {
+            self.active.set(self.active.get() - 1);
         }
-        self.active.set(self.active.get() - 1);
+        // A limit tuned up since makes room for more of those waiting.
+        while !self.waiters.is_empty() && self.has_room() && self.waiters.wake_one() {
+            self.active.set(self.active.get() + 1);
+        }
     }
 }
 
@@ -161,35 +122,26 @@ pub(super) async fn take_turn(
     if granted {
         turn.taken = true;
         // Counted already, by the request that handed its room over.
-        admission.counted()
+        Active(admission.clone())
     } else {
         admission.enter()
     }
 }
 
 /// A request at work (see [`Admission::enter`]).
-pub(super) struct Active {
-    admission: Rc<Admission>,
-    /// When it started, for the tuner; none once it waited on its client
-    /// (its time would be the client's, not the core's or the database's).
-    started: Cell<Option<Instant>>,
-}
+pub(super) struct Active(Rc<Admission>);
 
 impl Active {
     /// Stops counting the request while it waits on its client.
     pub(super) fn away(&self) -> Away<'_> {
-        self.started.set(None);
-        self.admission.leave();
-        Away(&self.admission)
+        self.0.leave();
+        Away(&self.0)
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.admission.leave();
-        if let Some(started) = self.started.get() {
-            self.admission.done(started);
-        }
+        self.0.leave();
     }
 }
 
@@ -211,6 +163,12 @@ mod tests {
     use std::sync::Arc;
     use std::task::{Context, Poll, Wake, Waker};
 
+    fn fixed(limit: usize) -> Rc<RequestLimit> {
+        let l = Rc::new(RequestLimit::default());
+        l.set_fixed(limit);
+        l
+    }
+
     struct Count(AtomicUsize);
     impl Wake for Count {
         fn wake(self: Arc<Self>) {
@@ -224,7 +182,7 @@ mod tests {
 
     #[test]
     fn a_room_is_handed_over_in_arrival_order() {
-        let a = Rc::new(Admission::new(2, 100));
+        let a = Rc::new(Admission::new(fixed(2), 100));
         let woken = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(woken.clone());
         let first = a.enter();
@@ -261,7 +219,7 @@ mod tests {
 
     #[test]
     fn no_limit_always_has_room() {
-        let a = Rc::new(Admission::new(0, 100));
+        let a = Rc::new(Admission::new(fixed(0), 100));
         let _held: Vec<_> = (0..1000).map(|_| a.enter()).collect();
         assert!(a.may_start());
     }

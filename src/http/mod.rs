@@ -9,7 +9,6 @@ mod conn;
 mod exchange;
 mod idle;
 mod io;
-mod limit_tuner;
 pub mod render;
 pub mod stream;
 mod tls;
@@ -129,26 +128,22 @@ impl<S: Service> HttpCore<S> {
         core.frames.set_max_free(config.pooled_buffers_per_core);
         let buffers = BufPool::new(config.read_buffer_bytes, config.pooled_buffers_per_core)
             .keep_up_to(settings.write_high_water);
+        match config.max_active_requests_per_core {
+            Some(limit) => core.request_limit.set_fixed(limit),
+            None => core
+                .request_limit
+                .tune_for_pool(config.db_pool_size, config.db_pipeline_depth),
+        }
         let shared = Rc::new(io::Shared {
             core: core.clone(),
-            admission: Rc::new(match config.max_active_requests_per_core {
-                Some(limit) => admission::Admission::new(limit, config.max_connections_per_core),
-                None => admission::Admission::tuned(
-                    limit_tuner::LimitTuner::for_pool(
-                        config.db_pool_size,
-                        config.db_pipeline_depth,
-                    ),
-                    config.max_connections_per_core,
-                    core.clone(),
-                ),
-            }),
+            admission: Rc::new(admission::Admission::new(
+                core.request_limit.clone(),
+                config.max_connections_per_core,
+            )),
             settings,
             buffers,
             date: Cell::new(HttpDate::from_system_time(SystemTime::now())),
         });
-        shared
-            .core
-            .note_active_request_limit(shared.admission.limit());
         let weak = Rc::downgrade(&shared);
         monoio::spawn(async move {
             let mut tick = monoio::time::interval(Duration::from_secs(1));

@@ -17,6 +17,7 @@
 //! one. A read-only statement whose connection broke before it was answered
 //! is run again on another connection.
 
+use crate::runtime::request_limit::RequestLimit;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -166,6 +167,9 @@ pub struct Pool {
     deadlines: Rc<DeadlineTable>,
     /// Executions that identical reads may still join (see `coalesce`).
     flights: coalesce::Flights,
+    /// Where round trips go when the core tunes its limit on requests at
+    /// work to them (`runtime/limit_tuner.rs`).
+    round_trips: std::cell::OnceCell<Rc<RequestLimit>>,
 }
 
 impl Pool {
@@ -207,6 +211,7 @@ impl Pool {
             timeouts_logged: LogLimit::default(),
             deadlines: Rc::new(DeadlineTable::new()),
             flights: Default::default(),
+            round_trips: Default::default(),
         });
         for i in 0..pool.settings.connections {
             monoio::spawn(supervise(Rc::downgrade(&pool), i));
@@ -304,6 +309,23 @@ impl Pool {
             .await
     }
 
+    /// Reports each statement's round trip to `limit` (while it is tuned).
+    pub fn report_round_trips_to(&self, limit: Rc<RequestLimit>) {
+        let _ = self.round_trips.set(limit);
+    }
+
+    /// When a round trip starts, if anyone wants it.
+    fn round_trip_start(&self) -> Option<std::time::Instant> {
+        let limit = self.round_trips.get()?;
+        limit.is_tuned().then(std::time::Instant::now)
+    }
+
+    fn round_trip_end(&self, started: Option<std::time::Instant>) {
+        if let (Some(started), Some(limit)) = (started, self.round_trips.get()) {
+            limit.note_round_trip(started);
+        }
+    }
+
     async fn run_statement(
         &self,
         stmt: &'static Statement,
@@ -314,6 +336,7 @@ impl Pool {
         // already); every retry runs within it.
         mut deadline: Option<Instant>,
     ) -> Result<Rows, QueryError> {
+        let began = self.round_trip_start();
         let mut tried: Vec<Rc<PgConn>> = Vec::new();
         // A single read-only statement may share its Sync with others; one
         // skipped because another of its batch failed runs again alone.
@@ -369,6 +392,7 @@ impl Pool {
             }
         };
         self.note(&result);
+        self.round_trip_end(began);
         result
     }
 
@@ -379,6 +403,7 @@ impl Pool {
         stmt: &'static Statement,
         params: &[&[Param<'_>]],
     ) -> Result<Vec<Rows>, QueryError> {
+        let began = self.round_trip_start();
         let (index, conn) = self.acquire(&[]).await?;
         // A read-only statement's executions share Syncs (one implicit
         // transaction for many, see `--db-batch`).
@@ -445,6 +470,7 @@ impl Pool {
             Err(e) => Err(e),
         };
         self.note(&result);
+        self.round_trip_end(began);
         result
     }
 

@@ -18,9 +18,11 @@ pub mod event;
 mod fd_reserve;
 mod frames;
 mod heartbeat;
+mod limit_tuner;
 mod listener;
 mod log_limit;
 mod panics;
+pub mod request_limit;
 mod setup;
 pub(crate) mod wait;
 
@@ -102,8 +104,9 @@ pub struct CoreCtx {
     /// Requests that waited, unread, for room among those at work
     /// (`http/admission.rs`).
     requests_queued: Cell<u64>,
-    /// The limit on requests at work now (0: none).
-    active_request_limit: Cell<u64>,
+    /// The limit on requests at work (`http/admission.rs`), which the
+    /// database pools may tune.
+    pub request_limit: std::rc::Rc<request_limit::RequestLimit>,
     /// Where this core shows the supervisor it turns its loop (none for a
     /// standalone runtime).
     heartbeats: Option<Arc<Heartbeats>>,
@@ -151,7 +154,7 @@ impl CoreCtx {
             released_bytes: Cell::new(0),
             connection_panics: Cell::new(0),
             requests_queued: Cell::new(0),
-            active_request_limit: Cell::new(0),
+            request_limit: Default::default(),
             heartbeats,
             tick_every: Cell::new(Duration::ZERO),
             polls: Cell::new(0),
@@ -193,12 +196,7 @@ impl CoreCtx {
     pub fn note_request_queued(&self) {
         self.requests_queued.set(self.requests_queued.get() + 1);
     }
-    pub fn active_request_limit(&self) -> u64 {
-        self.active_request_limit.get()
-    }
-    pub fn note_active_request_limit(&self, limit: usize) {
-        self.active_request_limit.set(limit as u64);
-    }
+
     /// Counts a poll of a connection's task: a sign of life for the stall
     /// check; and every 64 polls, a look at the clock that ticks the
     /// deadlines if their ticker is late. monoio fires timers only when its

@@ -229,9 +229,10 @@ fn quick_reads(c: &mut Conn, span: Duration) {
     }
 }
 
-/// With `auto`, the limit follows the time requests take (limit_tuner.rs):
-/// reads held at the database (behind a lock, so they take far longer than
-/// with no load) bring it down to its floor, 64; quick reads let it back up.
+/// With `auto`, the limit follows the database's round trips, as the pool
+/// reports them (runtime/limit_tuner.rs): reads held at the database (behind
+/// a lock, far longer than with no load) bring it down to its floor, 64;
+/// quick reads let it back up.
 #[test]
 fn the_auto_limit_falls_while_requests_queue_at_the_database_and_rises_after() {
     let db = Db::new(shared(), 10);
@@ -250,7 +251,7 @@ fn the_auto_limit_falls_while_requests_queue_at_the_database_and_rises_after() {
     ]);
     assert_eq!(srv.counter(LIMIT), 256);
     let mut c = served_conn(&srv);
-    // The first requests done measure the no-load time, under a pin.
+    // The first round trips measure the no-load time, under a pin.
     quick_reads(&mut c, Duration::from_millis(300));
     let mut seen = vec![srv.counter(LIMIT)];
     while *seen.last().unwrap() != 64 {

@@ -1,5 +1,6 @@
 //! The limit on requests at work that `--max-active-requests-per-core auto`
-//! tunes, from how long requests take (sans-I/O: times in, limits out).
+//! tunes, from how long the database takes to answer (sans-I/O: round trips
+//! in, limits out; `request_limit.rs` feeds it).
 //!
 //! Why it moves: a database on the server's machine is kept busy by a few
 //! requests per pool connection, and every request past those only waits in
@@ -8,21 +9,26 @@
 //! 20 ms away needs hundreds in flight to be kept busy (Little's law:
 //! throughput × round trip), and a limit of 64 there would cap it.
 //!
+//! What it measures: each statement's round trip through the pool, from
+//! the call to its answer (the wait for a pipeline slot, the queue at the
+//! backend, the network, the execution). Not the requests' own times: the
+//! many that never touch the database would pull them down.
+//!
 //! How (the gradient method of Netflix's concurrency-limits and Envoy's
 //! adaptive concurrency filter): now and then the limit is pinned to one
-//! request per pool connection, and the median time at work of requests
+//! request per pool connection, and the median round trip of statements
 //! that started under that pin is the no-load time (the median: the first
-//! requests after a start also wait for the pool's connections to open). Between these probes, each
-//! window's mean time at work is compared with it: while requests take
-//! under `TOLERANCE` × the no-load time, the work is not queueing and the
-//! limit may grow; past it, the limit shrinks in proportion, down to its
-//! floor. The probes run at fixed times from the server's start, so the
-//! cores of one server probe together and do not load the database under
-//! each other's measurement.
+//! ones after a start also wait for the pool's connections to open).
+//! Between these probes, each window's mean round trip is compared with
+//! it: while statements take under `TOLERANCE` × the no-load time, they
+//! are not queueing and the limit may grow; past it, the limit shrinks in
+//! proportion, down to its floor. The probes run at fixed times from the
+//! server's start, so the cores of one server probe together and do not
+//! load the database under each other's measurement.
 
 use std::time::{Duration, Instant};
 
-/// Mean time at work, as a multiple of the no-load time, above which the
+/// Mean round trip, as a multiple of the no-load time, above which the
 /// limit shrinks.
 const TOLERANCE: f64 = 2.0;
 /// How often the no-load time is measured again.
@@ -32,7 +38,7 @@ const PROBE_EVERY: Duration = Duration::from_secs(30);
 const PROBE_SAMPLES_PER_PIN: usize = 4;
 const PROBE_SAMPLES: std::ops::RangeInclusive<usize> = 32..=256;
 /// A probe that has not finished by then (no load, a stalled database) ends
-/// with what it has: the pin must not outlast a burst of slow requests.
+/// with what it has: the pin must not outlast a burst of slow statements.
 const PROBE_AT_MOST: Duration = Duration::from_millis(500);
 /// Shortest window between two changes, and how many no-load times it spans
 /// at least (a change needs a round trip before it shows in the times).
@@ -47,13 +53,13 @@ fn server_epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-pub(super) struct LimitTuner {
+pub(crate) struct LimitTuner {
     floor: usize,
     ceiling: usize,
     /// The limit while the no-load time is measured.
     pin: usize,
     limit: usize,
-    /// Median time at work under the pin, from the last probe.
+    /// Median round trip under the pin, from the last probe.
     no_load: Option<Duration>,
     probe: Option<Probe>,
     epoch: Instant,
@@ -99,7 +105,7 @@ impl LimitTuner {
     /// The tuner of a core whose pool has `connections`, each
     /// `pipeline_depth` queries deep: between the floor and all the queries
     /// the pool can have in flight.
-    pub(super) fn for_pool(connections: usize, pipeline_depth: usize) -> Self {
+    pub(crate) fn for_pool(connections: usize, pipeline_depth: usize) -> Self {
         let ceiling = connections * pipeline_depth;
         let floor = (connections * FLOOR_PER_CONNECTION).max(FLOOR_AT_LEAST);
         LimitTuner::new(connections, floor, ceiling, server_epoch())
@@ -108,7 +114,7 @@ impl LimitTuner {
     /// `pin`: the pool's connections (one query each in flight, none
     /// queued); `floor`..=`ceiling` bound the limit, which starts at the
     /// ceiling; `epoch`: the server's start, the probes' time base.
-    pub(super) fn new(pin: usize, floor: usize, ceiling: usize, epoch: Instant) -> Self {
+    pub(crate) fn new(pin: usize, floor: usize, ceiling: usize, epoch: Instant) -> Self {
         let ceiling = ceiling.max(1);
         LimitTuner {
             floor: floor.clamp(1, ceiling),
@@ -118,25 +124,25 @@ impl LimitTuner {
             no_load: None,
             probe: None,
             epoch,
-            // The first probe comes with the first request done.
+            // The first probe comes with the first round trip.
             next_probe: epoch,
             window: Window::default(),
         }
     }
 
-    pub(super) fn limit(&self) -> usize {
+    pub(crate) fn limit(&self) -> usize {
         self.limit
     }
 
     /// The no-load time from the last probe.
     #[cfg(test)]
-    pub(super) fn no_load(&self) -> Option<Duration> {
+    pub(crate) fn no_load(&self) -> Option<Duration> {
         self.no_load
     }
 
-    /// A request at work from `started` to `now` (one that waited on its
-    /// client meanwhile is not reported). Returns the limit when it changed.
-    pub(super) fn done(&mut self, started: Instant, now: Instant) -> Option<usize> {
+    /// A statement's round trip from `started` to `now`. Returns the limit
+    /// when it changed.
+    pub(crate) fn done(&mut self, started: Instant, now: Instant) -> Option<usize> {
         let took = now.saturating_duration_since(started);
         if let Some(probe) = &mut self.probe {
             if started >= probe.since {
@@ -213,7 +219,7 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    /// Requests that each take `took`, one finishing every `every`, from
+    /// Statements that each take `took`, one answered every `every`, from
     /// `from`, until `until`; returns the time after the last.
     fn run(
         t: &mut LimitTuner,
@@ -231,9 +237,9 @@ mod tests {
         now
     }
 
-    /// A database that answers one request per 50 µs, whatever the
-    /// limit, with 0.3 ms to spare when idle: the time at work grows with
-    /// the requests at work (Little's law), so the limit goes to its floor.
+    /// A database that answers one statement per 50 µs, whatever the
+    /// limit, in 0.3 ms when idle: the round trip grows with the requests
+    /// at work (Little's law), so the limit goes to its floor.
     #[test]
     fn queueing_brings_the_limit_to_its_floor() {
         let epoch = Instant::now();
@@ -249,7 +255,7 @@ mod tests {
         assert_eq!(t.limit(), 64);
     }
 
-    /// A database 20 ms away that answers one request per 70 µs: the
+    /// A database 20 ms away that answers one statement per 70 µs: the
     /// round trip dominates until the limit nears 20 ms / 70 µs ≈ 285,
     /// and the limit settles above that, never down at its floor.
     #[test]
@@ -265,7 +271,7 @@ mod tests {
     }
 
     /// The limit is pinned while the no-load time is measured, counting
-    /// only requests that started under the pin, then goes back; the next
+    /// only statements that started under the pin, then goes back; the next
     /// probe comes on the grid from the epoch.
     #[test]
     fn a_probe_pins_the_limit_then_resumes() {
@@ -286,7 +292,8 @@ mod tests {
         assert_eq!(t.next_probe, epoch + PROBE_EVERY);
     }
 
-    /// A probe that gets no requests done under the pin ends at its bound.
+    /// A probe that gets no statement answered under the pin ends at its
+    /// bound.
     #[test]
     fn a_probe_ends_by_its_bound() {
         let epoch = Instant::now();
