@@ -46,7 +46,7 @@ pub struct Config {
     pub backlog: u32,
     pub ring_entries: u32,
     pub max_connections_per_core: usize,
-    /// None: tuned to the time requests take, between a floor and all the
+    /// None: tuned to the database round trips, between a floor and all the
     /// queries the pool can have in flight (`src/http/limit_tuner.rs`).
     pub max_active_requests_per_core: Option<usize>,
     pub max_request_line: usize,
@@ -298,7 +298,7 @@ pub static SETTINGS: &[Setting] = &[
     // default tuned: few when they only queue at a near database, up to all
     // the pool can have in flight when a far one needs them.
     setting!("max-active-requests-per-core", "RINGSIDE_MAX_ACTIVE_REQUESTS_PER_CORE", "auto",
-        "requests per core worked on at once (not counting those waiting on their client); past it, a connection's next request waits unread, in arrival order, at most --db-wait-timeout (or the head timeout if shorter), then goes on (auto: tuned to the time requests take, from max(64, 8 × --db-pool-size) up to --db-pool-size × --db-pipeline-depth; 0: no limit)",
+        "requests per core worked on at once (not counting those waiting on their client); past it, a connection's next request waits unread, in arrival order, at most --db-wait-timeout (or the head timeout if shorter), then goes on (auto: tuned to the database round trips, from max(64, 8 × --db-pool-size) up to --db-pool-size × --db-pipeline-depth; 0: no limit)",
         |c, v| c.max_active_requests_per_core = match v {
             "auto" => None,
             _ => Some(parse_int(v, 0, 10_000_000)? as usize),

@@ -346,7 +346,7 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
         (
             "ringside_active_request_limit",
             "gauge",
-            "Requests the core works on at once before the next wait unread (0: no limit); moves with the time requests take when --max-active-requests-per-core is auto.",
+            "Requests the core works on at once before the next wait unread (0: no limit); moves with the database round trips when --max-active-requests-per-core is auto.",
             |s| s.active_request_limit,
         ),
         (
