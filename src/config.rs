@@ -47,7 +47,7 @@ pub struct Config {
     pub ring_entries: u32,
     pub max_connections_per_core: usize,
     /// None: tuned to the database round trips, between a floor and all the
-    /// queries the pool can have in flight (`src/http/limit_tuner.rs`).
+    /// queries the pool can have in flight (`src/runtime/limit_tuner.rs`).
     pub max_active_requests_per_core: Option<usize>,
     pub max_request_line: usize,
     pub max_head_bytes: usize,
