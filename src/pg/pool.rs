@@ -320,8 +320,15 @@ impl Pool {
         limit.is_tuned().then(std::time::Instant::now)
     }
 
-    fn round_trip_end(&self, started: Option<std::time::Instant>) {
-        if let (Some(started), Some(limit)) = (started, self.round_trips.get()) {
+    /// Only an answer is a round trip: a failure may have come at once
+    /// (the database down, no slot in time) and would pull the no-load
+    /// time down, or the limit up.
+    fn round_trip_end<T>(
+        &self,
+        started: Option<std::time::Instant>,
+        result: &Result<T, QueryError>,
+    ) {
+        if let (Some(started), Some(limit), Ok(_)) = (started, self.round_trips.get(), result) {
             limit.note_round_trip(started);
         }
     }
@@ -392,7 +399,7 @@ impl Pool {
             }
         };
         self.note(&result);
-        self.round_trip_end(began);
+        self.round_trip_end(began, &result);
         result
     }
 
@@ -470,7 +477,7 @@ impl Pool {
             Err(e) => Err(e),
         };
         self.note(&result);
-        self.round_trip_end(began);
+        self.round_trip_end(began, &result);
         result
     }
 
