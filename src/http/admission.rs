@@ -217,6 +217,26 @@ mod tests {
         assert!(a.may_start());
     }
 
+    /// A limit tuned up makes room for those waiting at the next end, in
+    /// their order, not for one only.
+    #[test]
+    fn a_raised_limit_admits_more_of_those_waiting() {
+        let limit = fixed(1);
+        let a = Rc::new(Admission::new(limit.clone(), 100));
+        let waker = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
+        let first = a.enter();
+        let mut turns: Vec<_> = (0..4).map(|_| a.wait_turn()).collect();
+        for t in &mut turns {
+            assert!(poll(Pin::new(&mut t.wait), &waker).is_pending());
+        }
+        limit.set_fixed(3);
+        drop(first);
+        let granted: Vec<_> = turns.iter().map(|t| t.wait.granted()).collect();
+        // The first's room and two more: three at work, one waits.
+        assert_eq!(granted, [true, true, true, false]);
+        assert_eq!(a.active.get(), 3);
+    }
+
     #[test]
     fn no_limit_always_has_room() {
         let a = Rc::new(Admission::new(fixed(0), 100));

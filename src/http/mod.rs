@@ -151,6 +151,9 @@ impl<S: Service> HttpCore<S> {
                 tick.tick().await;
                 let Some(s) = weak.upgrade() else { break };
                 s.date.set(HttpDate::from_system_time(SystemTime::now()));
+                // A probe of the request limit ends by its bound even when
+                // no statement comes back (runtime/limit_tuner.rs).
+                s.core.request_limit.tick();
                 s.core
                     .note_released(s.buffers.trim() + s.core.frames.trim());
             }

@@ -322,14 +322,21 @@ impl Pool {
 
     /// Only an answer is a round trip: a failure may have come at once
     /// (the database down, no slot in time) and would pull the no-load
-    /// time down, or the limit up.
+    /// time down, or the limit up; it only lets a probe past its bound
+    /// end. `unqueued`: the statement's backend had nothing else in flight
+    /// when it was sent.
     fn round_trip_end<T>(
         &self,
         started: Option<std::time::Instant>,
+        unqueued: bool,
         result: &Result<T, QueryError>,
     ) {
-        if let (Some(started), Some(limit), Ok(_)) = (started, self.round_trips.get(), result) {
-            limit.note_round_trip(started);
+        let (Some(started), Some(limit)) = (started, self.round_trips.get()) else {
+            return;
+        };
+        match result {
+            Ok(_) => limit.note_round_trip(started, unqueued),
+            Err(_) => limit.tick(),
         }
     }
 
@@ -344,6 +351,7 @@ impl Pool {
         mut deadline: Option<Instant>,
     ) -> Result<Rows, QueryError> {
         let began = self.round_trip_start();
+        let mut unqueued = None;
         let mut tried: Vec<Rc<PgConn>> = Vec::new();
         // A single read-only statement may share its Sync with others; one
         // skipped because another of its batch failed runs again alone.
@@ -366,6 +374,7 @@ impl Pool {
                 Some(d) if Instant::now() >= d => break Err(self.timed_out()),
                 Some(d) => d,
             };
+            unqueued.get_or_insert_with(|| conn.in_flight() == 0);
             let started = if batched {
                 conn.start_query_batched(stmt, params)
             } else {
@@ -399,7 +408,7 @@ impl Pool {
             }
         };
         self.note(&result);
-        self.round_trip_end(began, &result);
+        self.round_trip_end(began, unqueued.unwrap_or(false), &result);
         result
     }
 
@@ -412,6 +421,7 @@ impl Pool {
     ) -> Result<Vec<Rows>, QueryError> {
         let began = self.round_trip_start();
         let (index, conn) = self.acquire(&[]).await?;
+        let unqueued = conn.in_flight() == 0;
         // A read-only statement's executions share Syncs (one implicit
         // transaction for many, see `--db-batch`).
         let batched = self.settings.batch && stmt.read_only;
@@ -477,7 +487,7 @@ impl Pool {
             Err(e) => Err(e),
         };
         self.note(&result);
-        self.round_trip_end(began, &result);
+        self.round_trip_end(began, unqueued, &result);
         result
     }
 

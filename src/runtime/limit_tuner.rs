@@ -140,30 +140,29 @@ impl LimitTuner {
         self.no_load
     }
 
-    /// A statement's round trip from `started` to `now`. Returns the limit
+    /// A statement's round trip from `started` to `now`; `unqueued`: it
+    /// was sent to a backend with nothing else in flight. Returns the limit
     /// when it changed.
-    pub(crate) fn done(&mut self, started: Instant, now: Instant) -> Option<usize> {
+    pub(crate) fn done(&mut self, started: Instant, now: Instant, unqueued: bool) -> Option<usize> {
         let took = now.saturating_duration_since(started);
         if let Some(probe) = &mut self.probe {
-            if started >= probe.since {
+            // Only statements that started under the pin and found their
+            // backend idle: a request let in before the pin may start its
+            // next statement now, behind the queue the pin is draining.
+            if started >= probe.since && unqueued {
                 probe.samples.push(took);
             }
-            if probe.samples.len() < probe.enough && now < probe.since + PROBE_AT_MOST {
-                return None;
+            if probe.samples.len() < probe.enough {
+                return self.tick(now);
             }
-            if !probe.samples.is_empty() {
-                let middle = probe.samples.len() / 2;
-                self.no_load = Some(*probe.samples.select_nth_unstable(middle).1);
-            }
-            let resume = probe.resume;
-            self.probe = None;
-            self.window = Window::default();
-            return self.set(resume);
+            return self.end_probe();
         }
         if now >= self.next_probe {
-            // The next probe time after now, on the fixed grid from the
-            // epoch (a core idle for a while skips the ones it missed).
-            let periods = now.duration_since(self.epoch).as_nanos() / PROBE_EVERY.as_nanos() + 1;
+            // The next probe on the fixed grid from the epoch, at least half
+            // a period on (a core idle for a while skips the ones it missed,
+            // and one late on the grid is not followed by another at once).
+            let half_on = (now + PROBE_EVERY / 2).duration_since(self.epoch);
+            let periods = half_on.as_nanos() / PROBE_EVERY.as_nanos() + 1;
             self.next_probe = self.epoch + PROBE_EVERY * periods as u32;
             let enough = (self.pin * PROBE_SAMPLES_PER_PIN)
                 .clamp(*PROBE_SAMPLES.start(), *PROBE_SAMPLES.end());
@@ -176,9 +175,18 @@ impl LimitTuner {
             return self.set(self.pin);
         }
         let no_load = self.no_load?;
+        let span = WINDOW_AT_LEAST.max(no_load * WINDOW_IN_NO_LOAD_TIMES);
+        // A window left open through a lull starts again: its few round
+        // trips are from another time.
+        if self
+            .window
+            .since
+            .is_some_and(|since| now > since + span * 10)
+        {
+            self.window = Window::default();
+        }
         let since = *self.window.since.get_or_insert(now);
         self.window.add(took);
-        let span = WINDOW_AT_LEAST.max(no_load * WINDOW_IN_NO_LOAD_TIMES);
         if now < since + span || self.window.count < WINDOW_SAMPLES_MIN {
             return None;
         }
@@ -198,6 +206,26 @@ impl LimitTuner {
             target
         };
         self.set(next as usize)
+    }
+
+    /// Ends a probe that is past its bound (with no statement answered, a
+    /// pin must not last as long as an outage). Called with every round
+    /// trip, every failed statement and once a second.
+    pub(crate) fn tick(&mut self, now: Instant) -> Option<usize> {
+        match &self.probe {
+            Some(probe) if now >= probe.since + PROBE_AT_MOST => self.end_probe(),
+            _ => None,
+        }
+    }
+
+    fn end_probe(&mut self) -> Option<usize> {
+        let mut probe = self.probe.take()?;
+        if !probe.samples.is_empty() {
+            let middle = probe.samples.len() / 2;
+            self.no_load = Some(*probe.samples.select_nth_unstable(middle).1);
+        }
+        self.window = Window::default();
+        self.set(probe.resume)
     }
 
     fn set(&mut self, limit: usize) -> Option<usize> {
@@ -231,7 +259,7 @@ mod tests {
         let mut now = from;
         while now < until {
             let took = took(t.limit());
-            t.done(now.checked_sub(took).unwrap_or(now), now);
+            t.done(now.checked_sub(took).unwrap_or(now), now, true);
             now += every;
         }
         now
@@ -278,29 +306,37 @@ mod tests {
         let epoch = Instant::now();
         let mut t = LimitTuner::new(8, 64, 512, epoch);
         let now = epoch + MS;
-        assert_eq!(t.done(now - MS, now), Some(8));
-        // Started before the pin: not a no-load time.
+        assert_eq!(t.done(now - MS, now, true), Some(8));
+        // Started before the pin, or queued behind others: not no-load
+        // times.
         for _ in 0..100 {
-            t.done(epoch, now + MS);
+            t.done(epoch, now + MS, true);
+            t.done(now + MS, now + MS * 50, false);
         }
         assert_eq!(t.limit(), 8);
         for _ in 0..31 {
-            assert_eq!(t.done(now + MS, now + MS * 2), None);
+            assert_eq!(t.done(now + MS, now + MS * 2, true), None);
         }
-        assert_eq!(t.done(now + MS, now + MS * 2), Some(512));
+        assert_eq!(t.done(now + MS, now + MS * 2, true), Some(512));
         assert_eq!(t.no_load(), Some(MS));
         assert_eq!(t.next_probe, epoch + PROBE_EVERY);
+        // A probe late on the grid is not followed by another at once.
+        let late = epoch + PROBE_EVERY * 2 - MS;
+        assert_eq!(t.done(late - MS, late, true), Some(8));
+        assert_eq!(t.next_probe, epoch + PROBE_EVERY * 3);
     }
 
     /// A probe that gets no statement answered under the pin ends at its
-    /// bound.
+    /// bound, on the once-a-second tick if nothing else comes.
     #[test]
     fn a_probe_ends_by_its_bound() {
         let epoch = Instant::now();
         let mut t = LimitTuner::new(8, 64, 512, epoch);
-        t.done(epoch, epoch + MS);
+        t.done(epoch, epoch + MS, true);
         assert_eq!(t.limit(), 8);
-        assert_eq!(t.done(epoch, epoch + MS + PROBE_AT_MOST), Some(512));
+        assert_eq!(t.tick(epoch + PROBE_AT_MOST), None);
+        // No statement answered (the database down): the tick ends it.
+        assert_eq!(t.tick(epoch + MS + PROBE_AT_MOST), Some(512));
         assert_eq!(t.no_load(), None);
     }
 }

@@ -37,13 +37,21 @@ impl RequestLimit {
         self.tuner.borrow().is_some()
     }
 
-    /// A statement's round trip through a pool, from `started` to now.
-    pub fn note_round_trip(&self, started: Instant) {
+    /// A statement's round trip through a pool, from `started` to now;
+    /// `unqueued`: its backend had nothing else in flight.
+    pub fn note_round_trip(&self, started: Instant, unqueued: bool) {
+        self.with_tuner(|t| t.done(started, Instant::now(), unqueued));
+    }
+
+    /// A statement that got no answer, or a second gone by: a probe past
+    /// its bound ends.
+    pub fn tick(&self) {
+        self.with_tuner(|t| t.tick(Instant::now()));
+    }
+
+    fn with_tuner(&self, f: impl FnOnce(&mut LimitTuner) -> Option<usize>) {
         let mut tuner = self.tuner.borrow_mut();
-        let Some(tuner) = tuner.as_mut() else {
-            return;
-        };
-        if let Some(limit) = tuner.done(started, Instant::now()) {
+        if let Some(limit) = tuner.as_mut().and_then(f) {
             self.limit.set(limit);
         }
     }
