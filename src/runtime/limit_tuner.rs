@@ -97,7 +97,7 @@ impl Window {
 /// connection: enough to keep each backend busy while its last answers
 /// are read and the next queries written; and at least 64, the best of the
 /// fixed limits measured with PostgreSQL on the server's CPU and a pool of
-/// 8 (bench/targets.md).
+/// 8 (32 gained nothing, 16 lost throughput; bench/targets.md).
 const FLOOR_PER_CONNECTION: usize = 8;
 const FLOOR_AT_LEAST: usize = 64;
 
