@@ -17,7 +17,6 @@
 //! one. A read-only statement whose connection broke before it was answered
 //! is run again on another connection.
 
-use crate::runtime::request_limit::RequestLimit;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,6 +31,7 @@ use super::config::PgConfig;
 use super::conn::{ConnSettings, Param, PgConn, Rows, SentProbe, Statement};
 use super::QueryError;
 use crate::runtime::deadlines::{DeadlineKey, DeadlineTable};
+use crate::runtime::request_limit::RequestLimit;
 use crate::runtime::wait::{WaitQueue, WaitTurn};
 use crate::runtime::LogLimit;
 

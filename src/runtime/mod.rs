@@ -196,7 +196,6 @@ impl CoreCtx {
     pub fn note_request_queued(&self) {
         self.requests_queued.set(self.requests_queued.get() + 1);
     }
-
     /// Counts a poll of a connection's task: a sign of life for the stall
     /// check; and every 64 polls, a look at the clock that ticks the
     /// deadlines if their ticker is late. monoio fires timers only when its
