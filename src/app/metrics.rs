@@ -64,6 +64,7 @@ pub struct Snapshot {
     pub draining: bool,
     pub open_connections: u64,
     pub parked_connections: u64,
+    pub requests_waiting_parked: u64,
     pub tls_handshakes: u64,
     pub tls_resumed: u64,
     pub tls_failed: u64,
@@ -102,6 +103,7 @@ impl Snapshot {
             draining: core.draining(),
             open_connections: core.open_connections() as u64,
             parked_connections: core.parked_connections() as u64,
+            requests_waiting_parked: core.requests_waiting_parked() as u64,
             tls_handshakes: core.tls.handshakes.get(),
             tls_resumed: core.tls.resumed.get(),
             tls_failed: core.tls.failed.get(),
@@ -264,7 +266,7 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
         );
     }
 
-    let per_core: [Family<Snapshot>; 19] = [
+    let per_core: [Family<Snapshot>; 20] = [
         (
             "ringside_open_connections",
             "gauge",
@@ -342,6 +344,12 @@ pub fn render(snaps: &[Snapshot], missing: usize) -> String {
             "counter",
             "Requests that waited unread for room among the core's requests at work (--max-active-requests-per-core).",
             |s| s.requests_queued,
+        ),
+        (
+            "ringside_requests_waiting_parked",
+            "gauge",
+            "Requests waiting unread for room among the core's requests at work, their connections parked with no task (the others wait in their tasks).",
+            |s| s.requests_waiting_parked,
         ),
         (
             "ringside_active_request_limit",

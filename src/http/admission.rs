@@ -1,11 +1,15 @@
 //! How many requests a core works on at once.
 //!
 //! A connection with a request to read while the core already works on
-//! `--max-active-requests-per-core` requests does not read it yet: its task
-//! (the connection's future and a small pooled frame, no buffer, no handler
-//! frame) waits in a first-come queue, the request in the kernel's socket
-//! buffer, until a request ends or starts waiting on its client and hands
-//! its room over. It waits at most `--db-wait-timeout` (or the head timeout,
+//! `--max-active-requests-per-core` requests does not read it yet: it waits
+//! in a first-come queue, the request in the kernel's socket buffer, until a
+//! request ends or starts waiting on its client and hands its room over. A
+//! keep-alive connection waits parked in the idle set (idle.rs), with no
+//! task: a task would be woken once to join the queue and once for its
+//! turn, each time with its memory gone cold under a thousand connections.
+//! The others (a first request, a connection that cannot park) wait in
+//! their tasks (the connection's future and a small pooled frame, no
+//! buffer, no handler frame). Tickets keep the two kinds in one order. It waits at most `--db-wait-timeout` (or the head timeout,
 //! if shorter): then it goes on whatever the count, so the wait is bounded
 //! in time as well as in number (docs/connection.md has what that costs).
 //!
@@ -23,19 +27,45 @@
 //! with the one that took the turn are worked on in the same turn: the limit
 //! is a target, not a cap.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
 
+use monoio::time::Instant;
+
+use super::idle::WatchId;
 use crate::runtime::request_limit::RequestLimit;
 use crate::runtime::wait::{WaitQueue, WaitTurn};
+
+/// Gives a parked connection whose turn came its task again, which takes
+/// the room handed over to it with [`Admission::claim_room`]; false if it is
+/// gone (closed meanwhile), and the room goes to the next waiter.
+pub(super) type Resume = Rc<dyn Fn(WatchId) -> bool>;
+
+/// A parked connection whose request waits for room, with no task.
+struct ParkedWaiter {
+    /// Its place among all waiters, parked or in a task.
+    ticket: u64,
+    id: WatchId,
+    since: Instant,
+}
 
 pub(super) struct Admission {
     /// Most requests at work at once (0: no limit); the database pools
     /// move it when it is tuned (`runtime/limit_tuner.rs`).
     limit: Rc<RequestLimit>,
     active: Cell<usize>,
-    /// Connections waiting for room, first come, first served.
+    /// Connections waiting for room in their tasks, first come, first
+    /// served.
     waiters: WaitQueue,
+    /// Parked connections waiting for room (idle.rs): no task until their
+    /// turn, served in one order with `waiters` by their tickets.
+    parked: RefCell<VecDeque<ParkedWaiter>>,
+    /// Set by the HTTP core: how a parked waiter gets its task.
+    resume: RefCell<Option<Resume>>,
+    /// Rooms counted for parked waiters given their tasks, not yet taken
+    /// by them (kept here, not in the task: its future stays small).
+    unclaimed: Cell<usize>,
 }
 
 impl Admission {
@@ -46,7 +76,18 @@ impl Admission {
             limit,
             active: Cell::new(0),
             waiters: WaitQueue::new(max_waiting),
+            parked: RefCell::default(),
+            resume: RefCell::default(),
+            unclaimed: Cell::new(0),
         }
+    }
+
+    pub(super) fn set_resume(&self, resume: Resume) {
+        *self.resume.borrow_mut() = Some(resume);
+    }
+
+    fn nobody_waits(&self) -> bool {
+        self.waiters.is_empty() && self.parked.borrow().is_empty()
     }
 
     fn has_room(&self) -> bool {
@@ -57,7 +98,7 @@ impl Admission {
     /// Whether a request may start now: there is room and no one waits
     /// before it.
     pub(super) fn may_start(&self) -> bool {
-        self.has_room() && self.waiters.is_empty()
+        self.has_room() && self.nobody_waits()
     }
 
     /// Counts a request at work until the guard is dropped.
@@ -67,7 +108,7 @@ impl Admission {
     }
 
     /// A place at the back of the queue.
-    fn wait_turn(&self) -> Turn<'_> {
+    fn wait_turn(self: &Rc<Self>) -> Turn<'_> {
         Turn {
             wait: WaitTurn::new(&self.waiters, false),
             admission: self,
@@ -78,15 +119,79 @@ impl Admission {
     /// A request's room is given back, or handed over as it is to the
     /// first in line: no one can take it in between (a pipelined request,
     /// one back from its client), so the order holds and no wake is wasted.
-    fn leave(&self) {
+    fn leave(self: &Rc<Self>) {
         let limit = self.limit.get();
         let room_after = limit == 0 || self.active.get() - 1 < limit;
-        if !(room_after && !self.waiters.is_empty() && self.waiters.wake_one()) {
+        if !(room_after && self.hand_over()) {
             self.active.set(self.active.get() - 1);
         }
         // A limit tuned up since makes room for more of those waiting.
-        while !self.waiters.is_empty() && self.has_room() && self.waiters.wake_one() {
+        while self.has_room() && self.hand_over() {
             self.active.set(self.active.get() + 1);
+        }
+    }
+
+    /// A parked connection's request came while there was no room: it
+    /// waits, still parked, for its turn ([`Admission::set_resume`]).
+    pub(super) fn queue_parked(&self, id: WatchId, now: Instant) {
+        let ticket = self.waiters.take_ticket();
+        self.parked.borrow_mut().push_back(ParkedWaiter {
+            ticket,
+            id,
+            since: now,
+        });
+    }
+
+    /// A room for a parked waiter whose wait is over, counted whatever
+    /// the limit; its task takes it with [`Admission::claim_room`].
+    pub(super) fn count_for_resumed(&self) {
+        self.active.set(self.active.get() + 1);
+        self.unclaimed.set(self.unclaimed.get() + 1);
+    }
+
+    /// The room counted for a resumed parked waiter, taken by its task.
+    pub(super) fn claim_room(self: &Rc<Self>) -> Active {
+        debug_assert!(self.unclaimed.get() > 0, "a room claimed twice");
+        self.unclaimed.set(self.unclaimed.get().saturating_sub(1));
+        Active(self.clone())
+    }
+
+    /// Takes out the parked waiters that came at or before `by` (all of
+    /// them when `None`), oldest first: their wait is over, room or not.
+    pub(super) fn take_parked_waiting_since(&self, by: Option<Instant>) -> Vec<WatchId> {
+        let mut parked = self.parked.borrow_mut();
+        let n = match by {
+            None => parked.len(),
+            Some(by) => parked.iter().take_while(|p| p.since <= by).count(),
+        };
+        parked.drain(..n).map(|p| p.id).collect()
+    }
+
+    /// Gives one room, as it is, to the first waiter, in a task or parked;
+    /// false if no one waits.
+    fn hand_over(self: &Rc<Self>) -> bool {
+        loop {
+            let parked_first = match (self.parked.borrow().front(), self.waiters.first_ticket()) {
+                (None, None) => return false,
+                (Some(p), Some(t)) => p.ticket < t,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+            };
+            if !parked_first {
+                if self.waiters.wake_one() {
+                    return true;
+                }
+                continue;
+            }
+            let Some(next) = self.parked.borrow_mut().pop_front() else {
+                continue;
+            };
+            let resume = self.resume.borrow().clone();
+            let Some(resume) = resume else { continue };
+            if resume(next.id) {
+                self.unclaimed.set(self.unclaimed.get() + 1);
+                return true;
+            }
         }
     }
 }
@@ -95,7 +200,7 @@ impl Admission {
 /// taken (the wait dropped first) is given back.
 struct Turn<'a> {
     wait: WaitTurn<'a>,
-    admission: &'a Admission,
+    admission: &'a Rc<Admission>,
     taken: bool,
 }
 
@@ -235,6 +340,67 @@ mod tests {
         // The first's room and two more: three at work, one waits.
         assert_eq!(granted, [true, true, true, false]);
         assert_eq!(a.active.get(), 3);
+    }
+
+    /// Waiters in tasks and parked ones are served in one arrival order;
+    /// a parked one gone meanwhile passes its room on to the next.
+    #[test]
+    fn parked_waiters_and_task_waiters_share_one_order() {
+        let a = Rc::new(Admission::new(fixed(1), 100));
+        let resumed = Rc::new(RefCell::new(Vec::new()));
+        let gone = WatchId::for_tests(2);
+        let log = resumed.clone();
+        a.set_resume(Rc::new(move |id: WatchId| {
+            if id == gone {
+                return false;
+            }
+            log.borrow_mut().push(id);
+            true
+        }));
+        let waker = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
+        let now = Instant::now();
+        let first = a.enter();
+        a.queue_parked(WatchId::for_tests(1), now);
+        let mut in_task = a.wait_turn();
+        assert!(poll(Pin::new(&mut in_task.wait), &waker).is_pending());
+        a.queue_parked(gone, now);
+        a.queue_parked(WatchId::for_tests(3), now);
+        assert!(!a.may_start());
+
+        // The first parked waiter came first: it gets the room, counted.
+        drop(first);
+        assert_eq!(*resumed.borrow(), [WatchId::for_tests(1)]);
+        assert!(!in_task.wait.granted());
+        assert_eq!(a.active.get(), 1);
+        // Then the one waiting in its task.
+        drop(a.claim_room());
+        assert!(in_task.wait.granted());
+        assert_eq!(a.active.get(), 1);
+        // Then the third: the second is gone, its turn passes on.
+        drop(in_task);
+        assert_eq!(resumed.borrow()[1..], [WatchId::for_tests(3)]);
+        assert_eq!(a.active.get(), 1);
+        drop(a.claim_room());
+        assert_eq!(a.unclaimed.get(), 0);
+        assert_eq!(a.active.get(), 0);
+        assert!(a.may_start());
+    }
+
+    /// A parked waiter's wait ends by its bound, oldest first, room or not.
+    #[test]
+    fn parked_waiters_past_their_bound_are_taken_oldest_first() {
+        let a = Rc::new(Admission::new(fixed(1), 100));
+        let t0 = Instant::now();
+        let later = t0 + std::time::Duration::from_millis(10);
+        a.queue_parked(WatchId::for_tests(1), t0);
+        a.queue_parked(WatchId::for_tests(2), later);
+        assert_eq!(
+            a.take_parked_waiting_since(Some(t0)),
+            [WatchId::for_tests(1)]
+        );
+        assert!(!a.may_start());
+        assert_eq!(a.take_parked_waiting_since(None), [WatchId::for_tests(2)]);
+        assert!(a.may_start());
     }
 
     #[test]

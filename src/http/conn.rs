@@ -49,6 +49,10 @@ pub(super) enum Start {
     /// Woken from the core's idle set, with its watch there: bytes (or the
     /// end) are probably there.
     Woken(WatchId),
+    /// As `Woken`, after its request waited, parked, for room among the
+    /// core's requests at work: its room is counted, to be claimed
+    /// (admission.rs).
+    Admitted(WatchId),
 }
 
 /// What handling the arrived bytes came to.
@@ -82,9 +86,10 @@ pub(super) async fn serve<S: Service>(
         matches!(start, Start::Accepted).then(|| slot.0.now() + http.shared.settings.head_timeout);
     // The socket's registration in the idle set's epoll set, made the
     // first time the connection waits there and kept until it closes.
-    let (mut has_input, woken_with) = match start {
-        Start::Woken(id) => (true, Some(id)),
-        Start::Accepted => (false, None),
+    let (mut has_input, woken_with, mut admitted) = match start {
+        Start::Woken(id) => (true, Some(id), false),
+        Start::Admitted(id) => (true, Some(id), true),
+        Start::Accepted => (false, None, false),
     };
     let mut watch = WatchGuard::new(&http.idle, woken_with);
     let mut idle_since = slot.0.now();
@@ -132,7 +137,9 @@ pub(super) async fn serve<S: Service>(
         // Room among the core's requests at work, before anything is read
         // (admission.rs); a wait for it does not count against the head.
         let admission = &http.shared.admission;
-        let counted = if admission.may_start() {
+        let counted = if std::mem::take(&mut admitted) {
+            admission.claim_room()
+        } else if admission.may_start() {
             admission.enter()
         } else {
             http.shared.core.note_request_queued();
@@ -182,10 +189,13 @@ pub(super) async fn serve<S: Service>(
         // A busy connection's next request usually follows soon: wait for
         // it in this task, on the core's epoll set, until the next tick;
         // only a connection still quiet then parks (and its task ends).
+        // While requests wait for room, the next one would wait too: park
+        // at once, and it waits parked, without a task to wake twice
+        // (admission.rs).
         let draining = http.shared.core.draining();
         if let Some(id) = stream
             .epoll_fd()
-            .filter(|_| !draining)
+            .filter(|_| !draining && http.shared.admission.may_start())
             .and_then(|fd| watch.get(fd))
         {
             let soon = slot.0.now() + Duration::from_millis(1);

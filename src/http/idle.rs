@@ -17,6 +17,10 @@
 //! carries the slot's index and generation, so a late event for a slot
 //! that was since freed or reused is ignored.
 //!
+//! A parked connection whose request comes while the core has no room for
+//! it (admission.rs) stays parked, queued for room: its task starts with its
+//! turn, or when its wait is over (`--db-wait-timeout`), or at a drain.
+//!
 //! Deadlines: the watcher wakes on each tick of the core's deadline table
 //! while anything is parked and closes what has been idle past the
 //! keep-alive timeout. On drain, parked connections idle for more than the
@@ -35,6 +39,7 @@ use std::time::Duration;
 
 use monoio::time::Instant;
 
+use super::admission::{Admission, Resume};
 use super::conn::{self, Start, DRAIN_IDLE_GRACE};
 use super::stream::Stream;
 use super::{HttpCore, Service};
@@ -53,6 +58,10 @@ struct Parked {
     /// Milliseconds since the set's epoch.
     idle_since_ms: u64,
     deadline_ms: u64,
+    /// Its next request came while the core had no room for it: it waits
+    /// in the admission queue (admission.rs), not idle, and no deadline of
+    /// the set's applies.
+    queued: bool,
 }
 
 /// A connection's place in the set, named by its socket's registration for
@@ -69,6 +78,14 @@ pub(super) struct WatchId {
 impl WatchId {
     fn token(self) -> u64 {
         (u64::from(self.generation.get()) << 32) | u64::from(self.index)
+    }
+
+    #[cfg(test)]
+    pub(super) fn for_tests(index: u32) -> Self {
+        WatchId {
+            index,
+            generation: NonZeroU32::MIN,
+        }
     }
 
     fn from_token(token: u64) -> Option<Self> {
@@ -105,6 +122,8 @@ pub(super) struct IdleSet {
     watches: RefCell<Vec<Watch>>,
     free: RefCell<Vec<u32>>,
     parked: Cell<usize>,
+    /// Of the parked, those whose request waits for room (not idle).
+    queued: Cell<usize>,
     epoch: Instant,
     core: Rc<CoreCtx>,
     /// The watcher's deadline slot: the first park brings its wait
@@ -207,6 +226,7 @@ impl IdleSet {
             watches: RefCell::default(),
             free: RefCell::default(),
             parked: Cell::new(0),
+            queued: Cell::new(0),
             epoch: Instant::now(),
             core,
             watcher_key: Cell::new(None),
@@ -220,7 +240,13 @@ impl IdleSet {
 
     fn set_parked(&self, n: usize) {
         self.parked.set(n);
-        self.core.set_parked_connections(n);
+        self.core.set_parked_connections(n - self.queued.get());
+    }
+
+    fn set_queued(&self, n: usize) {
+        self.queued.set(n);
+        self.core.set_requests_waiting_parked(n);
+        self.core.set_parked_connections(self.parked.get() - n);
     }
 
     /// Whether the table holds room a burst left behind.
@@ -325,6 +351,7 @@ impl IdleSet {
                 open,
                 idle_since_ms: now_ms,
                 deadline_ms: now_ms + keepalive.as_millis() as u64,
+                queued: false,
             });
         }
         watch.take();
@@ -338,20 +365,34 @@ impl IdleSet {
     }
 
     /// An event for `token`: a busy connection is marked (and woken if it
-    /// waits); a parked one is handed back with its watch.
-    fn event(&self, token: u64) -> Option<(Parked, WatchId)> {
+    /// waits); a parked one is handed back with its watch, or, when the
+    /// core has no room for its request, queued for room still parked:
+    /// a request waiting its turn costs no task (admission.rs).
+    fn event(&self, token: u64, admission: &Admission) -> Option<(Parked, WatchId)> {
+        enum Outcome {
+            Nothing,
+            Wake(Waker),
+            Queue,
+            Resume(Parked),
+        }
         let id = WatchId::from_token(token)?;
-        let (parked, waker) = {
+        let outcome = {
             let mut watches = self.watches.borrow_mut();
             let w = watches.get_mut(id.index as usize)?;
             if w.generation != id.generation.get() {
                 return None;
             }
             match &mut w.slot {
-                Slot::Free => return None,
+                Slot::Free => Outcome::Nothing,
                 Slot::Busy { ready, waker } => {
                     *ready = true;
-                    (None, waker.take())
+                    waker.take().map_or(Outcome::Nothing, Outcome::Wake)
+                }
+                // Already waiting for its turn.
+                Slot::Parked(p) if p.queued => Outcome::Nothing,
+                Slot::Parked(p) if !admission.may_start() => {
+                    p.queued = true;
+                    Outcome::Queue
                 }
                 Slot::Parked(_) => {
                     let busy = Slot::Busy {
@@ -359,18 +400,55 @@ impl IdleSet {
                         waker: None,
                     };
                     match std::mem::replace(&mut w.slot, busy) {
-                        Slot::Parked(p) => (Some(p), None),
+                        Slot::Parked(p) => Outcome::Resume(p),
                         _ => unreachable!("matched as parked"),
                     }
                 }
             }
         };
-        if let Some(waker) = waker {
-            waker.wake();
+        match outcome {
+            Outcome::Nothing => None,
+            Outcome::Wake(waker) => {
+                waker.wake();
+                None
+            }
+            Outcome::Queue => {
+                // Its task comes with its turn, or when its wait is over.
+                self.set_queued(self.queued.get() + 1);
+                admission.queue_parked(id, self.core.deadlines.now());
+                self.core.note_request_queued();
+                None
+            }
+            Outcome::Resume(parked) => {
+                self.set_parked(self.parked.get() - 1);
+                Some((parked, id))
+            }
         }
-        let parked = parked?;
+    }
+
+    /// A queued parked connection whose turn came, handed back with its
+    /// watch (busy again); `None` if it is no longer there.
+    fn take_queued(&self, id: WatchId) -> Option<Parked> {
+        let parked = {
+            let mut watches = self.watches.borrow_mut();
+            let w = watches.get_mut(id.index as usize)?;
+            if w.generation != id.generation.get()
+                || !matches!(&w.slot, Slot::Parked(p) if p.queued)
+            {
+                return None;
+            }
+            let busy = Slot::Busy {
+                ready: false,
+                waker: None,
+            };
+            match std::mem::replace(&mut w.slot, busy) {
+                Slot::Parked(p) => p,
+                _ => unreachable!("matched as parked"),
+            }
+        };
+        self.set_queued(self.queued.get() - 1);
         self.set_parked(self.parked.get() - 1);
-        Some((parked, id))
+        Some(parked)
     }
 
     /// Closes what passed its deadline (dropping a socket closes it and
@@ -383,7 +461,7 @@ impl IdleSet {
             let mut watches = self.watches.borrow_mut();
             let mut free = self.free.borrow_mut();
             for (i, w) in watches.iter_mut().enumerate() {
-                if matches!(&w.slot, Slot::Parked(p) if p.deadline_ms <= now_ms) {
+                if matches!(&w.slot, Slot::Parked(p) if p.deadline_ms <= now_ms && !p.queued) {
                     if let Slot::Parked(p) = std::mem::replace(&mut w.slot, Slot::Free) {
                         expired.push(p);
                     }
@@ -444,6 +522,7 @@ impl IdleSet {
                 }
             }
         }
+        self.set_queued(0);
         self.set_parked(0);
         drop(closed);
         wakers.into_iter().for_each(Waker::wake);
@@ -516,12 +595,20 @@ pub(super) async fn watch<S: Service>(http: Weak<HttpCore<S>>, core: Rc<CoreCtx>
             }
             Woke::Ready(Err(e)) => {
                 tracing::warn!(error = %e, "idle set watch failed; idle connections closed, new ones wait in their tasks");
+                resume_waited(&h, None);
                 h.idle.close_all();
                 break;
             }
-            Woke::Tick => h.idle.expire(table.now()),
+            Woke::Tick => {
+                let now = table.now();
+                resume_waited(&h, now.checked_sub(h.shared.settings.admission_wait));
+                h.idle.expire(now);
+            }
             Woke::Drain => {
+                // What waits for room is answered now (with `Connection:
+                // close`), as in-task waits are.
                 draining = true;
+                resume_waited(&h, None);
                 h.idle.start_drain();
                 h.idle.expire(table.now());
             }
@@ -529,6 +616,7 @@ pub(super) async fn watch<S: Service>(http: Weak<HttpCore<S>>, core: Rc<CoreCtx>
     }
     if let Some(h) = http.upgrade() {
         h.idle.watcher_key.set(None);
+        resume_waited(&h, None);
         h.idle.close_all();
     }
     table.release(key);
@@ -544,16 +632,50 @@ fn wake_ready<S: Service>(http: &Rc<HttpCore<S>>, events: &mut ReadyBuf) {
                 taken += 1;
                 // The new task first runs after this loop: it cannot reach
                 // the set while it is borrowed here.
-                if let Some((p, id)) = http.idle.event(token) {
-                    monoio::spawn(Contained::new(
-                        &http.shared.core,
-                        conn::serve(http.clone(), p.stream, p.open, Start::Woken(id)),
-                    ));
+                if let Some((p, id)) = http.idle.event(token, &http.shared.admission) {
+                    resume(http, p, Start::Woken(id));
                 }
             }
         }
         if taken < events.capacity() {
             return;
+        }
+    }
+}
+
+/// Gives a parked connection a task again.
+fn resume<S: Service>(http: &Rc<HttpCore<S>>, parked: Parked, start: Start) {
+    monoio::spawn(Contained::new(
+        &http.shared.core,
+        conn::serve(http.clone(), parked.stream, parked.open, start),
+    ));
+}
+
+/// How a queued parked connection whose turn came gets its task, with the
+/// room handed over (installed in the core's admission).
+pub(super) fn resume_in_turn<S: Service>(http: &Rc<HttpCore<S>>) -> Resume {
+    let weak = Rc::downgrade(http);
+    Rc::new(move |id| {
+        let Some(http) = weak.upgrade() else {
+            return false;
+        };
+        let Some(parked) = http.idle.take_queued(id) else {
+            return false;
+        };
+        resume(&http, parked, Start::Admitted(id));
+        true
+    })
+}
+
+/// Gives the queued parked connections that came at or before `by` (all
+/// of them when `None`) their tasks, room or not: their wait is over, as an
+/// in-task wait for room ends by `--db-wait-timeout` (admission.rs).
+fn resume_waited<S: Service>(http: &Rc<HttpCore<S>>, by: Option<Instant>) {
+    let admission = &http.shared.admission;
+    for id in admission.take_parked_waiting_since(by) {
+        if let Some(parked) = http.idle.take_queued(id) {
+            admission.count_for_resumed();
+            resume(http, parked, Start::Admitted(id));
         }
     }
 }

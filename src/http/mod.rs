@@ -165,6 +165,9 @@ impl<S: Service> HttpCore<S> {
             shared,
             service,
         });
+        http.shared
+            .admission
+            .set_resume(idle::resume_in_turn(&http));
         monoio::spawn(idle::watch(Rc::downgrade(&http), http.shared.core.clone()));
         http
     }

@@ -90,6 +90,9 @@ pub struct CoreCtx {
     open_connections: Cell<usize>,
     /// Open connections parked idle by the HTTP layer, with no task.
     parked_connections: Cell<usize>,
+    /// Requests waiting for room among those at work, their connections
+    /// parked with no task (`http/admission.rs`).
+    requests_waiting_parked: Cell<usize>,
     accepted: Cell<u64>,
     shed: Cell<u64>,
     /// Accepts that failed for lack of file descriptors, and connections
@@ -147,6 +150,7 @@ impl CoreCtx {
             tls: Default::default(),
             open_connections: Cell::new(0),
             parked_connections: Cell::new(0),
+            requests_waiting_parked: Cell::new(0),
             accepted: Cell::new(0),
             shed: Cell::new(0),
             fd_exhausted: Cell::new(0),
@@ -174,6 +178,12 @@ impl CoreCtx {
     }
     pub fn set_parked_connections(&self, n: usize) {
         self.parked_connections.set(n);
+    }
+    pub fn requests_waiting_parked(&self) -> usize {
+        self.requests_waiting_parked.get()
+    }
+    pub fn set_requests_waiting_parked(&self, n: usize) {
+        self.requests_waiting_parked.set(n);
     }
     pub fn accepted(&self) -> u64 {
         self.accepted.get()

@@ -18,6 +18,9 @@ pub(crate) struct WaitQueue {
     /// Waiters still waiting (the queue may hold ones that gave up).
     pub(crate) waiting: Cell<usize>,
     max: usize,
+    /// The next arrival number: another queue's waiters can be put in one
+    /// order with these (`Self::take_ticket`).
+    next_ticket: Cell<u64>,
 }
 
 impl WaitQueue {
@@ -26,7 +29,28 @@ impl WaitQueue {
             waiters: RefCell::new(VecDeque::new()),
             waiting: Cell::new(0),
             max,
+            next_ticket: Cell::new(0),
         }
+    }
+
+    /// An arrival number from this queue's count, for a waiter kept
+    /// elsewhere that must be served in one order with these.
+    pub(crate) fn take_ticket(&self) -> u64 {
+        let t = self.next_ticket.get();
+        self.next_ticket.set(t + 1);
+        t
+    }
+
+    /// The arrival number of the first waiter still waiting.
+    pub(crate) fn first_ticket(&self) -> Option<u64> {
+        let mut q = self.waiters.borrow_mut();
+        while let Some(w) = q.front() {
+            if !w.gone.get() {
+                return Some(w.ticket);
+            }
+            q.pop_front();
+        }
+        None
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -64,6 +88,7 @@ struct Waiter {
     /// Set when it is its turn; cleared (with the waker) when it gave up.
     turn: Cell<bool>,
     gone: Cell<bool>,
+    ticket: u64,
 }
 
 impl Waiter {
@@ -119,6 +144,7 @@ impl Future for WaitTurn<'_> {
                     waker: RefCell::new(Some(cx.waker().clone())),
                     turn: Cell::new(false),
                     gone: Cell::new(false),
+                    ticket: self.queue.take_ticket(),
                 });
                 let mut q = self.queue.waiters.borrow_mut();
                 // Places left by waiters that gave up are dropped lazily;

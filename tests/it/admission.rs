@@ -174,6 +174,32 @@ fn a_queued_request_waits_no_longer_than_for_a_database_slot() {
 }
 
 #[test]
+fn a_drain_answers_a_request_waiting_for_room_at_once() {
+    let mut scene = OneReadAtWork::start("60s");
+    assert_silent(
+        &mut scene.waiting,
+        Duration::from_millis(500),
+        "queued request",
+    );
+    scene.srv.signal(libc::SIGTERM);
+    // Answered while the request at work still waits on the lock, well
+    // before the 60 s bound, and told the connection ends.
+    scene
+        .waiting
+        .s
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let r = scene.waiting.read_response();
+    assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+    assert!(
+        !scene.read.is_finished(),
+        "the read is still held by the lock"
+    );
+    unlock_orders(&scene.db, scene.holder);
+    assert_eq!(scene.read.join().unwrap(), 200);
+}
+
+#[test]
 fn a_request_waiting_on_its_client_leaves_its_room_to_others() {
     let srv = Server::start(
         "auto",
