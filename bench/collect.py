@@ -27,6 +27,7 @@ ORDER = [
     ("orders", "GET /orders: ringside vs threaded vs tokio"),
     ("orders-ab", "GET /orders: this commit against an earlier one (bench/orders.sh --before)"),
     ("orders-pg", "GET /orders against PostgreSQL alone, with and without coalescing"),
+    ("orders-pg-ab", "GET /orders against PostgreSQL alone: this commit against an earlier one (--before)"),
     ("orders-tls", "GET /orders with PostgreSQL over TLS against plain TCP"),
     ("replica", "GET /orders with reads on a streaming replica, and the scale-out model"),
     ("tls", "HTTPS: ringside against nginx and against plain HTTP"),
