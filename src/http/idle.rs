@@ -57,11 +57,20 @@ struct Parked {
     open: OpenGuard,
     /// Milliseconds since the set's epoch.
     idle_since_ms: u64,
+    /// [`QUEUED`] once its next request came while the core had no room
+    /// for it: it waits in the admission queue (admission.rs), not idle,
+    /// and no deadline of the set's applies (a marker, not a field: every
+    /// watched connection's entry would grow by a word).
     deadline_ms: u64,
-    /// Its next request came while the core had no room for it: it waits
-    /// in the admission queue (admission.rs), not idle, and no deadline of
-    /// the set's applies.
-    queued: bool,
+}
+
+/// The deadline of a parked connection queued for room: never.
+const QUEUED: u64 = u64::MAX;
+
+impl Parked {
+    fn is_queued(&self) -> bool {
+        self.deadline_ms == QUEUED
+    }
 }
 
 /// A connection's place in the set, named by its socket's registration for
@@ -350,8 +359,7 @@ impl IdleSet {
                 stream,
                 open,
                 idle_since_ms: now_ms,
-                deadline_ms: now_ms + keepalive.as_millis() as u64,
-                queued: false,
+                deadline_ms: (now_ms + keepalive.as_millis() as u64).min(QUEUED - 1),
             });
         }
         watch.take();
@@ -389,9 +397,11 @@ impl IdleSet {
                     waker.take().map_or(Outcome::Nothing, Outcome::Wake)
                 }
                 // Already waiting for its turn.
-                Slot::Parked(p) if p.queued => Outcome::Nothing,
-                Slot::Parked(p) if !admission.may_start() => {
-                    p.queued = true;
+                Slot::Parked(p) if p.is_queued() => Outcome::Nothing,
+                // While draining, a request is taken at once, as an in-task
+                // wait for room ends then.
+                Slot::Parked(p) if !admission.may_start() && !self.core.draining() => {
+                    p.deadline_ms = QUEUED;
                     Outcome::Queue
                 }
                 Slot::Parked(_) => {
@@ -433,7 +443,7 @@ impl IdleSet {
             let mut watches = self.watches.borrow_mut();
             let w = watches.get_mut(id.index as usize)?;
             if w.generation != id.generation.get()
-                || !matches!(&w.slot, Slot::Parked(p) if p.queued)
+                || !matches!(&w.slot, Slot::Parked(p) if p.is_queued())
             {
                 return None;
             }
@@ -461,7 +471,8 @@ impl IdleSet {
             let mut watches = self.watches.borrow_mut();
             let mut free = self.free.borrow_mut();
             for (i, w) in watches.iter_mut().enumerate() {
-                if matches!(&w.slot, Slot::Parked(p) if p.deadline_ms <= now_ms && !p.queued) {
+                // A queued one's deadline is never.
+                if matches!(&w.slot, Slot::Parked(p) if p.deadline_ms <= now_ms) {
                     if let Slot::Parked(p) = std::mem::replace(&mut w.slot, Slot::Free) {
                         expired.push(p);
                     }
@@ -490,8 +501,11 @@ impl IdleSet {
     fn start_drain(&self) {
         let grace = DRAIN_IDLE_GRACE.as_millis() as u64;
         for w in self.watches.borrow_mut().iter_mut() {
+            // One queued for room is not idle: its request is answered.
             if let Slot::Parked(p) = &mut w.slot {
-                p.deadline_ms = p.deadline_ms.min(p.idle_since_ms + grace);
+                if !p.is_queued() {
+                    p.deadline_ms = p.deadline_ms.min(p.idle_since_ms + grace);
+                }
             }
         }
     }
