@@ -47,11 +47,11 @@ pub(super) enum Start {
     /// Just accepted: wait for the first request, within the head timeout.
     Accepted,
     /// Woken from the core's idle set, with its watch there: bytes (or the
-    /// end) are probably there.
+    /// end) are probably there; it waits for room in its task (a drain).
     Woken(WatchId),
-    /// As `Woken`, after its request waited, parked, for room among the
-    /// core's requests at work: its room is counted, to be claimed
-    /// (admission.rs).
+    /// As `Woken`, with a room among the core's requests at work counted
+    /// for it, to be claimed (admission.rs): one free when its bytes came,
+    /// or one its request waited for, parked.
     Admitted(WatchId),
 }
 
@@ -191,12 +191,15 @@ pub(super) async fn serve<S: Service>(
         // only a connection still quiet then parks (and its task ends).
         // While requests wait for room, the next one would wait too: park
         // at once, and it waits parked, without a task to wake twice
-        // (admission.rs).
+        // (admission.rs); unless an event came that this task has not
+        // looked at (bytes may be there, and a parked connection wakes only
+        // on the next one): the wait below takes it at once.
         let draining = http.shared.core.draining();
         if let Some(id) = stream
             .epoll_fd()
-            .filter(|_| !draining && http.shared.admission.may_start())
+            .filter(|_| !draining)
             .and_then(|fd| watch.get(fd))
+            .filter(|&id| http.shared.admission.may_start() || http.idle.is_ready(id))
         {
             let soon = slot.0.now() + Duration::from_millis(1);
             let woke = monoio::select! {

@@ -315,6 +315,18 @@ impl IdleSet {
         }
     }
 
+    /// Whether an event came for a busy connection that its task has not
+    /// looked at yet.
+    pub(super) fn is_ready(&self, id: WatchId) -> bool {
+        self.watches
+            .borrow()
+            .get(id.index as usize)
+            .is_some_and(|w| {
+                w.generation == id.generation.get()
+                    && matches!(w.slot, Slot::Busy { ready: true, .. })
+            })
+    }
+
     /// Waits, in the caller's task, for the next event on its socket: how
     /// a busy connection waits for its next request. The epoll set hands
     /// over the readiness of many sockets in one call, where a read or poll
@@ -373,10 +385,13 @@ impl IdleSet {
     }
 
     /// An event for `token`: a busy connection is marked (and woken if it
-    /// waits); a parked one is handed back with its watch, or, when the
-    /// core has no room for its request, queued for room still parked:
-    /// a request waiting its turn costs no task (admission.rs).
-    fn event(&self, token: u64, admission: &Admission) -> Option<(Parked, WatchId)> {
+    /// waits); a parked one is handed back with its watch and how its task
+    /// starts: with a room counted for its request when there is one (so
+    /// the next event of the same batch sees it taken), else (draining)
+    /// to wait for one in its task. When the core has no room, it is
+    /// queued for room still parked: a request waiting its turn costs no
+    /// task (admission.rs).
+    fn event(&self, token: u64, admission: &Admission) -> Option<(Parked, Start)> {
         enum Outcome {
             Nothing,
             Wake(Waker),
@@ -431,7 +446,12 @@ impl IdleSet {
             }
             Outcome::Resume(parked) => {
                 self.set_parked(self.parked.get() - 1);
-                Some((parked, id))
+                if admission.may_start() {
+                    admission.count_for_resumed();
+                    Some((parked, Start::Admitted(id)))
+                } else {
+                    Some((parked, Start::Woken(id)))
+                }
             }
         }
     }
@@ -615,7 +635,9 @@ pub(super) async fn watch<S: Service>(http: Weak<HttpCore<S>>, core: Rc<CoreCtx>
             }
             Woke::Tick => {
                 let now = table.now();
-                resume_waited(&h, now.checked_sub(h.shared.settings.admission_wait));
+                if let Some(by) = now.checked_sub(h.shared.settings.admission_wait) {
+                    resume_waited(&h, Some(by));
+                }
                 h.idle.expire(now);
             }
             Woke::Drain => {
@@ -646,8 +668,8 @@ fn wake_ready<S: Service>(http: &Rc<HttpCore<S>>, events: &mut ReadyBuf) {
                 taken += 1;
                 // The new task first runs after this loop: it cannot reach
                 // the set while it is borrowed here.
-                if let Some((p, id)) = http.idle.event(token, &http.shared.admission) {
-                    resume(http, p, Start::Woken(id));
+                if let Some((p, start)) = http.idle.event(token, &http.shared.admission) {
+                    resume(http, p, start);
                 }
             }
         }
@@ -691,5 +713,91 @@ fn resume_waited<S: Service>(http: &Rc<HttpCore<S>>, by: Option<Instant>) {
             admission.count_for_resumed();
             resume(http, parked, Start::Admitted(id));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::request_limit::RequestLimit;
+    use crate::runtime::IoDriver;
+
+    /// A parked connection whose request comes while the core has no room
+    /// stays parked, queued once, not idle and never expired; it is handed
+    /// back in its turn. One that finds room starts with the room counted.
+    #[test]
+    fn a_request_without_room_waits_parked_and_is_handed_back_in_turn() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let core = CoreCtx::standalone(0, IoDriver::Epoll);
+            let set = IdleSet::new(Some(EpollSet::new().unwrap()), core.clone());
+            let limit = Rc::new(RequestLimit::default());
+            limit.set_fixed(1);
+            let admission = Rc::new(Admission::new(limit, 100));
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (accepted, _) = listener.accept().unwrap();
+            accepted.set_nonblocking(true).unwrap();
+            let stream = Stream::Tcp(monoio::net::TcpStream::from_std(accepted).unwrap());
+            let mut watch = WatchGuard::new(&set, None);
+            let id = watch.get(stream.epoll_fd().unwrap()).unwrap();
+            let open = OpenGuard::new(&core);
+            let now = Instant::now();
+            assert!(set
+                .park(&mut watch, stream, open, now, Duration::from_secs(60))
+                .is_ok());
+            assert_eq!(core.parked_connections(), 1);
+
+            let at_work = admission.enter();
+            assert!(set.event(id.token(), &admission).is_none());
+            // Queued, not idle; a second event does not queue it again.
+            assert!(set.event(id.token(), &admission).is_none());
+            assert_eq!(core.requests_waiting_parked(), 1);
+            assert_eq!(core.parked_connections(), 0);
+            assert_eq!(set.len(), 1);
+            assert!(!admission.may_start());
+            // Past its keep-alive it is still there: it is not idle.
+            set.expire(now + Duration::from_secs(120));
+            assert_eq!(set.len(), 1);
+
+            assert_eq!(admission.take_parked_waiting_since(None), [id]);
+            let parked = set.take_queued(id).expect("handed back");
+            assert!(set.take_queued(id).is_none());
+            assert_eq!((core.requests_waiting_parked(), set.len()), (0, 0));
+            drop(at_work);
+
+            // Parked again with room free: it starts with its room counted.
+            let mut watch = WatchGuard::new(&set, Some(id));
+            assert!(set
+                .park(
+                    &mut watch,
+                    parked.stream,
+                    parked.open,
+                    now,
+                    Duration::from_secs(60)
+                )
+                .is_ok());
+            let (_, start) = set.event(id.token(), &admission).expect("resumed");
+            assert!(matches!(start, Start::Admitted(i) if i == id));
+            assert!(!admission.may_start(), "the one room is counted");
+            drop(admission.claim_room());
+            assert!(admission.may_start());
+        });
+    }
+
+    /// A busy connection's event is kept for its task to see.
+    #[test]
+    fn an_event_for_a_busy_connection_is_kept_until_seen() {
+        let core = CoreCtx::standalone(0, IoDriver::Epoll);
+        let set = IdleSet::new(Some(EpollSet::new().unwrap()), core);
+        let admission = Rc::new(Admission::new(Rc::new(RequestLimit::default()), 100));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let id = set.register(listener.as_raw_fd()).unwrap();
+        assert!(!set.is_ready(id));
+        assert!(set.event(id.token(), &admission).is_none());
+        assert!(set.is_ready(id));
     }
 }

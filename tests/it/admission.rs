@@ -75,15 +75,16 @@ fn unlock_orders(db: &Db, mut holder: SpawnedPsql) {
 }
 
 /// Starts `GET /orders` on a new connection and returns once PostgreSQL has
-/// it waiting behind the lock.
-fn blocked_read(srv: &Server, db: &Db) -> thread::JoinHandle<u16> {
+/// it waiting behind the lock. The connection comes back open with the
+/// status: closed, it would be read (its end) as one more request, which
+/// may have to wait for room and be counted as queued.
+fn blocked_read(srv: &Server, db: &Db) -> thread::JoinHandle<(u16, Conn)> {
     let addr = srv.addr;
     let reader = thread::spawn(move || {
         let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        Conn::from_parts(s, Vec::new())
-            .roundtrip(get("/orders?limit=5"))
-            .status
+        let mut c = Conn::from_parts(s, Vec::new());
+        (c.roundtrip(get("/orders?limit=5")).status, c)
     });
     wait_for(
         db,
@@ -100,7 +101,7 @@ struct OneReadAtWork {
     srv: Server,
     db: Db<'static>,
     holder: SpawnedPsql,
-    read: thread::JoinHandle<u16>,
+    read: thread::JoinHandle<(u16, Conn)>,
     waiting: Conn,
 }
 
@@ -127,11 +128,13 @@ impl OneReadAtWork {
         }
     }
 
-    /// Lets the read finish; it must have been answered 200.
-    fn release(self) -> (Server, Conn) {
+    /// Lets the read finish; it must have been answered 200. Returns the
+    /// server, the waiting connection and the read's (open).
+    fn release(self) -> (Server, Conn, Conn) {
         unlock_orders(&self.db, self.holder);
-        assert_eq!(self.read.join().unwrap(), 200);
-        (self.srv, self.waiting)
+        let (status, read) = self.read.join().unwrap();
+        assert_eq!(status, 200);
+        (self.srv, self.waiting, read)
     }
 }
 
@@ -145,7 +148,7 @@ fn past_the_limit_a_request_waits_unread_and_is_served_in_turn() {
         Duration::from_millis(1500),
         "queued request",
     );
-    let (srv, mut waiting) = scene.release();
+    let (srv, mut waiting, _read) = scene.release();
     let r = waiting.read_response();
     assert_eq!((r.status, r.text()), (200, "ok\n".to_string()));
     // And the connection goes on as any other.
@@ -169,7 +172,7 @@ fn a_queued_request_waits_no_longer_than_for_a_database_slot() {
         !scene.read.is_finished(),
         "the read is still held by the lock"
     );
-    let (srv, _) = scene.release();
+    let (srv, _, _read) = scene.release();
     assert_eq!(srv.counter("ringside_requests_queued_total"), 1);
 }
 
@@ -196,7 +199,7 @@ fn a_drain_answers_a_request_waiting_for_room_at_once() {
         "the read is still held by the lock"
     );
     unlock_orders(&scene.db, scene.holder);
-    assert_eq!(scene.read.join().unwrap(), 200);
+    assert_eq!(scene.read.join().unwrap().0, 200);
 }
 
 #[test]
