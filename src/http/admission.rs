@@ -120,6 +120,11 @@ impl Admission {
     /// first in line: no one can take it in between (a pipelined request,
     /// one back from its client), so the order holds and no wake is wasted.
     fn leave(self: &Rc<Self>) {
+        if self.nobody_waits() {
+            // The common case, checked first: nothing to hand over.
+            self.active.set(self.active.get() - 1);
+            return;
+        }
         let limit = self.limit.get();
         let room_after = limit == 0 || self.active.get() - 1 < limit;
         if !(room_after && self.hand_over()) {

@@ -311,13 +311,52 @@ impl InFlight {
     }
 }
 
+/// Hashes the SQL that keys the prepared-statement cache a word at a time
+/// (FxHash's step): every query looks its statement up, and SipHash over a
+/// 50-byte statement cost more than the lookup needs. The keys are the
+/// application's own SQL, never a client's bytes, so flooding is not a
+/// concern here.
+#[derive(Debug, Default, Clone, Copy)]
+struct SqlHash;
+
+impl std::hash::BuildHasher for SqlHash {
+    type Hasher = SqlHasher;
+    fn build_hasher(&self) -> SqlHasher {
+        SqlHasher(0)
+    }
+}
+
+struct SqlHasher(u64);
+
+impl SqlHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl std::hash::Hasher for SqlHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            self.add(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        }
+        let mut tail = [0u8; 8];
+        let rest = words.remainder();
+        tail[..rest.len()].copy_from_slice(rest);
+        self.add(u64::from_le_bytes(tail) ^ ((rest.len() as u64) << 59));
+    }
+}
+
 /// One connection's pipeline. See the module documentation.
 #[derive(Debug)]
 pub struct Pipeline {
     limits: Limits,
     queue: VecDeque<InFlight>,
     events: VecDeque<Event>,
-    statements: HashMap<String, Rc<Prepared>>,
+    statements: HashMap<String, Rc<Prepared>, SqlHash>,
     next_statement: u32,
     next_id: u64,
     tx_status: TxStatus,
@@ -336,7 +375,7 @@ impl Pipeline {
             limits,
             queue: VecDeque::new(),
             events: VecDeque::new(),
-            statements: HashMap::new(),
+            statements: HashMap::default(),
             next_statement: 0,
             next_id: 0,
             tx_status,
