@@ -34,10 +34,13 @@ pub struct Staged<'o, O: Out + ?Sized, const N: usize> {
 /// plus the eight-byte store after the last.
 const WORD_ROOM: usize = 8 * 6 + 8;
 
+/// The same for a block of sixteen.
+const BLOCK_ROOM: usize = 16 * 6 + 16;
+
 impl<'o, O: Out + ?Sized, const N: usize> Staged<'o, O, N> {
     const ROOMY: () = assert!(
-        N >= 2 * WORD_ROOM,
-        "a staging buffer must hold two escaped words"
+        N >= 2 * BLOCK_ROOM,
+        "a staging buffer must hold two escaped blocks"
     );
 
     pub fn new(out: &'o mut O) -> Self {
@@ -57,10 +60,32 @@ impl<'o, O: Out + ?Sized, const N: usize> Staged<'o, O, N> {
     }
 
     /// Appends `bytes` with the five HTML-significant characters escaped,
-    /// eight bytes at a time: a word's specials are found all at once as a
-    /// bit mask, the word is stored whole, and only a word with specials
-    /// takes one more step per special. The tail is tested the same way.
+    /// sixteen bytes at a time (eight for text shorter than sixteen): a
+    /// block's specials are found all at once as a bit mask, the block is
+    /// stored whole, and only a block with specials takes one more step per
+    /// special. A tail is the last whole block (or word) shifted down to its
+    /// start, tested the same way.
     pub fn put_html_escaped(&mut self, bytes: &[u8]) {
+        if bytes.len() < 16 {
+            return self.put_html_escaped_words(bytes);
+        }
+        let mut blocks = bytes.chunks_exact(16);
+        for block in blocks.by_ref() {
+            self.escape_block(
+                u128::from_le_bytes(block.try_into().unwrap_or_default()),
+                16,
+            );
+        }
+        let tail = blocks.remainder().len();
+        if tail > 0 {
+            let last16 = &bytes[bytes.len() - 16..];
+            let block = u128::from_le_bytes(last16.try_into().unwrap_or_default());
+            self.escape_block(block >> (8 * (16 - tail)), tail);
+        }
+    }
+
+    /// [`Staged::put_html_escaped`] of a short text, a word at a time.
+    fn put_html_escaped_words(&mut self, bytes: &[u8]) {
         let mut words = bytes.chunks_exact(8);
         for word in words.by_ref() {
             self.escape_word(u64::from_le_bytes(word.try_into().unwrap_or_default()), 8);
@@ -82,6 +107,32 @@ impl<'o, O: Out + ?Sized, const N: usize> Staged<'o, O, N> {
             };
             self.escape_word(word, tail.len());
         }
+    }
+
+    /// [`Staged::escape_word`] for a block of sixteen bytes, with one bit
+    /// per special byte in its mask.
+    #[inline(always)]
+    fn escape_block(&mut self, block: u128, n: usize) {
+        if self.len + BLOCK_ROOM > N {
+            self.flush();
+        }
+        let mut at = self.len;
+        self.buf[at..at + 16].copy_from_slice(&block.to_le_bytes());
+        let mut specials = html_specials_16(block);
+        let mut done = 0;
+        while specials != 0 {
+            let i = specials.trailing_zeros() as usize;
+            specials &= specials - 1;
+            at += i - done;
+            let (entity, len) = ENTITIES[((block >> (8 * i)) & 0x1F) as usize];
+            self.buf[at..at + 8].copy_from_slice(&entity);
+            at += len as usize;
+            done = i + 1;
+            if done < 16 {
+                self.buf[at..at + 16].copy_from_slice(&(block >> (8 * done)).to_le_bytes());
+            }
+        }
+        self.len = at + n - done;
     }
 
     /// Escapes the first `n` bytes of `word` (little-endian) into the
@@ -166,6 +217,44 @@ fn html_specials(word: u64) -> u64 {
     let angles = nonzero((word | (LOW << 1)) ^ (LOW * 0x3E));
     let quote = nonzero(word ^ (LOW * 0x22));
     !(amp_apos & angles & quote) & !SEVEN
+}
+
+/// Bit `i` set for each byte `i` of `block` (little-endian) that is one of
+/// `& < > " '`: five byte compares of all sixteen at once (SSE2, which every
+/// x86-64 has).
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[allow(unsafe_code, reason = "SSE2 intrinsics (no memory access)")]
+fn html_specials_16(block: u128) -> u32 {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_set_epi64x,
+    };
+    // SAFETY: SSE2 is enabled for this build (the cfg above), and these
+    // intrinsics touch no memory.
+    unsafe {
+        let v = _mm_set_epi64x((block >> 64) as u64 as i64, block as u64 as i64);
+        let is = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
+        let any = _mm_or_si128(
+            _mm_or_si128(is(b'&'), is(b'<')),
+            _mm_or_si128(_mm_or_si128(is(b'>'), is(b'"')), is(b'\'')),
+        );
+        _mm_movemask_epi8(any) as u32
+    }
+}
+
+/// [`html_specials_16`] elsewhere.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+fn html_specials_16(block: u128) -> u32 {
+    html_specials_16_by_words(block)
+}
+
+/// [`html_specials_16`] from the word test.
+#[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "sse2"))))]
+fn html_specials_16_by_words(block: u128) -> u32 {
+    let half = |w: u64| {
+        let marks = html_specials(w);
+        (0..8).fold(0u32, |m, i| m | (((marks >> (8 * i + 7)) & 1) as u32) << i)
+    };
+    half(block as u64) | half((block >> 64) as u64) << 8
 }
 
 /// Appends `s` as a JSON string, quotes included.
@@ -322,15 +411,22 @@ mod tests {
     /// can store.
     #[test]
     fn the_widest_words_fit_at_every_offset() {
-        for word in [&b"\"\"\"\"\"\"\"\""[..], b"\"\"\"\"\"\"\"a", b"''''''''"] {
-            for offset in 0..300 {
+        for word in [
+            &b"\"\"\"\"\"\"\"\""[..],
+            b"\"\"\"\"\"\"\"a",
+            b"''''''''",
+            b"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"",
+            b"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"a",
+            b"''''''''''''''''''''",
+        ] {
+            for offset in 0..600 {
                 let prefix = vec![b'x'; offset];
                 let mut plain = prefix.clone();
                 html_escape_reference(word, &mut plain);
                 html_escape_reference(word, &mut plain);
                 let mut out = Vec::new();
                 {
-                    let mut staged = Staged::<_, 112>::new(&mut out);
+                    let mut staged = Staged::<_, 224>::new(&mut out);
                     staged.put(&prefix);
                     staged.put_html_escaped(word);
                     staged.put_html_escaped(word);
@@ -375,6 +471,18 @@ mod tests {
         }
 
         #[test]
+        fn the_block_test_is_exact(block in proptest::collection::vec(
+            proptest::sample::select(b"ab&<>\"'\x00\x80\xA6\xBC\xFF%=".to_vec()), 16)) {
+            let bytes: [u8; 16] = block.try_into().unwrap();
+            let want = bytes.iter().enumerate().fold(0u32, |m, (i, b)| {
+                m | u32::from(b"&<>\"'".contains(b)) << i
+            });
+            let block = u128::from_le_bytes(bytes);
+            proptest::prop_assert_eq!(html_specials_16(block), want);
+            proptest::prop_assert_eq!(html_specials_16_by_words(block), want);
+        }
+
+        #[test]
         fn html_escape_bytes_replaces_exactly_the_five(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
             let mut plain = Vec::new();
             html_escape_reference(&bytes, &mut plain);
@@ -403,7 +511,7 @@ mod tests {
             }
             let mut out = Vec::new();
             {
-                let mut staged = Staged::<_, 112>::new(&mut out);
+                let mut staged = Staged::<_, 224>::new(&mut out);
                 for (escaped, bytes) in &pieces {
                     if *escaped {
                         staged.put_html_escaped(bytes);
