@@ -144,6 +144,8 @@ pub struct PgConn {
     /// Bytes the writer has taken to send so far: a request whose bytes
     /// are all below it may already run on the server.
     taken_bytes: Cell<u64>,
+    /// Requests queued since the writer last took the write buffer.
+    pub(super) unsent: Cell<usize>,
     max_batch: usize,
     write_waiters: RefCell<Vec<Waker>>,
     broken: RefCell<Option<String>>,
@@ -294,6 +296,7 @@ impl PgConn {
             queued_bytes: Cell::new(0),
             written_bytes: Cell::new(0),
             taken_bytes: Cell::new(0),
+            unsent: Cell::new(0),
             max_batch: settings.max_batch.max(1),
             write_waiters: RefCell::new(Vec::new()),
             broken: RefCell::new(None),
@@ -328,6 +331,13 @@ impl PgConn {
         self.poisoned.get()
     }
 
+    /// Whether requests are queued that the writer has not taken yet, and
+    /// fewer than a batch's worth (`max_batch`): one more joins their write
+    /// (one send, one wake-up of the backend) instead of starting another.
+    pub fn has_open_write(&self) -> bool {
+        (1..self.max_batch).contains(&self.unsent.get())
+    }
+
     /// Requests sent whose responses have not ended yet.
     pub fn in_flight(&self) -> usize {
         self.pipeline.borrow().in_flight()
@@ -351,6 +361,7 @@ impl PgConn {
         let id = id.map_err(QueryError::Pg)?;
         self.queued_bytes
             .set(self.queued_bytes.get() + appended as u64);
+        self.unsent.set(self.unsent.get() + 1);
         self.waiting.borrow_mut().insert(id, Waiting::default());
         self.wake_writer();
         Ok(id)

@@ -2,8 +2,10 @@
 //!
 //! Made on its core and never shared: `Rc` connections, `Cell` counters.
 //! Queries are pipelined: a connection carries up to `max_in_flight`
-//! requests at once, and the pool sends each query to the least loaded
-//! healthy connection. When every connection is full, callers wait in a
+//! requests at once, and the pool sends each query to a healthy connection
+//! whose next write is still being gathered (up to a batch's worth of
+//! statements: one send and one backend wake-up for all of them), else to
+//! the least loaded one. When every connection is full, callers wait in a
 //! bounded queue for a bounded time, then get `Busy` (503 upstream).
 //! A broken connection is replaced by its supervisor with jittered
 //! exponential backoff; a connection whose query passed its deadline gets a
@@ -263,7 +265,7 @@ impl Pool {
         self.wake_all();
     }
 
-    /// Runs a prepared statement on the least loaded connection, bounded by
+    /// Runs a prepared statement on a connection with room, bounded by
     /// the query timeout. A read-only statement whose connection broke
     /// before its answer arrived is run again, each time on a connection it
     /// has not tried yet (so at most once per member; once in the common
@@ -694,7 +696,8 @@ impl Pool {
         }
     }
 
-    /// Picks a connection with room (the least loaded), or waits for one.
+    /// Picks a connection with room (one gathering its next write, else the
+    /// least loaded), or waits for one.
     /// First come, first served: while anyone waits, a newcomer queues
     /// behind them rather than taking the slot a waiter was woken for.
     /// Connections in `avoid` are not chosen (a retry's earlier attempts).
@@ -786,7 +789,17 @@ impl Pool {
                 continue;
             }
             let load = c.in_flight();
-            if load < self.settings.max_in_flight && best.is_none_or(|(_, l)| load < l) {
+            if load >= self.settings.max_in_flight {
+                continue;
+            }
+            // A write still being gathered takes one more: fewer, fuller
+            // writes cost both sides less per statement (sends, backend
+            // wake-ups) than one each spread over every connection.
+            if c.has_open_write() {
+                best = Some((i, load));
+                break;
+            }
+            if best.is_none_or(|(_, l)| load < l) {
                 best = Some((i, load));
             }
         }

@@ -529,6 +529,59 @@ fn a_failure_in_a_batch_fails_only_its_own_request() {
     });
 }
 
+/// Statements queued in one turn of the loop share one write while it is
+/// being gathered (up to a batch's worth), rather than being spread one by
+/// one over the pool's connections: fewer sends, fewer backend wake-ups.
+#[test]
+fn statements_queued_together_share_one_write_up_to_a_batch() {
+    let cluster = shared();
+    let url = cluster.url("ringside_md5", Some("md5pass"), true);
+    run(async {
+        let pool = pool(&url, 4, Duration::from_secs(10));
+        for _ in 0..200 {
+            if pool.stats().ready == 4 {
+                break;
+            }
+            monoio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(pool.stats().ready, 4, "the pool's connections came up");
+        // All spawned before any runs: each queues its statement in the
+        // same turn, before the writer sends.
+        let pids_of = |n: usize| {
+            let tasks: Vec<_> = (0..n)
+                .map(|_| {
+                    let pool = pool.clone();
+                    monoio::spawn(async move {
+                        let rows = pool.query(&BACKEND_PID, &[]).await.expect("query");
+                        let row = rows.iter().next().unwrap().unwrap();
+                        row.req_i32(&rows.columns, 0).unwrap()
+                    })
+                })
+                .collect();
+            async move {
+                let mut per_backend = std::collections::BTreeMap::<i32, usize>::new();
+                for t in tasks {
+                    *per_backend.entry(t.await).or_default() += 1;
+                }
+                per_backend
+            }
+        };
+        let few = pids_of(8).await;
+        assert_eq!(few.len(), 1, "8 statements of one turn went to {few:?}");
+        // Past a batch's worth (32) the next write starts on another connection.
+        let many = pids_of(40).await;
+        assert!(
+            many.len() >= 2,
+            "40 statements all went to one connection: {many:?}"
+        );
+        assert!(
+            many.values().all(|&n| n <= 32),
+            "one write took more than a batch: {many:?}"
+        );
+        pool.close();
+    });
+}
+
 static SLEEP_HALF_SECOND: Statement = Statement {
     sql: "SELECT pg_sleep(0.5)",
     param_types: &[],

@@ -192,6 +192,7 @@ pub(super) async fn write_loop(conn: Rc<PgConn>, mut writer: Writer) {
         let out = std::mem::replace(&mut *conn.wbuf.borrow_mut(), spare);
         let len = out.len() as u64;
         conn.taken_bytes.set(conn.taken_bytes.get() + len);
+        conn.unsent.set(0);
         // (A round trip costs one io_uring_enter instead of two.)
         let (res, mut out) = writer.send(conn.fd, out).await;
         if let Err(e) = res {
