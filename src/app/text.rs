@@ -30,16 +30,9 @@ pub struct Staged<'o, O: Out + ?Sized, const N: usize> {
     out: &'o mut O,
 }
 
-/// The most one escaped word can touch: eight specials of six bytes,
-/// plus the eight-byte store after the last.
-const WORD_ROOM: usize = 8 * 6 + 8;
-
-/// The same for a block of sixteen.
-const BLOCK_ROOM: usize = 16 * 6 + 16;
-
 impl<'o, O: Out + ?Sized, const N: usize> Staged<'o, O, N> {
     const ROOMY: () = assert!(
-        N >= 2 * BLOCK_ROOM,
+        N >= 2 * <u128 as Lane>::ROOM,
         "a staging buffer must hold two escaped blocks"
     );
 
@@ -71,7 +64,7 @@ impl<'o, O: Out + ?Sized, const N: usize> Staged<'o, O, N> {
         }
         let mut blocks = bytes.chunks_exact(16);
         for block in blocks.by_ref() {
-            self.escape_block(
+            self.escape_lane(
                 u128::from_le_bytes(block.try_into().unwrap_or_default()),
                 16,
             );
@@ -80,7 +73,7 @@ impl<'o, O: Out + ?Sized, const N: usize> Staged<'o, O, N> {
         if tail > 0 {
             let last16 = &bytes[bytes.len() - 16..];
             let block = u128::from_le_bytes(last16.try_into().unwrap_or_default());
-            self.escape_block(block >> (8 * (16 - tail)), tail);
+            self.escape_lane(block >> (8 * (16 - tail)), tail);
         }
     }
 
@@ -88,7 +81,7 @@ impl<'o, O: Out + ?Sized, const N: usize> Staged<'o, O, N> {
     fn put_html_escaped_words(&mut self, bytes: &[u8]) {
         let mut words = bytes.chunks_exact(8);
         for word in words.by_ref() {
-            self.escape_word(u64::from_le_bytes(word.try_into().unwrap_or_default()), 8);
+            self.escape_lane(u64::from_le_bytes(word.try_into().unwrap_or_default()), 8);
         }
         let tail = words.remainder();
         if !tail.is_empty() {
@@ -105,64 +98,93 @@ impl<'o, O: Out + ?Sized, const N: usize> Staged<'o, O, N> {
                     .rev()
                     .fold(0u64, |w, &b| (w << 8) | u64::from(b)),
             };
-            self.escape_word(word, tail.len());
+            self.escape_lane(word, tail.len());
         }
     }
 
-    /// [`Staged::escape_word`] for a block of sixteen bytes, with one bit
-    /// per special byte in its mask.
+    /// Escapes the first `n` bytes of `lane` (a word or a block of text,
+    /// little-endian) into the buffer. The lane is stored whole first; at
+    /// each special, its entity is stored over it and the rest of the lane
+    /// again after the entity. Bytes stored past the output's end are
+    /// overwritten by what follows.
     #[inline(always)]
-    fn escape_block(&mut self, block: u128, n: usize) {
-        if self.len + BLOCK_ROOM > N {
+    fn escape_lane<L: Lane>(&mut self, lane: L, n: usize) {
+        if self.len + L::ROOM > N {
             self.flush();
         }
         let mut at = self.len;
-        self.buf[at..at + 16].copy_from_slice(&block.to_le_bytes());
-        let mut specials = html_specials_16(block);
+        lane.store(&mut self.buf[at..]);
+        let mut specials = lane.specials();
         let mut done = 0;
         while specials != 0 {
-            let i = specials.trailing_zeros() as usize;
-            specials &= specials - 1;
-            at += i - done;
-            let (entity, len) = ENTITIES[((block >> (8 * i)) & 0x1F) as usize];
-            self.buf[at..at + 8].copy_from_slice(&entity);
-            at += len as usize;
-            done = i + 1;
-            if done < 16 {
-                self.buf[at..at + 16].copy_from_slice(&(block >> (8 * done)).to_le_bytes());
-            }
-        }
-        self.len = at + n - done;
-    }
-
-    /// Escapes the first `n` bytes of `word` (little-endian) into the
-    /// buffer. The word is stored whole first; at each special, its entity
-    /// is stored over it and the rest of the word again after the entity.
-    /// Bytes stored past the output's end are overwritten by what follows.
-    #[inline(always)]
-    fn escape_word(&mut self, word: u64, n: usize) {
-        if self.len + WORD_ROOM > N {
-            self.flush();
-        }
-        let mut at = self.len;
-        self.buf[at..at + 8].copy_from_slice(&word.to_le_bytes());
-        let mut specials = html_specials(word);
-        let mut done = 0;
-        while specials != 0 {
-            let i = (specials.trailing_zeros() / 8) as usize;
+            let i = (specials.trailing_zeros() / L::MARK_STRIDE) as usize;
             specials &= specials - 1;
             at += i - done;
             // A table, not a match: which special comes next is not
             // predictable, and a mispredicted branch costs more than a load.
-            let (entity, len) = ENTITIES[((word >> (8 * i)) & 0x1F) as usize];
+            let (entity, len) = ENTITIES[lane.low_bits_of_byte(i)];
             self.buf[at..at + 8].copy_from_slice(&entity);
             at += len as usize;
             done = i + 1;
-            if done < 8 {
-                self.buf[at..at + 8].copy_from_slice(&(word >> (8 * done)).to_le_bytes());
+            if done < L::BYTES {
+                lane.shifted(done).store(&mut self.buf[at..]);
             }
         }
         self.len = at + n - done;
+    }
+}
+
+/// Text escaped as one piece: a word (`u64`) or a block (`u128`) of bytes,
+/// little-endian.
+trait Lane: Copy {
+    const BYTES: usize;
+    /// The most one lane can store: every byte a six-byte entity, plus
+    /// the whole-lane store after the last.
+    const ROOM: usize = Self::BYTES * 6 + Self::BYTES;
+    /// Byte `i` is special when bit `i * MARK_STRIDE` of `specials` is set
+    /// (and no other bit of its byte's share is).
+    const MARK_STRIDE: u32;
+    fn specials(self) -> u64;
+    /// The low five bits of byte `i` (which entity, see `ENTITIES`).
+    fn low_bits_of_byte(self, i: usize) -> usize;
+    /// The lane moved down by `bytes` bytes (zeros shifted in).
+    fn shifted(self, bytes: usize) -> Self;
+    /// Stores the whole lane at the start of `out`.
+    fn store(self, out: &mut [u8]);
+}
+
+impl Lane for u64 {
+    const BYTES: usize = 8;
+    // `html_specials` marks bit 7 of each special byte.
+    const MARK_STRIDE: u32 = 8;
+    fn specials(self) -> u64 {
+        html_specials(self)
+    }
+    fn low_bits_of_byte(self, i: usize) -> usize {
+        ((self >> (8 * i)) & 0x1F) as usize
+    }
+    fn shifted(self, bytes: usize) -> Self {
+        self >> (8 * bytes)
+    }
+    fn store(self, out: &mut [u8]) {
+        out[..8].copy_from_slice(&self.to_le_bytes());
+    }
+}
+
+impl Lane for u128 {
+    const BYTES: usize = 16;
+    const MARK_STRIDE: u32 = 1;
+    fn specials(self) -> u64 {
+        u64::from(html_specials_16(self))
+    }
+    fn low_bits_of_byte(self, i: usize) -> usize {
+        ((self >> (8 * i)) & 0x1F) as usize
+    }
+    fn shifted(self, bytes: usize) -> Self {
+        self >> (8 * bytes)
+    }
+    fn store(self, out: &mut [u8]) {
+        out[..16].copy_from_slice(&self.to_le_bytes());
     }
 }
 

@@ -61,6 +61,17 @@ fn pool(url: &str, connections: usize, query_timeout: Duration) -> Rc<Pool> {
     )
 }
 
+/// Waits up to 4 s for `n` of the pool's connections to be up.
+async fn wait_until_ready(pool: &Pool, n: usize) {
+    for _ in 0..200 {
+        if pool.stats().ready == n {
+            return;
+        }
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{n} pool connections did not come up");
+}
+
 static SELECT_INT: Statement = Statement {
     sql: "SELECT $1::int4 AS n",
     param_types: &[0],
@@ -486,12 +497,7 @@ fn a_failure_in_a_batch_fails_only_its_own_request() {
     let url = cluster.url("ringside_md5", Some("md5pass"), true);
     run(async {
         let pool = pool(&url, 2, Duration::from_secs(10));
-        for _ in 0..200 {
-            if pool.stats().ready == 2 {
-                break;
-            }
-            monoio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until_ready(&pool, 2).await;
         for round in 0..5 {
             // 40 requests at once; every seventh divides by zero.
             let tasks: Vec<_> = (0..40)
@@ -538,13 +544,7 @@ fn statements_queued_together_share_one_write_up_to_a_batch() {
     let url = cluster.url("ringside_md5", Some("md5pass"), true);
     run(async {
         let pool = pool(&url, 4, Duration::from_secs(10));
-        for _ in 0..200 {
-            if pool.stats().ready == 4 {
-                break;
-            }
-            monoio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(pool.stats().ready, 4, "the pool's connections came up");
+        wait_until_ready(&pool, 4).await;
         // All spawned before any runs: each queues its statement in the
         // same turn, before the writer sends.
         let pids_of = |n: usize| {
