@@ -85,7 +85,10 @@ impl PoolSettings {
             coalesce: c.db_coalesce,
             batch: c.db_batch,
             fail_fast: false,
-            conn: ConnSettings::default(),
+            conn: ConnSettings {
+                max_batch: c.db_batch_max,
+                ..ConnSettings::default()
+            },
         }
     }
 }

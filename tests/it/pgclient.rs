@@ -535,9 +535,30 @@ fn a_failure_in_a_batch_fails_only_its_own_request() {
     });
 }
 
+/// The backend that answered each of `n` statements queued at once, as a
+/// count per backend. All are spawned before any runs: each queues its
+/// statement in the same turn, before the writer sends.
+async fn backends_of_one_turn(pool: &Rc<Pool>, n: usize) -> std::collections::BTreeMap<i32, usize> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let pool = pool.clone();
+            monoio::spawn(async move {
+                let rows = pool.query(&BACKEND_PID, &[]).await.expect("query");
+                let row = rows.iter().next().unwrap().unwrap();
+                row.req_i32(&rows.columns, 0).unwrap()
+            })
+        })
+        .collect();
+    let mut per_backend = std::collections::BTreeMap::new();
+    for t in tasks {
+        *per_backend.entry(t.await).or_default() += 1;
+    }
+    per_backend
+}
+
 /// Statements queued in one turn of the loop share one write while it is
-/// being gathered (up to a batch's worth), rather than being spread one by
-/// one over the pool's connections: fewer sends, fewer backend wake-ups.
+/// being gathered (up to `--db-batch-max`, 32), rather than being spread one
+/// by one over the pool's connections: fewer sends, fewer backend wake-ups.
 #[test]
 fn statements_queued_together_share_one_write_up_to_a_batch() {
     let cluster = shared();
@@ -545,31 +566,10 @@ fn statements_queued_together_share_one_write_up_to_a_batch() {
     run(async {
         let pool = pool(&url, 4, Duration::from_secs(10));
         wait_until_ready(&pool, 4).await;
-        // All spawned before any runs: each queues its statement in the
-        // same turn, before the writer sends.
-        let pids_of = |n: usize| {
-            let tasks: Vec<_> = (0..n)
-                .map(|_| {
-                    let pool = pool.clone();
-                    monoio::spawn(async move {
-                        let rows = pool.query(&BACKEND_PID, &[]).await.expect("query");
-                        let row = rows.iter().next().unwrap().unwrap();
-                        row.req_i32(&rows.columns, 0).unwrap()
-                    })
-                })
-                .collect();
-            async move {
-                let mut per_backend = std::collections::BTreeMap::<i32, usize>::new();
-                for t in tasks {
-                    *per_backend.entry(t.await).or_default() += 1;
-                }
-                per_backend
-            }
-        };
-        let few = pids_of(8).await;
+        let few = backends_of_one_turn(&pool, 8).await;
         assert_eq!(few.len(), 1, "8 statements of one turn went to {few:?}");
-        // Past a batch's worth (32) the next write starts on another connection.
-        let many = pids_of(40).await;
+        // Past a batch's worth the next write starts on another connection.
+        let many = backends_of_one_turn(&pool, 40).await;
         assert!(
             many.len() >= 2,
             "40 statements all went to one connection: {many:?}"
@@ -579,6 +579,29 @@ fn statements_queued_together_share_one_write_up_to_a_batch() {
             "one write took more than a batch: {many:?}"
         );
         pool.close();
+
+        // A smaller bound spreads sooner.
+        let cfg = config(&url);
+        let a = addrs(&cfg);
+        let small = Pool::new(
+            cfg,
+            a,
+            PoolSettings {
+                connections: 4,
+                conn: ConnSettings {
+                    max_batch: 4,
+                    ..ConnSettings::default()
+                },
+                ..PoolSettings::default()
+            },
+        );
+        wait_until_ready(&small, 4).await;
+        let spread = backends_of_one_turn(&small, 8).await;
+        assert!(
+            spread.len() >= 2 && spread.values().all(|&n| n <= 4),
+            "8 statements with a bound of 4 went to {spread:?}"
+        );
+        small.close();
     });
 }
 
