@@ -59,7 +59,10 @@ impl<'o, O: Out + ?Sized, const N: usize> Staged<'o, O, N> {
     /// special. A tail is the last whole block (or word) shifted down to its
     /// start, tested the same way.
     pub fn put_html_escaped(&mut self, bytes: &[u8]) {
-        if bytes.len() < 16 {
+        // Without SSE2 a block's test is two word tests and more: words
+        // throughout are faster there.
+        const BLOCKS: bool = cfg!(all(target_arch = "x86_64", target_feature = "sse2"));
+        if !BLOCKS || bytes.len() < 16 {
             return self.put_html_escaped_words(bytes);
         }
         let mut blocks = bytes.chunks_exact(16);
@@ -141,8 +144,8 @@ trait Lane: Copy {
     /// The most one lane can store: every byte a six-byte entity, plus
     /// the whole-lane store after the last.
     const ROOM: usize = Self::BYTES * 6 + Self::BYTES;
-    /// Byte `i` is special when bit `i * MARK_STRIDE` of `specials` is set
-    /// (and no other bit of its byte's share is).
+    /// A special byte `i` sets one bit of `specials`, among bits
+    /// `i * MARK_STRIDE .. (i + 1) * MARK_STRIDE`, and no other byte does.
     const MARK_STRIDE: u32;
     fn specials(self) -> u64;
     /// The low five bits of byte `i` (which entity, see `ENTITIES`).

@@ -331,11 +331,13 @@ impl PgConn {
         self.poisoned.get()
     }
 
-    /// Whether requests are queued that the writer has not taken yet, and
-    /// fewer than a batch's worth (`max_batch`): one more joins their write
+    /// Whether requests are queued that the writer has not taken yet, fewer
+    /// than a batch's worth (`max_batch`), and the writer is not stuck on an
+    /// earlier write (a backend not reading): one more joins their write
     /// (one send, one wake-up of the backend) instead of starting another.
     pub fn has_open_write(&self) -> bool {
         (1..self.max_batch).contains(&self.unsent.get())
+            && self.taken_bytes.get() == self.written_bytes.get()
     }
 
     /// Requests sent whose responses have not ended yet.

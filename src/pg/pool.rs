@@ -782,6 +782,9 @@ impl Pool {
     fn try_acquire(&self, avoid: &[Rc<PgConn>]) -> Option<(usize, Rc<PgConn>)> {
         let members = self.members.borrow();
         let mut best: Option<(usize, usize)> = None;
+        // A no-load probe of the tuned limit wants one statement per
+        // connection: its round trip must not include others' executions.
+        let may_join = !self.round_trips.get().is_some_and(|l| l.is_probing());
         for (i, m) in members.iter().enumerate() {
             let Some(c) = &m.conn else { continue };
             if m.exclusive
@@ -798,7 +801,7 @@ impl Pool {
             // A write still being gathered takes one more: fewer, fuller
             // writes cost both sides less per statement (sends, backend
             // wake-ups) than one each spread over every connection.
-            if c.has_open_write() {
+            if may_join && c.has_open_write() {
                 best = Some((i, load));
                 break;
             }

@@ -140,6 +140,12 @@ impl LimitTuner {
         self.limit
     }
 
+    /// Whether the limit is pinned for a no-load probe (one statement per
+    /// pool connection wanted, none sharing a write).
+    pub(crate) fn is_probing(&self) -> bool {
+        self.probe.is_some()
+    }
+
     /// The no-load time from the last probe.
     #[cfg(test)]
     pub(crate) fn no_load(&self) -> Option<Duration> {

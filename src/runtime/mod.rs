@@ -581,7 +581,7 @@ pub fn recv_now(fd: RawFd, buf: &mut bytes::BytesMut) -> io::Result<Option<usize
         };
         if n >= 0 {
             let n = n as usize;
-            // SAFETY: recv initialised the first `n` bytes of the spare capacity.
+            // SAFETY: recvfrom initialised the first `n` bytes of the spare capacity.
             unsafe { buf.set_len(buf.len() + n) };
             return Ok(Some(n));
         }

@@ -37,6 +37,15 @@ impl RequestLimit {
         self.tuner.borrow().is_some()
     }
 
+    /// Whether a no-load probe runs: the pools then send each statement on
+    /// a connection of its own, as the probe's measure assumes.
+    pub fn is_probing(&self) -> bool {
+        self.tuner
+            .borrow()
+            .as_ref()
+            .is_some_and(LimitTuner::is_probing)
+    }
+
     /// A statement's round trip through a pool, from `started` to now;
     /// `unqueued`: its backend had nothing else in flight.
     pub fn note_round_trip(&self, started: Instant, unqueued: bool) {

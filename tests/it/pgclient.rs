@@ -61,9 +61,9 @@ fn pool(url: &str, connections: usize, query_timeout: Duration) -> Rc<Pool> {
     )
 }
 
-/// Waits up to 4 s for `n` of the pool's connections to be up.
+/// Waits up to 10 s for `n` of the pool's connections to be up.
 async fn wait_until_ready(pool: &Pool, n: usize) {
-    for _ in 0..200 {
+    for _ in 0..500 {
         if pool.stats().ready == n {
             return;
         }
@@ -537,7 +537,8 @@ fn a_failure_in_a_batch_fails_only_its_own_request() {
 
 /// The backend that answered each of `n` statements queued at once, as a
 /// count per backend. All are spawned before any runs: each queues its
-/// statement in the same turn, before the writer sends.
+/// statement in the same turn, before the writer sends (monoio's run queue
+/// is first in, first out, and a woken writer goes to its back).
 async fn backends_of_one_turn(pool: &Rc<Pool>, n: usize) -> std::collections::BTreeMap<i32, usize> {
     let tasks: Vec<_> = (0..n)
         .map(|_| {
