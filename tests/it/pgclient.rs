@@ -606,6 +606,45 @@ fn statements_queued_together_share_one_write_up_to_a_batch() {
     });
 }
 
+/// While the tuned request limit probes the no-load round trip, statements
+/// are not joined into one write: the probe takes each statement's round trip
+/// as a no-load time, and one that waited behind others' executions in the
+/// same backend would not be. Once the probe ends, joins resume.
+#[test]
+fn a_no_load_probe_spreads_statements_one_per_connection() {
+    use ringside::runtime::request_limit::RequestLimit;
+
+    let cluster = shared();
+    let url = cluster.url("ringside_md5", Some("md5pass"), true);
+    run(async {
+        let pool = pool(&url, 4, Duration::from_secs(10));
+        wait_until_ready(&pool, 4).await;
+        let limit = Rc::new(RequestLimit::default());
+        limit.tune_for_pool(4, 64);
+        pool.report_round_trips_to(limit.clone());
+        // A tuner's first round trip starts its first probe.
+        pool.query(&BACKEND_PID, &[]).await.expect("query");
+        assert!(limit.is_probing(), "the first round trip started no probe");
+        let probed = backends_of_one_turn(&pool, 8).await;
+        assert_eq!(
+            probed.len(),
+            4,
+            "8 statements of one turn during a probe went to {probed:?}"
+        );
+        // A probe ends at its bound in time (500 ms) with the next round trip.
+        monoio::time::sleep(Duration::from_millis(600)).await;
+        pool.query(&BACKEND_PID, &[]).await.expect("query");
+        assert!(!limit.is_probing(), "the probe did not end");
+        let joined = backends_of_one_turn(&pool, 8).await;
+        assert_eq!(
+            joined.len(),
+            1,
+            "8 statements of one turn after the probe went to {joined:?}"
+        );
+        pool.close();
+    });
+}
+
 static SLEEP_HALF_SECOND: Statement = Statement {
     sql: "SELECT pg_sleep(0.5)",
     param_types: &[],
