@@ -345,20 +345,22 @@ async fn process_input<S: Service>(
     io.active = counted;
     loop {
         // A head must be complete within the head timeout, counted from the
-        // accept for a new connection, from its first byte otherwise.
-        let head_deadline = first_head_by
-            .take()
-            .unwrap_or_else(|| io.now() + settings.head_timeout);
+        // accept for a new connection, from its first byte otherwise (the
+        // turn it starts in: taken when a wait comes, none for a head that
+        // is already whole, as pipelined ones are).
+        let mut head_deadline = first_head_by.take();
         let head = loop {
             match parse_head_in_place(&mut io.rbuf, &settings.limits) {
                 Ok(Some(head)) => break head,
                 Ok(None) => {
+                    let deadline =
+                        *head_deadline.get_or_insert_with(|| io.now() + settings.head_timeout);
                     // Answers to earlier pipelined requests go out before
                     // waiting on the network for the rest of this one.
                     if io.flush().await.is_err() {
                         return Served::Closed;
                     }
-                    match io.read_more(head_deadline).await {
+                    match io.read_more(deadline).await {
                         Ok(()) => {}
                         Err(IoFailure::Timeout) => {
                             io.queue_error(StatusCode::REQUEST_TIMEOUT, "request head timed out");
@@ -388,7 +390,7 @@ async fn process_input<S: Service>(
         if io.active.is_none() {
             io.active = Some(http.shared.admission.enter());
         }
-        let mut ex = Exchange::new(&mut io, head, head_bytes, settings.max_body_bytes);
+        let mut ex = Exchange::new(&mut io, &head, head_bytes, settings.max_body_bytes);
         http.service.call(&mut ex).await;
         ex.complete();
         if ex.keep_alive && !ex.discard_body().await {

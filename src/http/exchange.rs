@@ -69,7 +69,9 @@ enum ResponseState {
 
 pub struct Exchange<'c, 'io> {
     pub(super) io: &'c mut ConnIo<'io>,
-    head: HeadMeta,
+    /// Borrowed from the connection's loop: copying it in (64 bytes just
+    /// written by the parser) stalled on every request.
+    head: &'c HeadMeta,
     /// The head's bytes, split off the read buffer; `None` while they are
     /// still at its front (a request without a body: see `conn`), to be
     /// removed when the exchange ends.
@@ -100,7 +102,7 @@ impl<'c, 'io> Exchange<'c, 'io> {
     /// is at the front of `io.rbuf` (only for a request without a body).
     pub(super) fn new(
         io: &'c mut ConnIo<'io>,
-        head: HeadMeta,
+        head: &'c HeadMeta,
         head_bytes: Option<Bytes>,
         max_body: u64,
     ) -> Self {
@@ -130,8 +132,8 @@ impl<'c, 'io> Exchange<'c, 'io> {
 
     pub fn head(&self) -> HeadView<'_> {
         match &self.head_bytes {
-            Some(bytes) => HeadView::new(bytes, &self.head),
-            None => HeadView::new(&self.io.rbuf, &self.head),
+            Some(bytes) => HeadView::new(bytes, self.head),
+            None => HeadView::new(&self.io.rbuf, self.head),
         }
     }
 
