@@ -7,7 +7,9 @@ With a results directory other than bench/results (e.g. bench/run --quick's
 bench/results/quick), RESULTS.md is written there and the targets are left
 out: they judge the published figures, not a check run.
 
-The header states machine, kernel, commit and date; then comes the
+The header states machine, kernel, commit and date (machine and kernel
+from RESULTS_DIR/MACHINE when that file exists: the figures may have been
+measured on another machine than the one collecting them); then comes the
 hand-kept assessment of the targets (bench/targets.md, if present), then
 every scenario's Markdown summary (each names the command that produced it)
 with its plot.
@@ -71,11 +73,15 @@ def cpu_model():
 def main(results=RESULTS):
     published = os.path.abspath(results) == RESULTS
     out = ["# ringside benchmark results", ""]
-    out.append(
-        f"- Machine: {os.cpu_count()} CPUs ({cpu_model()}), "
-        f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB RAM"
-    )
-    out.append(f"- Kernel: Linux {platform.release()}")
+    machine = os.path.join(results, "MACHINE")
+    if os.path.exists(machine):
+        out += [l.rstrip() for l in open(machine) if l.strip()]
+    else:
+        out.append(
+            f"- Machine: {os.cpu_count()} CPUs ({cpu_model()}), "
+            f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB RAM"
+        )
+        out.append(f"- Kernel: Linux {platform.release()}")
     out.append(f"- Commit: {sh('git', '-C', HERE, 'rev-parse', '--short', 'HEAD')}")
     out.append(f"- Collected: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     out.append("- Reproduce everything: `bench/run` (about 37 min); one scenario: `bench/run --only NAME`.")
