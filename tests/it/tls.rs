@@ -49,8 +49,24 @@ fn make_pki(ca_name: &str, ed25519: bool) -> Pki {
     }
 }
 
-/// A directory of its own for a test's files.
-fn scratch_dir(name: &str) -> PathBuf {
+/// A directory of its own for a test's files (a key among them), removed
+/// when the test is done with it.
+struct ScratchDir(PathBuf);
+
+impl std::ops::Deref for ScratchDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch_dir(name: &str) -> ScratchDir {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "ringside-tls-{}-{name}-{}",
@@ -58,7 +74,7 @@ fn scratch_dir(name: &str) -> PathBuf {
         N.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    ScratchDir(dir)
 }
 
 /// Writes the PEM files; returns (cert path, key path).
@@ -120,7 +136,7 @@ fn tls_connect(
     Ok(Conn::from_parts(stream, Vec::new()))
 }
 
-fn tls_server(pki: &Pki, extra: &[&str]) -> (Server, PathBuf) {
+fn tls_server(pki: &Pki, extra: &[&str]) -> (Server, ScratchDir) {
     let dir = scratch_dir("srv");
     let (cert, key) = write_pki(&dir, pki);
     let mut args = vec!["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
