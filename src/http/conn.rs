@@ -428,17 +428,15 @@ async fn process_input<S: Service>(
 pub(super) async fn refuse<S: Service>(http: Rc<HttpCore<S>>, mut stream: Stream) {
     let slot = SlotGuard::new(&http.shared.core.deadlines);
     let mut io = ConnIo::new(&mut stream, &http.shared, slot.1);
-    io.ensure_wbuf();
     let body = b"503 Service Unavailable: too many connections\n";
-    ResponseHead {
+    io.encode_head(&ResponseHead {
         status: StatusCode::SERVICE_UNAVAILABLE,
         framing: Framing::Length(body.len() as u64),
         keep_alive: false,
         http10: false,
         content_type: Some(b"text/plain; charset=utf-8"),
         extra: &[("Retry-After", b"1")],
-    }
-    .encode(&io.date(), &mut io.wbuf);
+    });
     io.wbuf.extend_from_slice(body);
     let _ = io.flush().await;
 }

@@ -304,17 +304,14 @@ impl<'c, 'io> Exchange<'c, 'io> {
     ) {
         self.decide_keep_alive();
         self.status = Some(status);
-        self.io.ensure_wbuf();
-        let date = self.io.date();
-        ResponseHead {
+        self.io.encode_head(&ResponseHead {
             status,
             framing,
             keep_alive: self.keep_alive,
             http10: self.head.version() == Version::Http10,
             content_type: Some(content_type),
             extra,
-        }
-        .encode(&date, &mut self.io.wbuf);
+        });
     }
 
     /// Answers with a complete body (Content-Length framing). For HEAD the

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use monoio::time::Instant;
-use ringside_wire::http::{Framing, HttpDate, ResponseHead, StatusCode};
+use ringside_wire::http::{Framing, HeadEncoder, ResponseHead, StatusCode};
 
 use super::admission::Active;
 use super::stream::Stream;
@@ -93,7 +93,8 @@ pub(super) struct Shared {
     pub(super) admission: Rc<super::admission::Admission>,
     pub(super) settings: HttpSettings,
     pub(super) buffers: super::BufPool,
-    pub(super) date: std::cell::Cell<HttpDate>,
+    /// The response heads' encoder, with the Date (updated every second).
+    pub(super) heads: std::cell::RefCell<HeadEncoder>,
 }
 
 impl ConnIo<'_> {
@@ -101,8 +102,10 @@ impl ConnIo<'_> {
         &self.shared.settings
     }
 
-    pub(super) fn date(&self) -> HttpDate {
-        self.shared.date.get()
+    /// Appends a response head to `wbuf` (taken if need be).
+    pub(super) fn encode_head(&mut self, head: &ResponseHead<'_>) {
+        self.ensure_wbuf();
+        self.shared.heads.borrow_mut().encode(head, &mut self.wbuf);
     }
 
     /// The core's coarse clock (the deadline ticker's).
@@ -245,17 +248,15 @@ impl ConnIo<'_> {
 
     /// Queues an error response that closes the connection.
     pub(super) fn queue_error(&mut self, status: StatusCode, message: &str) {
-        self.ensure_wbuf();
         let body_len = 3 + 1 + status.reason().len() + 2 + message.len() + 1;
-        ResponseHead {
+        self.encode_head(&ResponseHead {
             status,
             framing: Framing::Length(body_len as u64),
             keep_alive: false,
             http10: false,
             content_type: Some(b"text/plain; charset=utf-8"),
             extra: &[],
-        }
-        .encode(&self.date(), &mut self.wbuf);
+        });
         let code = status.0.to_string();
         for part in [code.as_str(), " ", status.reason(), ": ", message, "\n"] {
             self.wbuf.extend_from_slice(part.as_bytes());

@@ -13,14 +13,14 @@ pub mod render;
 pub mod stream;
 mod tls;
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use monoio::net::TcpStream;
-use ringside_wire::http::{HttpDate, Limits};
+use ringside_wire::http::{HeadEncoder, HttpDate, Limits};
 
 pub use bufpool::BufPool;
 pub use exchange::{BodyError, Exchange};
@@ -142,7 +142,9 @@ impl<S: Service> HttpCore<S> {
             )),
             settings,
             buffers,
-            date: Cell::new(HttpDate::from_system_time(SystemTime::now())),
+            heads: RefCell::new(HeadEncoder::new(HttpDate::from_system_time(
+                SystemTime::now(),
+            ))),
         });
         let weak = Rc::downgrade(&shared);
         monoio::spawn(async move {
@@ -150,7 +152,9 @@ impl<S: Service> HttpCore<S> {
             loop {
                 tick.tick().await;
                 let Some(s) = weak.upgrade() else { break };
-                s.date.set(HttpDate::from_system_time(SystemTime::now()));
+                s.heads
+                    .borrow_mut()
+                    .set_date(HttpDate::from_system_time(SystemTime::now()));
                 // A probe of the request limit ends by its bound even when
                 // no statement comes back (runtime/limit_tuner.rs).
                 s.core.request_limit.tick();

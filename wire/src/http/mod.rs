@@ -17,4 +17,4 @@ pub use request::{
     parse_head, parse_head_in_place, BodyKind, HeadError, HeadMeta, HeadView, Limits, Method,
     RequestHead, Version,
 };
-pub use response::{Framing, ResponseHead, StatusCode};
+pub use response::{Framing, HeadEncoder, ResponseHead, StatusCode};
