@@ -9,21 +9,22 @@ use std::net::Ipv6Addr;
 /// Host field value.
 pub fn is_valid_host(value: &[u8]) -> bool {
     // Almost every Host is a plain name or IPv4 address, maybe with a port:
-    // one table lookup per byte up to the colon, no search calls.
-    let plain = value
-        .iter()
-        .take_while(|&&b| PLAIN_REG_NAME[usize::from(b)])
-        .count();
-    match value.get(plain) {
-        None => return true,
-        Some(b':') => {
-            let colon = plain;
-            let port = &value[colon + 1..];
-            if port.len() <= 5 && port.iter().all(u8::is_ascii_digit) {
-                return parse_port(port) <= 65535;
-            }
+    // one table lookup per byte up to the colon, no search calls. The rest is
+    // out of line, so this stays a leaf with nothing to save.
+    match value.iter().position(|&b| !PLAIN_REG_NAME[usize::from(b)]) {
+        None => true,
+        Some(stop) => is_valid_after_plain(value, stop),
+    }
+}
+
+/// `value[stop]` is the first byte outside a plain reg-name.
+#[inline(never)]
+fn is_valid_after_plain(value: &[u8], stop: usize) -> bool {
+    if value[stop] == b':' {
+        let port = &value[stop + 1..];
+        if port.len() <= 5 && port.iter().all(u8::is_ascii_digit) {
+            return parse_port(port) <= 65535;
         }
-        Some(_) => {}
     }
     matches_grammar(value)
 }

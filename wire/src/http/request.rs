@@ -795,29 +795,40 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
 
 /// `s` equals `lower` ignoring ASCII case, for `lower` made of lowercase
 /// letters, digits and '-' and `s` bytes httparse accepted in a field name or
-/// value. Compares eight bytes at a time with the case bit set: for those
-/// bytes only letters differ by that bit alone (the other bytes that would
-/// match, 0x0D and 0x10-0x19, are control characters httparse refuses).
-fn eq_lowercase(s: &[u8], lower: &[u8]) -> bool {
+/// value. Compares words with the case bit set: for those bytes only letters
+/// differ by that bit alone (the other bytes that would match, 0x0D and
+/// 0x10-0x19, are control characters httparse refuses). The length is a
+/// constant, so each call unrolls into a few word compares (names are
+/// compared on every field of every request).
+fn eq_lowercase<const N: usize>(s: &[u8], lower: &[u8; N]) -> bool {
     debug_assert!(lower
         .iter()
         .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
-    if s.len() != lower.len() {
+    let Ok(s) = <&[u8; N]>::try_from(s) else {
         return false;
-    }
-    let mut a = s.chunks_exact(8);
-    let mut b = lower.chunks_exact(8);
-    for (x, y) in a.by_ref().zip(b.by_ref()) {
-        let x = u64::from_le_bytes(x.try_into().unwrap_or_default());
-        let y = u64::from_le_bytes(y.try_into().unwrap_or_default());
-        if x | 0x2020_2020_2020_2020 != y {
+    };
+    let mut i = 0;
+    while i + 8 <= N {
+        let x = u64::from_le_bytes(word(s, i));
+        if x | 0x2020_2020_2020_2020 != u64::from_le_bytes(word(lower, i)) {
             return false;
         }
+        i += 8;
     }
-    a.remainder()
-        .iter()
-        .zip(b.remainder())
-        .all(|(&x, &y)| x | 0x20 == y)
+    if i + 4 <= N {
+        let x = u32::from_le_bytes(word(s, i));
+        if x | 0x2020_2020 != u32::from_le_bytes(word(lower, i)) {
+            return false;
+        }
+        i += 4;
+    }
+    s[i..].iter().zip(&lower[i..]).all(|(&x, &y)| x | 0x20 == y)
+}
+
+/// The `W` bytes of `s` from `at` (always in bounds: the callers' lengths
+/// are constants).
+fn word<const W: usize>(s: &[u8], at: usize) -> [u8; W] {
+    s[at..at + W].try_into().unwrap_or([0; W])
 }
 
 /// The offset of the first `needle` in `hay`, eight bytes at a time (a
@@ -1601,7 +1612,16 @@ mod tests {
                 } else {
                     s
                 };
-                prop_assert_eq!(eq_lowercase(&s, target), s.eq_ignore_ascii_case(target));
+                let eq = match target {
+                    b"host" => eq_lowercase(&s, b"host"),
+                    b"keep-alive" => eq_lowercase(&s, b"keep-alive"),
+                    b"content-length" => eq_lowercase(&s, b"content-length"),
+                    b"transfer-encoding" => eq_lowercase(&s, b"transfer-encoding"),
+                    b"connection" => eq_lowercase(&s, b"connection"),
+                    b"expect" => eq_lowercase(&s, b"expect"),
+                    _ => eq_lowercase(&s, b"100-continue"),
+                };
+                prop_assert_eq!(eq, s.eq_ignore_ascii_case(target));
             }
 
             #[test]
