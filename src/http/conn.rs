@@ -202,7 +202,10 @@ pub(super) async fn serve<S: Service>(
             .filter(|&id| http.shared.admission.may_start() || http.idle.is_ready(id))
         {
             let soon = slot.0.now() + Duration::from_millis(1);
+            // Biased: the readiness first, and the deadline is not looked
+            // at once the bytes are there (no random draw per wake).
             let woke = monoio::select! {
+                biased;
                 _ = http.idle.readable(id) => true,
                 _ = slot.0.wait(slot.1, soon, true) => false,
             };
@@ -301,6 +304,7 @@ async fn wait_readable(
     ends_on_drain: bool,
 ) -> Wake {
     monoio::select! {
+        biased;
         r = stream.readable() => if r.is_ok() { Wake::Readable } else { Wake::Closed },
         end = table.wait(key, deadline, ends_on_drain) => match end {
             WaitEnd::Expired => Wake::TimedOut,

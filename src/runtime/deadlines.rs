@@ -99,7 +99,9 @@ impl DeadlineTable {
     }
 
     fn to_ms(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.epoch).as_millis() as u64 + 1
+        // Whole milliseconds without `as_millis`' 128-bit arithmetic.
+        let d = t.saturating_duration_since(self.epoch);
+        d.as_secs() * 1000 + u64::from(d.subsec_millis()) + 1
     }
 
     pub fn register(&self) -> DeadlineKey {
@@ -225,7 +227,13 @@ impl Future for Wait<'_> {
         if self.ends_on_drain && self.table.draining.get() {
             return Poll::Ready(WaitEnd::Drained);
         }
-        let (armed, deadline_ms) = (self.armed, self.table.to_ms(self.deadline));
+        let armed = self.armed;
+        // The deadline in the table's milliseconds, computed when arming only.
+        let deadline_ms = if armed {
+            0
+        } else {
+            self.table.to_ms(self.deadline)
+        };
         let mut slots = self.table.slots.borrow_mut();
         let Some(slot) = slots.get_mut(self.key.0 as usize) else {
             return Poll::Ready(WaitEnd::Expired);
