@@ -61,13 +61,26 @@
 # server (e.g. --variant ringside-pool1="--db-pool-size 1 --max-uploads-per-core 0"), to show what a
 # setting does beside the default.
 #
+# --callgrind counts instead of timing: each server runs under valgrind's
+# callgrind with its cache simulation, and each recorded run gives the
+# server's user-space instructions, data reads and writes, and simulated
+# first-level and last-level data-cache misses per request (kernel work is
+# not counted). The counts do not depend on the machine's noise, so they can
+# tell a change of a few percent apart where times cannot. ringside is built
+# with RUSTFLAGS="-C target-cpu=x86-64-v3" (into target/x86-64-v3), since
+# valgrind cannot decode every instruction `native` may pick (AMD's SSE4a);
+# build the peers with the same flag for a like-for-like count. Defaults in
+# this mode: 1 round, 5 s runs, tests plaintext json, 64 connections.
+# Output: techempower-callgrind.csv and .md (with each server's costliest
+# functions per request); valgrind is installed with apt-get when missing.
+#
 # Usage: bench/techempower.sh [--peer NAME=BINARY]... [--peer-port NAME=PORT]...
 #                             [--variant NAME="FLAGS"]... [--peer-query-param NAME]
 #                             [--tests "db fortunes ..."]
 #                             [--rounds N] [--duration SECS] [--warmup SECS]
 #                             [--conns N] [--db-pool-size N] [--quick]
 #                             [--quiet-wait SECS] [--no-build] [--portable-build]
-#                             [--out DIR]
+#                             [--callgrind] [--out DIR]
 #   --quick: 1 round, 5 s runs, 1 s warm-up, tests db fortunes plaintext.
 set -euo pipefail
 
@@ -89,6 +102,7 @@ WARMUP=3
 CONNS=256
 POOL=""
 QUICK=0
+CALLGRIND=0
 QUIET_WAIT=300
 QUIET_PCT=10
 NOISY_UTIL=0.05
@@ -117,6 +131,7 @@ while (( $# )); do
         --quiet-wait) QUIET_WAIT=${2:?}; shift ;;
         --no-build) BUILD=0 ;;
         --portable-build) NATIVE=0 ;;
+        --callgrind) CALLGRIND=1 ;;
         --out) OUT_DIR=${2:?}; shift ;;
         -h | --help) usage 0 ;;
         *) echo "unknown argument: $1" >&2; usage 2 ;;
@@ -126,6 +141,17 @@ done
 if (( QUICK )); then
     ROUNDS=1 DURATION=5 WARMUP=1
     TESTS_ARG=${TESTS_ARG:-db fortunes plaintext}
+fi
+if (( CALLGRIND )); then
+    # Explicit flags win over these defaults.
+    grep -q -- '--rounds' <<<"$ORIG_ARGS" || ROUNDS=1
+    grep -q -- '--duration' <<<"$ORIG_ARGS" || DURATION=5
+    grep -q -- '--conns' <<<"$ORIG_ARGS" || CONNS=64
+    TESTS_ARG=${TESTS_ARG:-plaintext json}
+    if ! command -v valgrind >/dev/null 2>&1; then
+        log "valgrind missing; installing it with apt-get"
+        apt-get install -y valgrind >&2 || { apt-get update >&2 && apt-get install -y valgrind >&2; } || die "could not install valgrind"
+    fi
 fi
 TESTS_ARG=${TESTS_ARG:-db fortunes plaintext json queries updates}
 read -ra TESTS <<<"${TESTS_ARG//,/ }"
@@ -185,7 +211,10 @@ fi
 # ---------------------------------------------------------------- cleanup ---
 install_cluster_cleanup_trap # stops what this script started, the cluster in $PG_DIR too
 
-if (( NATIVE )); then
+if (( CALLGRIND )); then
+    BUILD_TARGET_DIR="$TARGET_BASE/x86-64-v3" BUILD_RUSTFLAGS="-C target-cpu=x86-64-v3"
+    BUILD_NAME='release, RUSTFLAGS="-C target-cpu=x86-64-v3" (for valgrind; build the peers the same way)'
+elif (( NATIVE )); then
     BUILD_TARGET_DIR="$TARGET_BASE/native" BUILD_RUSTFLAGS="-C target-cpu=native"
     BUILD_NAME='release, RUSTFLAGS="-C target-cpu=native" (as the peers are built)'
 else
@@ -241,8 +270,13 @@ log "PostgreSQL $PG_PID on 127.0.0.1:$PG_TFB_PORT (hello_world: world 10,000 row
 # ---------------------------------------------------------------- servers ---
 SERVER_PID=""
 SERVER_PORT=""
+# In --callgrind mode every server runs under callgrind; its counts are
+# dumped around each recorded run (callgrind_dump).
+VALGRIND=()
 start_te_server() { # name log
     local name=$1 logf=$2 rcores=$SERVER_CPUS i
+    (( CALLGRIND )) && VALGRIND=(valgrind --tool=callgrind --cache-sim=yes --compress-strings=no
+        --compress-pos=no "--callgrind-out-file=$TMP_DIR/callgrind-$name.%p")
     [[ "$rcores" =~ ^[0-9]+$ ]] && rcores="$rcores-$rcores" # ringside: a bare number is a COUNT
     if [[ $name == ringside || -n "${VARIANT_FLAGS[$name]:-}" ]]; then
         pick_port 127.0.0.1 18680; SERVER_PORT=$NEXT_PORT
@@ -250,12 +284,12 @@ start_te_server() { # name log
         [[ -n "$POOL" ]] && extra=(--db-pool-size "$POOL")
         # shellcheck disable=SC2206 # the variant's flags are split on purpose
         [[ $name != ringside ]] && extra+=(${VARIANT_FLAGS[$name]})
-        DATABASE_URL="$TFB_URL" taskset -c "$SERVER_CPUS" "$TE_BIN" serve --listen "127.0.0.1:$SERVER_PORT" \
+        DATABASE_URL="$TFB_URL" taskset -c "$SERVER_CPUS" ${VALGRIND[@]+"${VALGRIND[@]}"} "$TE_BIN" serve --listen "127.0.0.1:$SERVER_PORT" \
             --cores "$rcores" ${extra[@]+"${extra[@]}"} >"$logf" 2>&1 &
     else
         SERVER_PORT=${PEER_PORT_OF[$name]}
         port_in_use 127.0.0.1 "$SERVER_PORT" && die "port $SERVER_PORT is still in use"
-        (cd "$TMP_DIR" && POSTGRES_URL="$PEERS_DB_URL" exec taskset -c "$SERVER_CPUS" "${PEER_BIN[$name]}") >"$logf" 2>&1 &
+        (cd "$TMP_DIR" && POSTGRES_URL="$PEERS_DB_URL" exec taskset -c "$SERVER_CPUS" ${VALGRIND[@]+"${VALGRIND[@]}"} "${PEER_BIN[$name]}") >"$logf" 2>&1 &
     fi
     SERVER_PID=$!
     track_pid "$SERVER_PID"
@@ -352,6 +386,20 @@ run_wrk() { # log test duration
     WRK_CPU_S=$(awk -v d=$(( CHILDREN_MS - before )) 'BEGIN { printf "%.3f", d / 1000 }')
 }
 
+# Dumps the server's counts since the last dump (callgrind zeroes them on a
+# dump); with a label, records the new dump file against the run's requests,
+# read from the wrk log by callgrind_report.py.
+CALLGRIND_RUNS="$TMP_DIR/callgrind-runs.txt"
+callgrind_dump() { # [round,server,test]
+    local before after f
+    before=$(find "$TMP_DIR" -maxdepth 1 -name "callgrind-*.$SERVER_PID.*" | wc -l)
+    timeout 60 callgrind_control -d "$SERVER_PID" >/dev/null 2>&1 || die "callgrind_control -d $SERVER_PID failed"
+    after=$(find "$TMP_DIR" -maxdepth 1 -name "callgrind-*.$SERVER_PID.*" | wc -l)
+    (( after > before )) || die "callgrind wrote no dump for $SERVER_PID"
+    f=$(find "$TMP_DIR" -maxdepth 1 -name "callgrind-*.$SERVER_PID.*" -printf '%T@ %p\n' | sort -n | tail -n 1 | cut -d' ' -f2-)
+    if (( $# )); then echo "$1,$TMP_DIR/wrk-r${1%%,*}-$(cut -d, -f2 <<<"$1")-${1##*,}.txt,$f" >>"$CALLGRIND_RUNS"; fi
+}
+
 echo "timestamp,round,server,test,connections,pipeline_depth,duration_s,requests,rps,ok_rps,p50_ms,p99_ms,max_ms,non2xx,socket_errors,server_cpu_s,server_cpu_util,server_cpu_s_per_10k_req,pg_cpu_s,wrk_cpu_util,other_cpu_util,rev" >"$CSV"
 
 measure() { # round server test
@@ -359,9 +407,11 @@ measure() { # round server test
     local -a m0 m1
     logf="$TMP_DIR/wrk-r$round-$server-$t.txt"
     proc_stat_ticks; m0=("${PSTAT[@]}")
+    (( CALLGRIND )) && callgrind_dump # what came before is not counted
     c0=$(cpu_ticks "$SERVER_PID"); g0=$(pg_ticks "$PG_PID"); t0=$(now_s)
     run_wrk "$logf" "$t" "$DURATION"
     t1=$(now_s); c1=$(cpu_ticks "$SERVER_PID"); g1=$(pg_ticks "$PG_PID")
+    (( CALLGRIND )) && callgrind_dump "$round,$server,$t"
     proc_stat_ticks; m1=("${PSTAT[@]}")
     (( WRK_RC == 0 )) || die "wrk failed (status $WRK_RC): $(tail -n 5 "$logf")"
     requests=$(awk '/ requests in / { print $1; exit }' "$logf")
@@ -414,6 +464,16 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
+if (( CALLGRIND )); then
+    python3 "$BENCH_DIR/callgrind_report.py" "$CALLGRIND_RUNS" "$TMP_DIR/techempower-callgrind.csv" \
+        "$TMP_DIR/techempower-callgrind.md" || die "callgrind_report.py failed"
+    printf '\nringside build: %s. %d connections, 16 requests per write for plaintext, %d s per run.\n\nCommand: `bench/techempower.sh%s`\n' \
+        "$BUILD_NAME" "$CONNS" "$DURATION" "$ORIG_ARGS" >>"$TMP_DIR/techempower-callgrind.md"
+    cp "$TMP_DIR/techempower-callgrind.csv" "$TMP_DIR/techempower-callgrind.md" "$OUT_DIR/"
+    log "wrote $OUT_DIR/techempower-callgrind.csv and techempower-callgrind.md (times under valgrind mean nothing: not reported)"
+    cat "$OUT_DIR/techempower-callgrind.md"
+    exit 0
+fi
 ensure_python_matplotlib
 python3 "$BENCH_DIR/techempower_report.py" "$CSV" "$TMP_DIR/techempower.md" "$TMP_DIR/techempower.png" "$NOISY_UTIL" \
     || die "techempower_report.py failed"
