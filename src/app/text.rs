@@ -287,41 +287,58 @@ pub fn json_string<O: Out + ?Sized>(s: &str, out: &mut O) {
     json_string_bytes(s.as_bytes(), out)
 }
 
-/// [`json_string`] of text bytes.
+/// [`json_string`] of text bytes. Runs that need no escape are found with
+/// one table lookup per byte and appended whole.
 pub fn json_string_bytes<O: Out + ?Sized>(bytes: &[u8], out: &mut O) {
     out.put_byte(b'"');
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            // `<` too, so the JSON is safe inside a <script> element.
-            b'<' => b"\\u003c",
-            0..=0x1f => {
-                out.put(&bytes[start..i]);
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.put(&[
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[usize::from(b >> 4)],
-                    HEX[usize::from(b & 15)],
-                ]);
-                start = i + 1;
-                continue;
-            }
-            _ => continue,
-        };
+    while let Some(run) = bytes[start..]
+        .iter()
+        .position(|&b| JSON_ESCAPED[usize::from(b)])
+    {
+        let i = start + run;
         out.put(&bytes[start..i]);
-        out.put(esc);
+        put_json_escape(bytes[i], out);
         start = i + 1;
     }
     out.put(&bytes[start..]);
     out.put_byte(b'"');
+}
+
+/// The bytes a JSON string cannot hold as they are: control characters,
+/// `"` and `\`, and `<`, so the JSON is safe inside a <script> element.
+const JSON_ESCAPED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = b < 0x20 || b == b'"' as usize || b == b'\\' as usize || b == b'<' as usize;
+        b += 1;
+    }
+    t
+};
+
+fn put_json_escape<O: Out + ?Sized>(b: u8, out: &mut O) {
+    let esc: &[u8] = match b {
+        b'"' => b"\\\"",
+        b'\\' => b"\\\\",
+        b'\n' => b"\\n",
+        b'\r' => b"\\r",
+        b'\t' => b"\\t",
+        b'<' => b"\\u003c",
+        _ => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.put(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]);
+            return;
+        }
+    };
+    out.put(esc);
 }
 
 /// Appends `s` as one CSV field (RFC 4180): quoted when it holds a comma,
@@ -558,6 +575,28 @@ mod tests {
                 .replace('"', "&quot;")
                 .replace('\'', "&#39;");
             proptest::prop_assert_eq!(run(|o| html_escape(&s, o)), plain);
+        }
+    }
+
+    proptest::proptest! {
+        /// The table-driven escape is the byte-by-byte definition.
+        #[test]
+        fn json_escape_is_the_byte_by_byte_one(s in "[a-z\"\\\\<>\n\r\t\u{0}-\u{1f}\u{7f} éあ]{0,40}") {
+            let mut want = String::from("\"");
+            for c in s.chars() {
+                match c {
+                    '"' => want.push_str("\\\""),
+                    '\\' => want.push_str("\\\\"),
+                    '\n' => want.push_str("\\n"),
+                    '\r' => want.push_str("\\r"),
+                    '\t' => want.push_str("\\t"),
+                    '<' => want.push_str("\\u003c"),
+                    c if (c as u32) < 0x20 => want.push_str(&format!("\\u{:04x}", c as u32)),
+                    c => want.push(c),
+                }
+            }
+            want.push('"');
+            proptest::prop_assert_eq!(run(|o| json_string(&s, o)), want);
         }
     }
 

@@ -201,13 +201,12 @@ pub(super) async fn serve<S: Service>(
             .and_then(|fd| watch.get(fd))
             .filter(|&id| http.shared.admission.may_start() || http.idle.is_ready(id))
         {
-            let soon = slot.0.now() + Duration::from_millis(1);
             // Biased: the readiness first, and the deadline is not looked
             // at once the bytes are there (no random draw per wake).
             let woke = monoio::select! {
                 biased;
                 _ = http.idle.readable(id) => true,
-                _ = slot.0.wait(slot.1, soon, true) => false,
+                _ = slot.0.wait_next_tick(slot.1) => false,
             };
             if woke {
                 has_input = true;

@@ -50,6 +50,8 @@ pub struct DeadlineTable {
     free: RefCell<Vec<u32>>,
     epoch: Instant,
     now: Cell<Instant>,
+    /// `now` in the table's milliseconds.
+    now_ms: Cell<u64>,
     draining: Cell<bool>,
 }
 
@@ -73,6 +75,7 @@ impl Default for DeadlineTable {
             free: RefCell::default(),
             epoch: now,
             now: Cell::new(now),
+            now_ms: Cell::new(1),
             draining: Cell::new(false),
         }
     }
@@ -136,8 +139,21 @@ impl DeadlineTable {
         Wait {
             table: self,
             key,
-            deadline,
+            deadline_ms: self.to_ms(deadline),
             ends_on_drain,
+            armed: false,
+        }
+    }
+
+    /// A wait that ends at the next tick (or on a drain), the deadline taken
+    /// from the tick's clock as it is: no clock arithmetic, for the short
+    /// wait of every busy connection after each answer.
+    pub fn wait_next_tick(&self, key: DeadlineKey) -> Wait<'_> {
+        Wait {
+            table: self,
+            key,
+            deadline_ms: self.now_ms.get() + 1,
+            ends_on_drain: true,
             armed: false,
         }
     }
@@ -159,6 +175,7 @@ impl DeadlineTable {
         self.now.set(now);
         self.shrink();
         let now_ms = self.to_ms(now);
+        self.now_ms.set(now_ms);
         let mut wake = Vec::new();
         for slot in self.slots.borrow_mut().iter_mut() {
             if slot.deadline_ms != 0 && slot.deadline_ms <= now_ms {
@@ -215,7 +232,7 @@ impl DeadlineTable {
 pub struct Wait<'a> {
     table: &'a DeadlineTable,
     key: DeadlineKey,
-    deadline: Instant,
+    deadline_ms: u64,
     ends_on_drain: bool,
     armed: bool,
 }
@@ -227,13 +244,7 @@ impl Future for Wait<'_> {
         if self.ends_on_drain && self.table.draining.get() {
             return Poll::Ready(WaitEnd::Drained);
         }
-        let armed = self.armed;
-        // The deadline in the table's milliseconds, computed when arming only.
-        let deadline_ms = if armed {
-            0
-        } else {
-            self.table.to_ms(self.deadline)
-        };
+        let (armed, deadline_ms) = (self.armed, self.deadline_ms);
         let mut slots = self.table.slots.borrow_mut();
         let Some(slot) = slots.get_mut(self.key.0 as usize) else {
             return Poll::Ready(WaitEnd::Expired);
@@ -284,6 +295,26 @@ mod tests {
 
     fn poll(w: &mut Pin<Box<Wait<'_>>>, waker: &Waker) -> Poll<WaitEnd> {
         w.as_mut().poll(&mut Context::from_waker(waker))
+    }
+
+    #[test]
+    fn a_next_tick_wait_ends_at_the_next_tick() {
+        let t = DeadlineTable::new();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let key = t.register();
+        let start = t.now();
+        t.tick(start + Duration::from_millis(40));
+        let mut w = Box::pin(t.wait_next_tick(key));
+        assert!(poll(&mut w, &waker).is_pending());
+        t.tick(start + Duration::from_millis(40));
+        assert!(
+            poll(&mut w, &waker).is_pending(),
+            "not at the tick it was made in"
+        );
+        t.tick(start + Duration::from_millis(60));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(poll(&mut w, &waker), Poll::Ready(WaitEnd::Expired));
     }
 
     #[test]
