@@ -467,8 +467,8 @@ done
 if (( CALLGRIND )); then
     python3 "$BENCH_DIR/callgrind_report.py" "$CALLGRIND_RUNS" "$TMP_DIR/techempower-callgrind.csv" \
         "$TMP_DIR/techempower-callgrind.md" || die "callgrind_report.py failed"
-    printf '\nringside build: %s. %d connections, 16 requests per write for plaintext, %d s per run.\n\nCommand: `bench/techempower.sh%s`\n' \
-        "$BUILD_NAME" "$CONNS" "$DURATION" "$ORIG_ARGS" >>"$TMP_DIR/techempower-callgrind.md"
+    printf '\nringside build: %s, rev %s. %d connections, 16 requests per write for plaintext, %d s per run.\n\nCommand: `bench/techempower.sh%s`\n' \
+        "$BUILD_NAME" "$REV" "$CONNS" "$DURATION" "$ORIG_ARGS" >>"$TMP_DIR/techempower-callgrind.md"
     cp "$TMP_DIR/techempower-callgrind.csv" "$TMP_DIR/techempower-callgrind.md" "$OUT_DIR/"
     log "wrote $OUT_DIR/techempower-callgrind.csv and techempower-callgrind.md (times under valgrind mean nothing: not reported)"
     cat "$OUT_DIR/techempower-callgrind.md"
