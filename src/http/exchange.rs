@@ -295,6 +295,7 @@ impl<'c, 'io> Exchange<'c, 'io> {
         }
     }
 
+    #[inline]
     fn write_head(
         &mut self,
         status: StatusCode,
@@ -316,6 +317,7 @@ impl<'c, 'io> Exchange<'c, 'io> {
 
     /// Answers with a complete body (Content-Length framing). For HEAD the
     /// same headers go out without the body.
+    #[inline]
     pub fn respond(&mut self, status: StatusCode, content_type: &[u8], body: &[u8]) {
         self.respond_with(status, content_type, &[], body)
     }
