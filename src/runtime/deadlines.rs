@@ -293,6 +293,13 @@ mod tests {
         }
     }
 
+    /// A waker that counts its wakes.
+    fn counting_waker() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        (count, waker)
+    }
+
     fn poll(w: &mut Pin<Box<Wait<'_>>>, waker: &Waker) -> Poll<WaitEnd> {
         w.as_mut().poll(&mut Context::from_waker(waker))
     }
@@ -300,8 +307,7 @@ mod tests {
     #[test]
     fn a_next_tick_wait_ends_at_the_next_tick() {
         let t = DeadlineTable::new();
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = counting_waker();
         let key = t.register();
         let start = t.now();
         t.tick(start + Duration::from_millis(40));
@@ -320,8 +326,7 @@ mod tests {
     #[test]
     fn expires_at_deadline_and_reuses_slots() {
         let t = DeadlineTable::new();
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = counting_waker();
         let a = t.register();
         let b = t.register();
         let start = t.now();
@@ -348,8 +353,7 @@ mod tests {
     #[test]
     fn drain_ends_idle_waits_only() {
         let t = DeadlineTable::new();
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = counting_waker();
         let idle = t.register();
         let busy = t.register();
         let far = t.now() + Duration::from_secs(100);
