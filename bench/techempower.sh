@@ -36,12 +36,12 @@
 # plaintext = /plaintext with 16 requests pipelined per write
 # (bench/pipeline.lua), at 256 connections too.
 #
-# Protocol: for each round, for each server (A B C, B C A, C A B, ...: each
-# round starts with the next one, so none always runs first): start it fresh,
-# check every test's response (status 200, Server and Date headers, the body's
-# shape: /db a JSON object with id and randomNumber, /fortunes the 13 rows
-# with the one added at request time and <script> escaped, ...), then for
-# each test a --warmup s unrecorded wrk run and a --duration s recorded one,
+# Protocol: for each round, for each test, for each server (A B C, B C A,
+# C A B, ...: rotated by round and test, so none always runs first): start
+# it fresh, check the test's response (status 200, Server and Date headers,
+# the body's shape: /db a JSON object with id and randomNumber, /fortunes
+# the 13 rows with the one added at request time and <script> escaped, ...),
+# then a --warmup s unrecorded wrk run and a --duration s recorded one,
 # sampling the server's and PostgreSQL's CPU time and wrk's. Per run: req/s,
 # p50/p99/max latency, errors (non-2xx + socket errors), server CPU-seconds
 # per 10,000 requests, wrk's CPU use (a wrk near 1.0 of its core is the
@@ -319,8 +319,8 @@ test_path() {
 # Check every test's answer against the TFB rules before measuring; prints
 # the tests that pass. A test a peer does not serve (404) or answers against
 # the rules is left out for that server, and the log says why.
-verify_server() { # name
-    python3 - "$1" "$SERVER_PORT" "$QUERY_PARAM" "${TESTS[@]}" <<'PY'
+verify_server() { # name test...
+    python3 - "$1" "$SERVER_PORT" "$QUERY_PARAM" "${@:2}" <<'PY'
 
 import http.client, json, sys
 name, port, qparam, tests = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
@@ -444,25 +444,33 @@ measure() { # round server test
 
 log "plan: servers ${SERVERS[*]}; tests ${TESTS[*]}; $ROUNDS round(s), ${DURATION}s runs (+${WARMUP}s warm-up), $CONNS connections"
 log "      servers and PostgreSQL on CPU(s) $SERVER_CPUS/$PG_CPUS, wrk -t1 on $WRK_CPUS; logs -> $TMP_DIR"
+# Interleaved per test, not per server: each test's runs of the servers
+# follow one another (each started fresh for it), so a noisy machine's drift
+# over the minutes a round takes falls on every server's run of a test alike
+# rather than on whichever server ran in the slow minutes.
 for round in $(seq 1 "$ROUNDS"); do
-    rotated_order "$round" "${SERVERS[@]}"
-    for server in "${ORDER[@]}"; do
-        if (( QUIET_WAIT > 0 )); then wait_quiet "$QUIET_WAIT" "$QUIET_PCT" || true; fi
-        log "round $round/$ROUNDS: $server"
-        if [[ $server == ringside || -n "${VARIANT_FLAGS[$server]:-}" ]]; then
-            QUERY_PARAM=queries
-        else
-            QUERY_PARAM=$PEER_QUERY_PARAM
-        fi
-        start_te_server "$server" "$TMP_DIR/server-r$round-$server.log"
-        read -ra served <<<"$(verify_server "$server")"
-        [[ $server != ringside* || ${#served[@]} == "${#TESTS[@]}" ]] || die "$server fails the TFB rules (see above)"
-        for t in ${served[@]+"${served[@]}"}; do
-            if (( WARMUP > 0 )); then run_wrk "$TMP_DIR/warmup-r$round-$server-$t.txt" "$t" "$WARMUP"; fi
-            measure "$round" "$server" "$t"
+    for ti in "${!TESTS[@]}"; do
+        t=${TESTS[$ti]}
+        # Rotated by round and test: no server always runs a test first.
+        rotated_order "$(( round + ti ))" "${SERVERS[@]}"
+        for server in "${ORDER[@]}"; do
+            if (( QUIET_WAIT > 0 )); then wait_quiet "$QUIET_WAIT" "$QUIET_PCT" || true; fi
+            log "round $round/$ROUNDS, $t: $server"
+            if [[ $server == ringside || -n "${VARIANT_FLAGS[$server]:-}" ]]; then
+                QUERY_PARAM=queries
+            else
+                QUERY_PARAM=$PEER_QUERY_PARAM
+            fi
+            start_te_server "$server" "$TMP_DIR/server-r$round-$server-$t.log"
+            served=$(verify_server "$server" "$t")
+            [[ $server != ringside* || $served == "$t" ]] || die "$server fails the TFB rules (see above)"
+            if [[ $served == "$t" ]]; then
+                if (( WARMUP > 0 )); then run_wrk "$TMP_DIR/warmup-r$round-$server-$t.txt" "$t" "$WARMUP"; fi
+                measure "$round" "$server" "$t"
+            fi
+            stop_pid "$SERVER_PID"
+            sleep 1
         done
-        stop_pid "$SERVER_PID"
-        sleep 1
     done
 done
 
