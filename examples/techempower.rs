@@ -123,6 +123,42 @@ fn worlds_json(worlds: &[(i32, i32)]) -> Vec<u8> {
 
 const JSON: &[u8] = b"application/json";
 
+/// A fortune as the page lists it, with the first eight bytes of its message
+/// as a big-endian number: comparing those orders most pairs in one step,
+/// where comparing the byte strings themselves was a tenth of the page's
+/// instructions (a `memcmp` call per comparison of the sort).
+struct Fortune<'a> {
+    prefix: u64,
+    id: i32,
+    message: &'a [u8],
+}
+
+impl<'a> Fortune<'a> {
+    fn new(id: i32, message: &'a [u8]) -> Self {
+        // Zero-padded: a message shorter than eight bytes sorts before the
+        // longer ones that start with it, as the byte strings do.
+        let prefix = match message.first_chunk::<8>() {
+            Some(head) => u64::from_be_bytes(*head),
+            None => message
+                .iter()
+                .enumerate()
+                .fold(0, |p, (i, &b)| p | u64::from(b) << (56 - 8 * i)),
+        };
+        Fortune {
+            prefix,
+            id,
+            message,
+        }
+    }
+
+    /// The order of the messages' bytes (UTF-8 bytes sort as the strings).
+    fn cmp_messages(a: &Self, b: &Self) -> std::cmp::Ordering {
+        a.prefix
+            .cmp(&b.prefix)
+            .then_with(|| a.message.cmp(b.message))
+    }
+}
+
 impl Service for Bench {
     async fn call(&self, ex: &mut Exchange<'_, '_>) {
         match ex.path_bytes() {
@@ -194,18 +230,21 @@ impl Service for Bench {
                 // Messages as the text bytes PostgreSQL sent (UTF-8, as the
                 // session asks): escaping works on bytes, and byte order is
                 // the order of the strings.
-                let mut fortunes: SmallVec<[(i32, &[u8]); 32]> = SmallVec::new();
+                let mut fortunes: SmallVec<[Fortune; 32]> = SmallVec::new();
                 for row in rows.iter() {
                     let Ok(row) = row else { continue };
                     if let (Ok(id), Ok(msg)) = (
                         row.req_i32(&rows.columns, 0),
                         row.req_text(&rows.columns, 1),
                     ) {
-                        fortunes.push((id, msg));
+                        fortunes.push(Fortune::new(id, msg));
                     }
                 }
-                fortunes.push((0, b"Additional fortune added at request time."));
-                fortunes.sort_unstable_by(|a, b| a.1.cmp(b.1));
+                fortunes.push(Fortune::new(
+                    0,
+                    b"Additional fortune added at request time.",
+                ));
+                fortunes.sort_unstable_by(Fortune::cmp_messages);
                 // Escaped straight from the rows into the response.
                 let _ = ex.respond_rendered(
                     StatusCode::OK,
@@ -214,11 +253,11 @@ impl Service for Bench {
                     |out| {
                         let mut page = Staged::<_, 2048>::new(out);
                         page.put(b"<!DOCTYPE html><html><head><title>Fortunes</title></head><body><table><tr><th>id</th><th>message</th></tr>");
-                        for (id, msg) in &fortunes {
+                        for f in &fortunes {
                             page.put(b"<tr><td>");
-                            push_int(&mut page, i64::from(*id));
+                            push_int(&mut page, i64::from(f.id));
                             page.put(b"</td><td>");
-                            page.put_html_escaped(msg);
+                            page.put_html_escaped(f.message);
                             page.put(b"</td></tr>");
                         }
                         page.put(b"</table></body></html>");
