@@ -47,6 +47,15 @@
 # per 10,000 requests, wrk's CPU use (a wrk near 1.0 of its core is the
 # bottleneck, as for pipelined plaintext).
 #
+# Stolen runs: on a VM the host may take CPU time away (the "steal" column
+# of /proc/stat). A recorded run during which more than --max-steal (default
+# 0.10) of the machine's CPU time was stolen measured the host more than the
+# server: it is discarded (its row kept in tmp/.../techempower-discarded.csv)
+# and measured again after a fresh warm-up, up to --retries times (default
+# 2), after which the last attempt is kept. The same rule holds for every
+# server. Every kept run's steal share is in the CSV (steal_share), and the
+# report counts the discarded runs. --max-steal 1 keeps every run.
+#
 # Output: bench/results/techempower.csv, techempower.md (medians, min–max,
 # ratio to the best peer per test) and techempower.png; logs in
 # bench/results/tmp/. Replaced only when a run completes.
@@ -80,6 +89,7 @@
 #                             [--rounds N] [--duration SECS] [--warmup SECS]
 #                             [--conns N] [--db-pool-size N] [--quick]
 #                             [--quiet-wait SECS] [--no-build] [--portable-build]
+#                             [--max-steal FRACTION] [--retries N]
 #                             [--callgrind] [--out DIR]
 #   --quick: 1 round, 5 s runs, 1 s warm-up, tests db fortunes plaintext.
 set -euo pipefail
@@ -106,6 +116,8 @@ CALLGRIND=0
 QUIET_WAIT=300
 QUIET_PCT=10
 NOISY_UTIL=0.05
+MAX_STEAL=0.10
+RETRIES=2
 BUILD=1
 NATIVE=1
 OUT_DIR="$BENCH_DIR/results"
@@ -132,6 +144,8 @@ while (( $# )); do
         --no-build) BUILD=0 ;;
         --portable-build) NATIVE=0 ;;
         --callgrind) CALLGRIND=1 ;;
+        --max-steal) MAX_STEAL=${2:?}; shift ;;
+        --retries) RETRIES=${2:?}; shift ;;
         --out) OUT_DIR=${2:?}; shift ;;
         -h | --help) usage 0 ;;
         *) echo "unknown argument: $1" >&2; usage 2 ;;
@@ -162,6 +176,8 @@ is_uint "$DURATION" || die "--duration must be a positive integer (seconds)"
 [[ "$WARMUP" =~ ^[0-9]+$ ]] || die "--warmup must be a non-negative integer (seconds)"
 is_uint "$CONNS" || die "--conns must be a positive integer"
 [[ -z "$POOL" ]] || is_uint "$POOL" || die "--db-pool-size must be a positive integer"
+[[ "$MAX_STEAL" =~ ^(0(\.[0-9]+)?|1(\.0*)?)$ ]] || die "--max-steal must be a fraction from 0 to 1"
+[[ "$RETRIES" =~ ^[0-9]+$ ]] || die "--retries must be a non-negative integer"
 for t in "${TESTS[@]}"; do
     case $t in db | fortunes | plaintext | json | queries | updates) ;; *) die "unknown test '$t'" ;; esac
 done
@@ -236,6 +252,7 @@ TMP_DIR="$OUT_DIR/tmp/$RUN_ID"
 mkdir -p "$TMP_DIR"
 TIMES_FILE="$TMP_DIR/.times"
 CSV="$TMP_DIR/techempower.csv"
+DISCARDED_CSV="$TMP_DIR/techempower-discarded.csv"
 REV=$(repo_rev)
 
 # ------------------------------------------------------------- PostgreSQL ---
@@ -400,12 +417,17 @@ callgrind_dump() { # [round,server,test]
     if (( $# )); then echo "$1,$TMP_DIR/wrk-r${1%%,*}-$(cut -d, -f2 <<<"$1")-${1##*,}.txt,$f" >>"$CALLGRIND_RUNS"; fi
 }
 
-echo "timestamp,round,server,test,connections,pipeline_depth,duration_s,requests,rps,ok_rps,p50_ms,p99_ms,max_ms,non2xx,socket_errors,server_cpu_s,server_cpu_util,server_cpu_s_per_10k_req,pg_cpu_s,wrk_cpu_util,other_cpu_util,rev" >"$CSV"
+echo "timestamp,round,server,test,connections,pipeline_depth,duration_s,requests,rps,ok_rps,p50_ms,p99_ms,max_ms,non2xx,socket_errors,server_cpu_s,server_cpu_util,server_cpu_s_per_10k_req,pg_cpu_s,wrk_cpu_util,other_cpu_util,steal_share,rev" | tee "$DISCARDED_CSV" >"$CSV"
 
-measure() { # round server test
-    local round=$1 server=$2 t=$3 logf c0 c1 g0 g1 t0 t1 requests rps p50 p99 max sockerr non2xx row
+# Measures one run; its CSV row is left in MEASURED_ROW and whether the host
+# stole more than --max-steal of the machine during it in STOLEN (1 or 0).
+MEASURED_ROW=""
+STOLEN=0
+measure() { # round server test attempt
+    local round=$1 server=$2 t=$3 attempt=$4 logf c0 c1 g0 g1 t0 t1 requests rps p50 p99 max sockerr non2xx row
     local -a m0 m1
     logf="$TMP_DIR/wrk-r$round-$server-$t.txt"
+    (( attempt == 0 )) || logf="$TMP_DIR/wrk-r$round-$server-$t-a$attempt.txt"
     proc_stat_ticks; m0=("${PSTAT[@]}")
     (( CALLGRIND )) && callgrind_dump # what came before is not counted
     c0=$(cpu_ticks "$SERVER_PID"); g0=$(pg_ticks "$PG_PID"); t0=$(now_s)
@@ -427,19 +449,22 @@ measure() { # round server test
         -v p50="$p50" -v p99="$p99" -v max="$max" -v nx="${non2xx:-0}" -v se="${sockerr:-0}" \
         -v c0="$c0" -v c1="$c1" -v g0="$g0" -v g1="$g1" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" \
         -v w="$WRK_CPU_S" -v us=$(( m1[0] - m0[0] )) -v ncpu="$(nproc --all)" -v scores="$(cpu_count "$SERVER_CPUS")" \
-        -v rev="$REV" 'BEGIN {
+        -v st=$(( m1[2] - m0[2] )) -v tot=$(( m1[3] - m0[3] )) -v rev="$REV" 'BEGIN {
             cpu = (c1 - c0) / hz; pg = (g1 - g0) / hz; wall = t1 - t0
             other = us / hz - cpu - pg - w; if (other < 0) other = 0
             ok = n - nx; if (ok < 0) ok = 0
-            printf "%s,%d,%s,%s,%d,%d,%d,%d,%.2f,%.2f,%s,%s,%s,%d,%d,%.2f,%.3f,%.6f,%.2f,%.3f,%.3f,%s\n",
+            stolen = 0; if (tot > 0) stolen = st / tot
+            printf "%s,%d,%s,%s,%d,%d,%d,%d,%.2f,%.2f,%s,%s,%s,%d,%d,%.2f,%.3f,%.6f,%.2f,%.3f,%.3f,%.3f,%s\n",
                 ts, round, server, t, conns, depth, dur, n, rps, rps * ok / n, p50, p99, max, nx, se,
-                cpu, cpu / (wall * scores), cpu / n * 10000, pg, w / wall, other / (wall * ncpu), rev }')
+                cpu, cpu / (wall * scores), cpu / n * 10000, pg, w / wall, other / (wall * ncpu),
+                stolen, rev }')
     # (CPU per 10,000 requests to six decimals: a pipelined request costs under
     # 0.01 s per 10,000, where four decimals kept two significant digits.)
-    echo "$row" >>"$CSV"
+    MEASURED_ROW=$row
     local f
     IFS=',' read -ra f <<<"$row"
-    log "  $server $t: $(printf '%.0f' "${f[9]}") ok req/s, p99 ${p99} ms, errors $(( ${non2xx:-0} + ${sockerr:-0} )), server CPU ${f[17]} s/10k (util ${f[16]}), wrk util ${f[19]}, other ${f[20]}"
+    STOLEN=$(awk -v s="${f[21]}" -v lim="$MAX_STEAL" 'BEGIN { print (s > lim) ? 1 : 0 }')
+    log "  $server $t: $(printf '%.0f' "${f[9]}") ok req/s, p99 ${p99} ms, errors $(( ${non2xx:-0} + ${sockerr:-0} )), server CPU ${f[17]} s/10k (util ${f[16]}), wrk util ${f[19]}, other ${f[20]}, stolen ${f[21]}"
 }
 
 log "plan: servers ${SERVERS[*]}; tests ${TESTS[*]}; $ROUNDS round(s), ${DURATION}s runs (+${WARMUP}s warm-up), $CONNS connections"
@@ -465,8 +490,17 @@ for round in $(seq 1 "$ROUNDS"); do
             served=$(verify_server "$server" "$t")
             [[ $server != ringside* || $served == "$t" ]] || die "$server fails the TFB rules (see above)"
             if [[ $served == "$t" ]]; then
-                if (( WARMUP > 0 )); then run_wrk "$TMP_DIR/warmup-r$round-$server-$t.txt" "$t" "$WARMUP"; fi
-                measure "$round" "$server" "$t"
+                for attempt in $(seq 0 "$RETRIES"); do
+                    if (( WARMUP > 0 )); then run_wrk "$TMP_DIR/warmup-r$round-$server-$t-a$attempt.txt" "$t" "$WARMUP"; fi
+                    measure "$round" "$server" "$t" "$attempt"
+                    if (( STOLEN && !CALLGRIND && attempt < RETRIES )); then
+                        echo "$MEASURED_ROW" >>"$DISCARDED_CSV"
+                        log "  the host stole more than $MAX_STEAL of the machine during this run: discarded, measuring again"
+                        continue
+                    fi
+                    echo "$MEASURED_ROW" >>"$CSV"
+                    break
+                done
             fi
             stop_pid "$SERVER_PID"
             sleep 1
@@ -486,6 +520,7 @@ if (( CALLGRIND )); then
 fi
 ensure_python_matplotlib
 python3 "$BENCH_DIR/techempower_report.py" "$CSV" "$TMP_DIR/techempower.md" "$TMP_DIR/techempower.png" "$NOISY_UTIL" \
+    "$DISCARDED_CSV" "$MAX_STEAL" \
     || die "techempower_report.py failed"
 printf '\nringside build: %s.\n\nCommand: `bench/techempower.sh%s`\n' "$BUILD_NAME" "$ORIG_ARGS" >>"$TMP_DIR/techempower.md"
 cp "$CSV" "$OUT_DIR/techempower.csv"

@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Summarize a TechEmpower run (bench/techempower.sh).
 
-    techempower_report.py TECHEMPOWER.csv OUT.md OUT.png NOISY_UTIL
+    techempower_report.py TECHEMPOWER.csv OUT.md OUT.png NOISY_UTIL [DISCARDED.csv MAX_STEAL]
 
 Per test and server: successful req/s (median, min - max over the rounds),
 p99, errors, server CPU-seconds per 10,000 requests, wrk's CPU use; then per
 test the ratio of ringside to the best peer (by median req/s), of the medians
 and, paired round by round, its span. The plot has
 one panel per test, one bar per server with its min - max as an error bar.
+With DISCARDED.csv (the runs measured again because the host stole more than
+MAX_STEAL of the machine's CPU time during them), the report counts them.
 """
 
 import csv
@@ -26,7 +28,7 @@ TITLES = {
 }
 
 
-def main(src, dst_md, dst_png, noisy_util):
+def main(src, dst_md, dst_png, noisy_util, discarded_src=None, max_steal=None):
     rows = list(csv.DictReader(open(src)))
     if not rows:
         sys.exit("techempower_report: no rows")
@@ -96,6 +98,17 @@ def main(src, dst_md, dst_png, noisy_util):
     if noisy:
         out += ["", f"**Warning:** {len(noisy)} of {len(rows)} runs had other processes using more than "
                 f"{noisy_util:.0%} of the machine (other_cpu_util in the CSV); their figures are suspect."]
+    if max_steal is not None:
+        discarded = list(csv.DictReader(open(discarded_src))) if discarded_src else []
+        steals = [num(r.get("steal_share")) for r in rows if num(r.get("steal_share")) is not None]
+        stolen = [s for s in steals if s > max_steal]
+        note = (f"Host steal: {len(discarded)} run(s) discarded and measured again because the host took more "
+                f"than {max_steal:.1%} of the machine's CPU time during them (the same rule for every server); "
+                f"kept runs' steal share: median {fmt(med(steals), 3)}, max {fmt(max(steals) if steals else None, 3)}.")
+        if stolen:
+            note += (f" **{len(stolen)} kept run(s) still above it** (their retries ran out): "
+                     "their figures are suspect.")
+        out += ["", note]
     open(dst_md, "w").write("\n".join(out) + "\n")
 
     try:
@@ -130,6 +143,7 @@ def main(src, dst_md, dst_png, noisy_util):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 5:
+    if len(sys.argv) not in (5, 7):
         sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]))
+    extra = (sys.argv[5], float(sys.argv[6])) if len(sys.argv) == 7 else ()
+    main(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), *extra)
