@@ -294,6 +294,19 @@ proc_stat_ticks() {
     PSTAT=("$(( user + nice + system ))" "$(( irq + softirq ))" "$steal" "$(( user + nice + system + idle + iowait + irq + softirq + steal ))")
 }
 
+# The host's steal between two proc_stat_ticks samples (their steal and total
+# ticks: $1 $2, then $3 $4), as a fraction of the machine's CPU time: on a VM,
+# time the host gave to others while this guest wanted to run.
+steal_share() {
+    awk -v s0="$1" -v t0="$2" -v s1="$3" -v t1="$4" 'BEGIN { printf "%.3f", (t1 > t0) ? (s1 - s0) / (t1 - t0) : 0 }'
+}
+
+# True (status 0) if steal share $1 is above limit $2, after a warning.
+stolen_run() {
+    awk -v s="$1" -v lim="$2" 'BEGIN { exit !(s > lim) }' || return 1
+    log "  warning: the host stole $1 of the machine's CPU time during this run (limit $2): noisy"
+}
+
 # Wait (up to $1 seconds) until the machine is quiet: less than $2 percent of
 # all CPUs busy over a 1 s sample. Returns 1 (after a warning) if it never is.
 # Other people's builds and tests share this machine; measuring next to them
