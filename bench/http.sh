@@ -29,7 +29,7 @@
 #
 # Usage: bench/http.sh [--servers ringside,hyper] [--rounds N] [--duration SECS]
 #                      [--quick] [--cores 1,2] [--connections N] [--depth N]
-#                      [--warmup SECS] [--quiet-wait SECS] [--retries N]
+#                      [--warmup SECS] [--quiet-wait SECS] [--retries N] [--max-steal FRACTION]
 #                      [--host 127.0.0.1] [--port BASE] [--no-build] [--no-plot]
 #                      [--out DIR] (results directory, default bench/results)
 #
@@ -37,7 +37,8 @@
 # start the script waits up to --quiet-wait seconds (default 300) for less than
 # 10% of the CPUs to be busy, and every row records the CPU time used by other
 # processes during the run (other_cpu_util). A server's measurement during
-# which other processes used more than 5% of the machine is discarded and
+# which other processes used more than 5% of the machine, or the host stole
+# more than --max-steal (0.10) of it (a VM's steal, steal_s), is discarded and
 # redone, up to --retries times (default 2; the discarded rows are kept in
 # tmp/<run>/http-discarded.csv); summarize.py flags noisy rows that remain.
 set -euo pipefail
@@ -55,6 +56,7 @@ QUIET_WAIT=300
 QUIET_PCT=10
 RETRIES=2
 NOISY_UTIL=0.05
+MAX_STEAL=0.10
 CORES_ARG="1,2"
 CONNECTIONS=256
 DEPTH=16
@@ -78,6 +80,7 @@ while (( $# )); do
         --warmup) WARMUP=${2:?}; shift ;;
         --quiet-wait) QUIET_WAIT=${2:?}; shift ;;
         --retries) RETRIES=${2:?}; shift ;;
+        --max-steal) MAX_STEAL=${2:?}; shift ;;
         --quick) ROUNDS=1; DURATION=5; WARMUP=1 ;;
         --cores) CORES_ARG=${2:?}; shift ;;
         --connections) CONNECTIONS=${2:?}; shift ;;
@@ -99,6 +102,7 @@ is_uint "$DURATION" || die "--duration must be a positive integer (seconds)"
 [[ "$WARMUP" =~ ^[0-9]+$ ]] || die "--warmup must be a non-negative integer (seconds)"
 [[ "$QUIET_WAIT" =~ ^[0-9]+$ ]] || die "--quiet-wait must be a non-negative integer (seconds)"
 [[ "$RETRIES" =~ ^[0-9]+$ ]] || die "--retries must be a non-negative integer"
+[[ "$MAX_STEAL" =~ ^(0(\.[0-9]+)?|1(\.0*)?)$ ]] || die "--max-steal must be a fraction from 0 to 1"
 is_uint "$CONNECTIONS" || die "--connections must be a positive integer"
 is_uint "$DEPTH" || die "--depth must be a positive integer"
 is_uint "$PORT_BASE" || die "--port must be a port number"
@@ -230,6 +234,7 @@ $(cat "$logf")"
         log "  warning: other processes used ${other_s} CPU-seconds during this run (${other_util} of the machine): this run is noisy"
         NOISY=1
     fi
+    if stolen_run "$(steal_share "${m0[2]}" "${m0[3]}" "${m1[2]}" "${m1[3]}")" "$MAX_STEAL"; then NOISY=1; fi
     if (( sockerr > 0 || non2xx > 0 )); then
         log "  warning: $sockerr socket errors, $non2xx non-2xx responses (see $logf)"
     fi
