@@ -32,6 +32,7 @@
 #                      [--warmup SECS] [--quiet-wait SECS] [--retries N] [--max-steal FRACTION]
 #                      [--host 127.0.0.1] [--port BASE] [--no-build] [--no-plot]
 #                      [--out DIR] (results directory, default bench/results)
+#   --quick: 1 round, 5 s runs, 1 s warm-up, no retries (a sanity check, not a measurement).
 #
 # The machine is shared (other people's builds and tests): before each server
 # start the script waits up to --quiet-wait seconds (default 300) for less than
@@ -81,7 +82,7 @@ while (( $# )); do
         --quiet-wait) QUIET_WAIT=${2:?}; shift ;;
         --retries) RETRIES=${2:?}; shift ;;
         --max-steal) MAX_STEAL=${2:?}; shift ;;
-        --quick) ROUNDS=1; DURATION=5; WARMUP=1 ;;
+        --quick) ROUNDS=1; DURATION=5; WARMUP=1; RETRIES=0 ;;
         --cores) CORES_ARG=${2:?}; shift ;;
         --connections) CONNECTIONS=${2:?}; shift ;;
         --depth) DEPTH=${2:?}; shift ;;

@@ -91,7 +91,7 @@
 #                             [--quiet-wait SECS] [--no-build] [--portable-build]
 #                             [--max-steal FRACTION] [--retries N]
 #                             [--callgrind] [--out DIR]
-#   --quick: 1 round, 5 s runs, 1 s warm-up, tests db fortunes plaintext.
+#   --quick: 1 round, 5 s runs, 1 s warm-up, no retries, tests db fortunes plaintext.
 set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -154,6 +154,7 @@ while (( $# )); do
 done
 if (( QUICK )); then
     ROUNDS=1 DURATION=5 WARMUP=1
+    grep -q -- '--retries' <<<"$ORIG_ARGS" || RETRIES=0
     TESTS_ARG=${TESTS_ARG:-db fortunes plaintext}
 fi
 if (( CALLGRIND )); then
