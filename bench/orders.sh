@@ -718,6 +718,32 @@ for subject in [s for s in subjects if s in servers]:
                 b = med([num(r[k]) for r in g.get((o, c), [])])
                 cells.append("NA" if a is None or not b else f"{a / b:.{d}f}")
         out.append(f"| {c} | " + " | ".join(cells) + " |")
+# Against PostgreSQL alone, round by round as well: PostgreSQL's own cost
+# per query drifts between minutes on a shared VM by more than the margin
+# asked for, and a round's runs follow one another within a minute or so.
+alone = [s for s in ("pgbench", "pgbench-pipeline") if s in servers]
+if "ringside" in servers and alone:
+    by_round = {(r["server"], int(r["connections"]), r["round"]): r for r in rows}
+    out += ["", "ringside against PostgreSQL alone, paired by round: req/s ratio (median, min – max over the "
+            "rounds), and the model's figure PG / (PG + server), from ringside's own run's CPU per request "
+            "(what the ratio would be, with both on one CPU, if PostgreSQL did the same work per query for "
+            "ringside as for pgbench).", "",
+            "| conns | " + " | ".join(f"req/s vs {o}, by round" for o in alone) + " | PG / (PG + server) |",
+            "|---:|" + "---:|" * (len(alone) + 1)]
+    for c in conns:
+        rounds = dict.fromkeys(r["round"] for r in g.get(("ringside", c), []))
+        cells = []
+        for o in alone:
+            pairs = [num(by_round[("ringside", c, rd)]["ok_rps"]) / num(by_round[(o, c, rd)]["ok_rps"])
+                     for rd in rounds if (o, c, rd) in by_round and num(by_round[(o, c, rd)]["ok_rps"])]
+            cells.append(rng(pairs, 2) if pairs else "NA")
+        model = []
+        for rd in rounds:
+            r = by_round[("ringside", c, rd)]
+            pg, srv = num(r["pg_cpu_s_per_10k_req"]), num(r["server_cpu_s_per_10k_req"])
+            if pg and srv is not None:
+                model.append(pg / (pg + srv))
+        out.append(f"| {c} | " + " | ".join(cells) + f" | {rng(model, 2) if model else 'NA'} |")
 noisy = [r for r in rows if (num(r["other_cpu_util"]) or 0) > noisy_util]
 if noisy:
     out += ["", f"**Warning:** {len(noisy)} of {len(rows)} runs had other processes using more than "
