@@ -464,8 +464,9 @@ measure() { # round server test attempt
     MEASURED_ROW=$row
     local f
     IFS=',' read -ra f <<<"$row"
-    STOLEN=$(awk -v s="${f[21]}" -v lim="$MAX_STEAL" 'BEGIN { print (s > lim) ? 1 : 0 }')
     log "  $server $t: $(printf '%.0f' "${f[9]}") ok req/s, p99 ${p99} ms, errors $(( ${non2xx:-0} + ${sockerr:-0} )), server CPU ${f[17]} s/10k (util ${f[16]}), wrk util ${f[19]}, other ${f[20]}, stolen ${f[21]}"
+    STOLEN=0
+    if stolen_run "${f[21]}" "$MAX_STEAL"; then STOLEN=1; fi
 }
 
 log "plan: servers ${SERVERS[*]}; tests ${TESTS[*]}; $ROUNDS round(s), ${DURATION}s runs (+${WARMUP}s warm-up), $CONNS connections"
@@ -496,7 +497,7 @@ for round in $(seq 1 "$ROUNDS"); do
                     measure "$round" "$server" "$t" "$attempt"
                     if (( STOLEN && !CALLGRIND && attempt < RETRIES )); then
                         echo "$MEASURED_ROW" >>"$DISCARDED_CSV"
-                        log "  the host stole more than $MAX_STEAL of the machine during this run: discarded, measuring again"
+                        log "  discarded (kept in $DISCARDED_CSV), measuring again"
                         continue
                     fi
                     echo "$MEASURED_ROW" >>"$CSV"
