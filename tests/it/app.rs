@@ -140,6 +140,9 @@ fn orders_page_rows_order_escaping_limits_and_json() {
     assert!(html.contains("Tom &amp; Jerry&#39;s &quot;anvil&quot;"));
     assert!(html.contains("東京の弁当箱") && html.contains("Crème brûlée set für Zoë"));
 
+    // The default page's statement has its limit written in; `?limit=200`
+    // binds it: the same page either way.
+    assert_eq!(c.roundtrip(get("/orders?limit=200")).text(), html);
     assert_eq!(
         titles_in(&c.roundtrip(get("/orders?limit=5")).text()).len(),
         5

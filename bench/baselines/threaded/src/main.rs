@@ -10,8 +10,8 @@
 //!   GET /plaintext -> 200 "Hello, World!" (text/plain; charset=utf-8)
 //!   GET /healthz   -> 200 "ok\n"
 //!   GET /orders    -> the same HTML bytes as ringside's page: the prepared
-//!                     `SELECT title FROM orders ORDER BY id LIMIT $1` (int8),
-//!                     `?limit=` 1-1000, default 200
+//!                     `SELECT title FROM orders ORDER BY id LIMIT 200`, or
+//!                     `... LIMIT $1` (int8) for `?limit=` 1-1000
 //!   anything else  -> 404 (405 for other methods on a known path)
 //!
 //! Flags: --listen ADDR (127.0.0.1:8080), --database-url URL (or DATABASE_URL;
@@ -33,7 +33,11 @@ use r2d2_postgres::PostgresConnectionManager;
 
 const DEFAULT_LIMIT: i64 = 200;
 const MAX_LIMIT: i64 = 1000;
-const ORDER_TITLES: &str = "SELECT title FROM orders ORDER BY id LIMIT $1";
+// As in ringside (src/app/orders.rs): the default page's statement has its
+// limit written in, so PostgreSQL plans it once; `LIMIT $1` is planned at
+// every execution (its plan cache prefers custom plans for it).
+const ORDER_TITLES: &str = "SELECT title FROM orders ORDER BY id LIMIT 200";
+const ORDER_TITLES_LIMITED: &str = "SELECT title FROM orders ORDER BY id LIMIT $1";
 
 // Byte for byte ringside's page (src/app/orders.rs).
 const PAGE_HEAD: &[u8] = b"<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">\
@@ -119,6 +123,7 @@ struct Manager(PostgresConnectionManager<NoTls>);
 struct Conn {
     client: Client,
     titles: Statement,
+    titles_limited: Statement,
 }
 
 impl ManageConnection for Manager {
@@ -127,8 +132,13 @@ impl ManageConnection for Manager {
 
     fn connect(&self) -> Result<Conn, postgres::Error> {
         let mut client = self.0.connect()?;
-        let titles = client.prepare_typed(ORDER_TITLES, &[Type::INT8])?;
-        Ok(Conn { client, titles })
+        let titles = client.prepare_typed(ORDER_TITLES, &[])?;
+        let titles_limited = client.prepare_typed(ORDER_TITLES_LIMITED, &[Type::INT8])?;
+        Ok(Conn {
+            client,
+            titles,
+            titles_limited,
+        })
     }
 
     fn is_valid(&self, conn: &mut Conn) -> Result<(), postgres::Error> {
@@ -344,8 +354,17 @@ fn orders(
             return write_response(out, &r, head_only, close);
         }
     };
-    let Conn { client, titles } = &mut *conn;
-    let rows = match client.query(&*titles, &[&limit]) {
+    let Conn {
+        client,
+        titles,
+        titles_limited,
+    } = &mut *conn;
+    let queried = if limit == DEFAULT_LIMIT {
+        client.query(&*titles, &[])
+    } else {
+        client.query(&*titles_limited, &[&limit])
+    };
+    let rows = match queried {
         Ok(rows) => rows,
         Err(e) => {
             let r = if client.is_closed() {

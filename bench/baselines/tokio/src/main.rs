@@ -10,8 +10,8 @@
 //!   GET /plaintext -> 200 "Hello, World!" (text/plain; charset=utf-8)
 //!   GET /healthz   -> 200 "ok\n"
 //!   GET /orders    -> the same HTML bytes as ringside's page: the prepared
-//!                     `SELECT title FROM orders ORDER BY id LIMIT $1` (int8),
-//!                     `?limit=` 1-1000, default 200
+//!                     `SELECT title FROM orders ORDER BY id LIMIT 200`, or
+//!                     `... LIMIT $1` (int8) for `?limit=` 1-1000
 //!   anything else  -> 404 (axum's 405 for other methods on a route)
 //!
 //! Flags: --listen ADDR (127.0.0.1:8080), --threads N (tokio worker threads,
@@ -36,7 +36,11 @@ use tokio_postgres::NoTls;
 
 const DEFAULT_LIMIT: i64 = 200;
 const MAX_LIMIT: i64 = 1000;
-const ORDER_TITLES: &str = "SELECT title FROM orders ORDER BY id LIMIT $1";
+// As in ringside (src/app/orders.rs): the default page's statement has its
+// limit written in, so PostgreSQL plans it once; `LIMIT $1` is planned at
+// every execution (its plan cache prefers custom plans for it).
+const ORDER_TITLES: &str = "SELECT title FROM orders ORDER BY id LIMIT 200";
+const ORDER_TITLES_LIMITED: &str = "SELECT title FROM orders ORDER BY id LIMIT $1";
 
 // Byte for byte ringside's page (src/app/orders.rs).
 const PAGE_HEAD: &[u8] = b"<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">\
@@ -174,10 +178,15 @@ async fn orders(State(pool): State<Option<Pool>>, RawQuery(query): RawQuery) -> 
         Err(_) => return unavailable("503 Service Unavailable: database unavailable\n"),
     };
     let rows = async {
-        let stmt = client
-            .prepare_typed_cached(ORDER_TITLES, &[Type::INT8])
-            .await?;
-        client.query(&stmt, &[&limit]).await
+        if limit == DEFAULT_LIMIT {
+            let stmt = client.prepare_typed_cached(ORDER_TITLES, &[]).await?;
+            client.query(&stmt, &[]).await
+        } else {
+            let stmt = client
+                .prepare_typed_cached(ORDER_TITLES_LIMITED, &[Type::INT8])
+                .await?;
+            client.query(&stmt, &[&limit]).await
+        }
     }
     .await;
     let closed = client.is_closed();
@@ -246,7 +255,7 @@ async fn make_pool(url: &str, size: usize) -> Pool {
     for _ in 0..size {
         match tokio::time::timeout(Duration::from_secs(10), pool.get()).await {
             Ok(Ok(c)) => {
-                let _ = c.prepare_typed_cached(ORDER_TITLES, &[Type::INT8]).await;
+                let _ = c.prepare_typed_cached(ORDER_TITLES, &[]).await;
                 held.push(c);
             }
             Ok(Err(e)) => {
