@@ -79,6 +79,11 @@ pub struct PgConfig {
     pub password: Option<String>,
     pub dbname: String,
     pub application_name: String,
+    /// Command-line options for each backend (libpq's `options`, e.g.
+    /// `-c statement_timeout=5s -c plan_cache_mode=force_generic_plan`):
+    /// session settings from the start, with no statement to run per
+    /// connection.
+    pub options: Option<String>,
     pub connect_timeout: Duration,
     pub tls: PgTls,
 }
@@ -93,6 +98,7 @@ impl fmt::Debug for PgConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("dbname", &self.dbname)
             .field("application_name", &self.application_name)
+            .field("options", &self.options)
             .field("connect_timeout", &self.connect_timeout)
             .field("tls", &self.tls)
             .finish()
@@ -160,7 +166,7 @@ impl PgConfig {
     }
 
     /// Reads `DATABASE_URL` (if set) over PGHOST, PGPORT, PGUSER, PGPASSWORD,
-    /// PGDATABASE, PGAPPNAME, over defaults (localhost:5432, user and
+    /// PGDATABASE, PGAPPNAME, PGOPTIONS, over defaults (localhost:5432, user and
     /// database from the login name). `env` is the environment lookup.
     pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<PgConfig, String> {
         let mut cfg = PgConfig {
@@ -170,6 +176,7 @@ impl PgConfig {
             password: None,
             dbname: String::new(),
             application_name: "ringside".into(),
+            options: None,
             connect_timeout: Duration::from_secs(5),
             tls: PgTls::default(),
         };
@@ -191,6 +198,7 @@ impl PgConfig {
         if let Some(a) = env("PGAPPNAME").filter(|a| !a.is_empty()) {
             cfg.application_name = a;
         }
+        cfg.options = env("PGOPTIONS").filter(|o| !o.is_empty());
         for (var, key) in [
             ("PGSSLMODE", "sslmode"),
             ("PGSSLROOTCERT", "sslrootcert"),
@@ -316,6 +324,7 @@ fn apply_url(cfg: &mut PgConfig, url: &str) -> Result<(), String> {
             "user" => cfg.user = v,
             "password" => cfg.password = Some(v),
             "application_name" => cfg.application_name = v,
+            "options" => cfg.options = Some(v).filter(|o| !o.is_empty()),
             "connect_timeout" => {
                 let secs: u64 = v
                     .parse()
@@ -408,9 +417,11 @@ mod tests {
     fn full_url() {
         let c = cfg(&[(
             "DATABASE_URL",
-            "postgresql://al%40ice:p%3Ass@db.example:6543/shop?application_name=web&connect_timeout=7",
+            "postgresql://al%40ice:p%3Ass@db.example:6543/shop?application_name=web&connect_timeout=7\
+             &options=-c%20statement_timeout%3D5s",
         )])
         .unwrap();
+        assert_eq!(c.options.as_deref(), Some("-c statement_timeout=5s"));
         assert_eq!(c.host, PgHost::Tcp("db.example".into()));
         assert_eq!(c.port, 6543);
         assert_eq!(c.user, "al@ice");
@@ -447,8 +458,10 @@ mod tests {
             ("PGPASSWORD", "secret"),
             ("PGDATABASE", "d1"),
             ("PGAPPNAME", "app"),
+            ("PGOPTIONS", "-c search_path=shop"),
         ])
         .unwrap();
+        assert_eq!(c.options.as_deref(), Some("-c search_path=shop"));
         assert_eq!(c.host, PgHost::Tcp("h1".into()));
         assert_eq!(
             (c.port, c.user.as_str(), c.dbname.as_str()),

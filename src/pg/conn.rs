@@ -246,7 +246,7 @@ impl PgConn {
             user: &cfg.user,
             database: Some(&cfg.dbname),
             application_name: Some(&cfg.application_name),
-            options: None,
+            options: cfg.options.as_deref(),
             password: cfg.password.as_deref().map(str::as_bytes),
             channel_binding: match cfg.tls.channel_binding {
                 ChannelBinding::Disable => ChannelBindingMode::Disable,

@@ -169,6 +169,40 @@ fn wrong_password_is_a_clear_error_without_a_retry_storm() {
 }
 
 #[test]
+fn startup_options_set_the_session_and_a_bad_one_is_a_clear_error() {
+    let c = shared();
+    run(async {
+        for tcp in [true, false] {
+            let url = c.url("ringside_trust", None, tcp);
+            let sep = if url.contains('?') { '&' } else { '?' };
+            let conn = connect(&format!(
+                "{url}{sep}options=-c%20statement_timeout%3D4321%20-c%20plan_cache_mode%3Dforce_generic_plan"
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("tcp={tcp}: {e}"));
+            let rows = conn
+                .simple(
+                    "SELECT current_setting('statement_timeout') || ' ' \
+                     || current_setting('plan_cache_mode')",
+                )
+                .await
+                .unwrap();
+            let r = rows.iter().next().unwrap().unwrap();
+            assert_eq!(
+                r.raw(0),
+                Some(&b"4321ms force_generic_plan"[..]),
+                "tcp={tcp}"
+            );
+        }
+        let url = c.url("ringside_trust", None, true);
+        let Err(e) = connect(&format!("{url}?options=-c%20no_such_setting%3D1")).await else {
+            panic!("PostgreSQL refuses an unknown setting");
+        };
+        assert!(e.to_string().contains("no_such_setting"), "{e}");
+    });
+}
+
+#[test]
 fn typed_decoding_and_mismatches() {
     let c = shared();
     run(async {
