@@ -3,7 +3,7 @@
 //! latest; a request waiting on its client leaves its room to the others.
 //! Real server, real PostgreSQL (a lock holds the reads), real TCP.
 
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ fn served_conn(srv: &Server) -> Conn {
 fn assert_silent(c: &mut Conn, wait: Duration, what: &str) {
     c.s.set_read_timeout(Some(wait)).unwrap();
     let mut b = [0u8; 1];
-    match c.s.read(&mut b) {
+    match c.read_some(&mut b) {
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
         other => panic!("{what}: expected no answer yet, got {other:?}"),
     }

@@ -276,9 +276,21 @@ impl<S: Read + Write> Conn<S> {
         let _ = self.s.write_all(bytes.as_ref());
     }
 
+    /// One read, again while it is interrupted: a socket with a receive
+    /// timeout answers EINTR instead of restarting the call when the thread
+    /// is interrupted (signal(7)), as `read_exact` and `write_all` retry.
+    pub fn read_some(&mut self, into: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.s.read(into) {
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+
     fn fill(&mut self) -> bool {
         let mut chunk = [0u8; 16384];
-        match self.s.read(&mut chunk) {
+        match self.read_some(&mut chunk) {
             Ok(0) => false,
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
@@ -376,7 +388,7 @@ impl<S: Read + Write> Conn<S> {
             return false;
         }
         let mut b = [0u8; 1];
-        match self.s.read(&mut b) {
+        match self.read_some(&mut b) {
             Ok(0) => true,
             Ok(_) => false,
             Err(e) if e.kind() == ErrorKind::ConnectionReset => true,
